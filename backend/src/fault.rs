@@ -1,0 +1,387 @@
+//! Fault switches that reproduce the incident's blocking handlers: their
+//! spec (CLI text and admin JSON forms) and the pure per-worker decision of
+//! which request gets which fault.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What a worker does wrong, and how often.
+///
+/// - `block`: the events handlers sleep the thread (the loop) this long, like
+///   a synchronous ORM write or a legacy SDK's blocking HTTP call.
+/// - `cpu`: the events handlers busy-spin this long, like heavy JSON
+///   normalisation.
+/// - `every`: 1 in `every` matching requests gets the fault: the 1st, the
+///   `every+1`th, ... (0 is treated as 1, so the default hits every request).
+/// - `stall`: the whole loop is blocked once for this long, so the worker
+///   answers nothing, `/healthz` included. Set at runtime
+///   ([`crate::Backend::set_fault`] or `POST /admin/fault`) it starts right
+///   away (just after the admin answer is written); set at start
+///   ([`crate::BackendConfig::faults`]) it starts at the worker's first
+///   request, whatever its route. It is consumed once it starts.
+/// - `status`: `/v1/*` requests (1 in `every`) are answered with this status
+///   and not processed (an event answered 503 is not stored).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct FaultSpec {
+    pub block: Option<Duration>,
+    pub cpu: Option<Duration>,
+    pub every: u32,
+    pub stall: Option<Duration>,
+    pub status: Option<u16>,
+}
+
+/// Why a fault spec (`block=250ms,every=4`) or `WORKER:SPEC` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultParseError {
+    #[error("unknown fault key `{key}` (expected block, cpu, every, stall or status)")]
+    UnknownKey { key: String },
+    #[error("fault key `{key}` has no value (write `{key}=...`)")]
+    MissingValue { key: String },
+    #[error("fault key `{key}` is given twice")]
+    Duplicate { key: String },
+    #[error("fault key `{key}`: `{value}` is not a duration (write e.g. 250ms, 2s or 500us)")]
+    BadDuration { key: String, value: String },
+    #[error("fault key `{key}`: `{value}` is not a whole number")]
+    BadNumber { key: String, value: String },
+    #[error("fault key `status`: `{value}` is not an HTTP status (100-599)")]
+    BadStatus { value: String },
+    #[error("`{value}` does not start with a worker number (write e.g. `3:block=250ms`)")]
+    BadWorker { value: String },
+}
+
+/// Parses `250ms`, `2s`, `500us` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "us" | "µs" => Some(Duration::from_micros(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        _ => None,
+    }
+}
+
+fn valid_status(n: u16) -> bool {
+    (100..=599).contains(&n)
+}
+
+impl FromStr for FaultSpec {
+    type Err = FaultParseError;
+
+    /// `key=value` pairs separated by commas; an empty string or `none`
+    /// is "no fault".
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut spec = FaultSpec::default();
+        let mut seen: Vec<&str> = Vec::new();
+        let text = text.trim();
+        if text.is_empty() || text == "none" {
+            return Ok(spec);
+        }
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or(FaultParseError::MissingValue {
+                key: pair.to_string(),
+            })?;
+            let (key, value) = (key.trim(), value.trim());
+            if seen.contains(&key) {
+                return Err(FaultParseError::Duplicate { key: key.into() });
+            }
+            seen.push(key);
+            let duration = || {
+                parse_duration(value).ok_or_else(|| FaultParseError::BadDuration {
+                    key: key.into(),
+                    value: value.into(),
+                })
+            };
+            match key {
+                "block" => spec.block = Some(duration()?),
+                "cpu" => spec.cpu = Some(duration()?),
+                "stall" => spec.stall = Some(duration()?),
+                "every" => {
+                    spec.every = value.parse().map_err(|_| FaultParseError::BadNumber {
+                        key: key.into(),
+                        value: value.into(),
+                    })?
+                }
+                "status" => {
+                    let bad = || FaultParseError::BadStatus {
+                        value: value.into(),
+                    };
+                    let n: u16 = value.parse().map_err(|_| bad())?;
+                    if !valid_status(n) {
+                        return Err(bad());
+                    }
+                    spec.status = Some(n);
+                }
+                _ => return Err(FaultParseError::UnknownKey { key: key.into() }),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Parses the CLI form `WORKER:SPEC`, e.g. `3:block=250ms,every=4`.
+pub fn parse_worker_fault(text: &str) -> Result<(usize, FaultSpec), FaultParseError> {
+    let bad = || FaultParseError::BadWorker { value: text.into() };
+    let (worker, spec) = text.split_once(':').ok_or_else(bad)?;
+    let worker: usize = worker.trim().parse().map_err(|_| bad())?;
+    if worker == 0 {
+        return Err(bad());
+    }
+    Ok((worker, spec.parse()?))
+}
+
+/// The JSON form used by `POST /admin/fault`, in whole milliseconds:
+/// `{"block_ms": 250, "every": 4}`; `{}` clears the fault.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+impl FaultBody {
+    /// Converts to a spec; `Err` names the offending field.
+    pub fn into_spec(self) -> Result<FaultSpec, &'static str> {
+        if let Some(status) = self.status {
+            if !valid_status(status) {
+                return Err("status");
+            }
+        }
+        Ok(FaultSpec {
+            block: self.block_ms.map(Duration::from_millis),
+            cpu: self.cpu_ms.map(Duration::from_millis),
+            every: self.every.unwrap_or(1),
+            stall: self.stall_ms.map(Duration::from_millis),
+            status: self.status,
+        })
+    }
+}
+
+impl From<&FaultSpec> for FaultBody {
+    fn from(spec: &FaultSpec) -> Self {
+        let ms = |d: Duration| d.as_millis() as u64;
+        FaultBody {
+            block_ms: spec.block.map(ms),
+            cpu_ms: spec.cpu.map(ms),
+            every: (spec.every > 1).then_some(spec.every),
+            stall_ms: spec.stall.map(ms),
+            status: spec.status,
+        }
+    }
+}
+
+/// Which faults one request must suffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultActions {
+    pub stall: Option<Duration>,
+    pub block: Option<Duration>,
+    pub cpu: Option<Duration>,
+    pub status: Option<u16>,
+}
+
+/// What kind of request is asking, for fault matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// `POST /v1/events` and `/v1/events/batch`: block, cpu and status.
+    Events,
+    /// Other `/v1/*` routes: status only.
+    V1,
+    /// Everything else (health, metrics, admin): no fault but a pending stall.
+    Other,
+}
+
+/// A worker's current fault and its counters. Pure: the worker calls
+/// [`FaultState::on_request`] and performs the returned actions itself.
+#[derive(Debug, Clone, Default)]
+pub struct FaultState {
+    spec: FaultSpec,
+    events_seen: u64,
+    v1_seen: u64,
+    /// A start-time stall waiting for the first request.
+    stall_armed: Option<Duration>,
+}
+
+impl FaultState {
+    /// State for a fault given at start: a stall waits for the first request.
+    pub fn at_start(mut spec: FaultSpec) -> Self {
+        let stall_armed = spec.stall.take();
+        FaultState {
+            spec,
+            stall_armed,
+            ..FaultState::default()
+        }
+    }
+
+    /// Replaces the fault and resets the counters. Returns the stall to
+    /// start now, if any (it is consumed, not kept in the spec).
+    pub fn set(&mut self, mut spec: FaultSpec) -> Option<Duration> {
+        let stall = spec.stall.take();
+        *self = FaultState {
+            spec,
+            ..FaultState::default()
+        };
+        stall
+    }
+
+    /// The fault as it stands (a stall already started is not shown).
+    pub fn spec(&self) -> FaultSpec {
+        let mut spec = self.spec.clone();
+        spec.stall = spec.stall.or(self.stall_armed);
+        spec
+    }
+
+    /// Decides the faults for one request and advances the counters.
+    pub fn on_request(&mut self, kind: RequestKind) -> FaultActions {
+        let every = u64::from(self.spec.every.max(1));
+        let mut actions = FaultActions {
+            stall: self.stall_armed.take(),
+            ..FaultActions::default()
+        };
+        if kind == RequestKind::Events && (self.spec.block.is_some() || self.spec.cpu.is_some()) {
+            if self.events_seen.is_multiple_of(every) {
+                actions.block = self.spec.block;
+                actions.cpu = self.spec.cpu;
+            }
+            self.events_seen += 1;
+        }
+        if kind != RequestKind::Other && self.spec.status.is_some() {
+            if self.v1_seen.is_multiple_of(every) {
+                actions.status = self.spec.status;
+            }
+            self.v1_seen += 1;
+        }
+        actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let spec: FaultSpec = "block=250ms,every=4".parse().unwrap();
+        assert_eq!(spec.block, Some(ms(250)));
+        assert_eq!(spec.every, 4);
+        assert_eq!("cpu=50ms".parse::<FaultSpec>().unwrap().cpu, Some(ms(50)));
+        assert_eq!(
+            "stall=5s".parse::<FaultSpec>().unwrap().stall,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!("status=503".parse::<FaultSpec>().unwrap().status, Some(503));
+        assert_eq!(
+            "block=750us".parse::<FaultSpec>().unwrap().block,
+            Some(Duration::from_micros(750))
+        );
+        assert_eq!("".parse::<FaultSpec>().unwrap(), FaultSpec::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = "block=fast".parse::<FaultSpec>().unwrap_err();
+        assert!(err.to_string().contains("`block`"), "{err}");
+        let err = "every=x".parse::<FaultSpec>().unwrap_err();
+        assert!(err.to_string().contains("`every`"), "{err}");
+        let err = "status=42".parse::<FaultSpec>().unwrap_err();
+        assert!(err.to_string().contains("status"), "{err}");
+        let err = "slow=1s".parse::<FaultSpec>().unwrap_err();
+        assert_eq!(err, FaultParseError::UnknownKey { key: "slow".into() });
+        let err = "block".parse::<FaultSpec>().unwrap_err();
+        assert!(matches!(err, FaultParseError::MissingValue { .. }));
+        let err = "cpu=1ms,cpu=2ms".parse::<FaultSpec>().unwrap_err();
+        assert!(matches!(err, FaultParseError::Duplicate { .. }));
+        assert!("block=10m".parse::<FaultSpec>().is_err());
+    }
+
+    #[test]
+    fn worker_prefix() {
+        let (worker, spec) = parse_worker_fault("3:block=250ms,every=4").unwrap();
+        assert_eq!(worker, 3);
+        assert_eq!(spec.every, 4);
+        assert!(parse_worker_fault("block=1ms").is_err());
+        assert!(parse_worker_fault("0:block=1ms").is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let body: FaultBody = serde_json::from_str(r#"{"block_ms":250,"every":4}"#).unwrap();
+        let spec = body.clone().into_spec().unwrap();
+        assert_eq!(spec.block, Some(ms(250)));
+        assert_eq!(FaultBody::from(&spec), body);
+        let cleared: FaultBody = serde_json::from_str("{}").unwrap();
+        assert_eq!(cleared.into_spec().unwrap().block, None);
+        assert!(serde_json::from_str::<FaultBody>(r#"{"blok_ms":1}"#).is_err());
+        let bad = FaultBody {
+            status: Some(1000),
+            ..FaultBody::default()
+        };
+        assert_eq!(bad.into_spec(), Err("status"));
+    }
+
+    #[test]
+    fn one_in_every_events_request_is_hit_starting_with_the_first() {
+        let mut state = FaultState::default();
+        state.set("block=100ms,every=3".parse().unwrap());
+        let hits: Vec<bool> = (0..7)
+            .map(|_| state.on_request(RequestKind::Events).block.is_some())
+            .collect();
+        assert_eq!(hits, [true, false, false, true, false, false, true]);
+        // Non-events requests neither suffer nor advance the counter.
+        assert_eq!(state.on_request(RequestKind::V1), FaultActions::default());
+        assert_eq!(
+            state.on_request(RequestKind::Other),
+            FaultActions::default()
+        );
+    }
+
+    #[test]
+    fn status_applies_to_all_v1_requests() {
+        let mut state = FaultState::default();
+        state.set("status=503".parse().unwrap());
+        assert_eq!(state.on_request(RequestKind::V1).status, Some(503));
+        assert_eq!(state.on_request(RequestKind::Events).status, Some(503));
+        assert_eq!(state.on_request(RequestKind::Other).status, None);
+    }
+
+    #[test]
+    fn stall_set_at_runtime_is_returned_once_not_kept() {
+        let mut state = FaultState::default();
+        assert_eq!(state.set("stall=2s".parse().unwrap()), Some(ms(2000)));
+        assert_eq!(state.on_request(RequestKind::Other).stall, None);
+        assert_eq!(state.spec().stall, None);
+    }
+
+    #[test]
+    fn stall_set_at_start_fires_at_the_first_request_only() {
+        let mut state = FaultState::at_start("stall=2s".parse().unwrap());
+        assert_eq!(state.spec().stall, Some(ms(2000)));
+        assert_eq!(state.on_request(RequestKind::Other).stall, Some(ms(2000)));
+        assert_eq!(state.on_request(RequestKind::Other).stall, None);
+    }
+
+    #[test]
+    fn every_zero_means_every_request() {
+        let mut state = FaultState::default();
+        state.set(FaultSpec {
+            cpu: Some(ms(1)),
+            every: 0,
+            ..FaultSpec::default()
+        });
+        assert!((0..3).all(|_| state.on_request(RequestKind::Events).cpu.is_some()));
+    }
+}

@@ -1,0 +1,91 @@
+//! The admin listener: liveness and a JSON status snapshot for on-call and for tests.
+//!
+//! Served by its own Pingora service on its own port, so a saturated proxy listener never
+//! hides the health and status endpoints.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::state::State;
+
+pub struct AdminApp {
+    state: Arc<State>,
+}
+
+impl AdminApp {
+    pub fn new(state: Arc<State>) -> AdminApp {
+        AdminApp { state }
+    }
+
+    /// The answer for a method and path; pure apart from reading the state.
+    pub fn route(&self, method: &http::Method, path: &str) -> (StatusCode, serde_json::Value) {
+        match (method.as_str(), path) {
+            ("GET" | "HEAD", "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
+            ("GET" | "HEAD", "/status") => (StatusCode::OK, self.status()),
+            (_, "/healthz" | "/status") => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": format!("{method} is not allowed on {path}")}),
+            ),
+            _ => (StatusCode::NOT_FOUND, json!({"error": format!("no admin endpoint at {path}")})),
+        }
+    }
+
+    /// A snapshot of the policy and the workers.
+    pub fn status(&self) -> serde_json::Value {
+        let policy = self.state.policy();
+        let workers: Vec<_> = self
+            .state
+            .workers()
+            .iter()
+            .map(|w| {
+                json!({
+                    "id": w.id,
+                    "addr": w.addr.to_string(),
+                    "in_flight": w.in_flight(),
+                    "requests": w.requests(),
+                    "connect_failures": w.connect_failures(),
+                })
+            })
+            .collect();
+        let routes: Vec<_> = policy
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": &*r.name,
+                    "priority": r.priority.as_str(),
+                    "slo_p95_ms": r.slo.and_then(|s| s.p95).map(|d| d.as_millis() as u64),
+                    "slo_p99_ms": r.slo.and_then(|s| s.p99).map(|d| d.as_millis() as u64),
+                    "max_body_bytes": r.max_body_bytes,
+                })
+            })
+            .collect();
+        json!({
+            "policy": {"file": policy.source.display().to_string(), "version": policy.version},
+            "uptime_seconds": self.state.started.elapsed().as_secs(),
+            "workers": workers,
+            "routes": routes,
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (status, body) = self.route(&req.method, req.uri.path());
+        let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .header("cache-control", "no-store")
+            .body(body)
+            .unwrap_or_default()
+    }
+}

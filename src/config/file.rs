@@ -1,0 +1,126 @@
+//! The serde mirror of the policy TOML: exactly what a platform team writes, nothing checked
+//! beyond types. `policy.rs` turns it into the validated [`super::Policy`] the proxy uses.
+//!
+//! Every table denies unknown fields, so a typo (`p59_ms`) is an error, not a silent default.
+//! Values checked after parsing are wrapped in [`Spanned`] so their errors carry a line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole policy file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub listen: ListenFile,
+    pub upstream: UpstreamFile,
+    /// Routes in match order; the first match wins.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[listen]`: where sloguard accepts traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Proxy listener, `ip:port`.
+    pub proxy: Spanned<String>,
+    /// Admin listener (health, status, metrics), `ip:port`. Keep it on localhost.
+    pub admin: Spanned<String>,
+    /// Proxy worker threads. Default 2: a sidecar should not take the pod's cores.
+    #[serde(default = "default_threads")]
+    pub threads: Spanned<u64>,
+    /// How long SIGTERM waits for in-flight requests before exiting, ms. Default 10 000.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: Spanned<u64>,
+}
+
+fn default_threads() -> Spanned<u64> {
+    Spanned::new(0..0, 2)
+}
+fn default_drain_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 10_000)
+}
+
+/// `[upstream]`: the workers of the service sloguard guards.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// One `ip:port` per worker process (e.g. one per uvicorn worker).
+    pub workers: Spanned<Vec<Spanned<String>>>,
+    /// TCP connect timeout, ms. Default 200: workers are on the same host.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: Spanned<u64>,
+    /// Longest wait for response bytes from a worker, ms. Default 30 000.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: Spanned<u64>,
+    /// Longest wait to write request bytes to a worker, ms. Default 30 000.
+    #[serde(default = "default_read_timeout_ms")]
+    pub write_timeout_ms: Spanned<u64>,
+    /// How long an idle upstream keep-alive connection is kept in the pool, ms. Default 60 000.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: Spanned<u64>,
+    /// Idle upstream connections kept in the pool, all workers together. Default 128.
+    #[serde(default = "default_keepalive_pool_size")]
+    pub keepalive_pool_size: Spanned<u64>,
+}
+
+fn default_connect_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 200)
+}
+fn default_read_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+fn default_idle_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 60_000)
+}
+fn default_keepalive_pool_size() -> Spanned<u64> {
+    Spanned::new(0..0, 128)
+}
+
+/// `[[route]]`: a class of requests with its own SLO, priority and caps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Unique name used in metrics, logs and error bodies. `default` names the catch-all.
+    pub name: Spanned<String>,
+    /// What the route matches. Absent only on the route named `default`.
+    #[serde(rename = "match")]
+    pub matcher: Option<Spanned<MatchFile>>,
+    /// Latency objective; absent = no SLO (nothing is shed to protect it).
+    pub slo: Option<Spanned<SloFile>>,
+    /// Shedding order under overload. Default `normal`.
+    #[serde(default)]
+    pub priority: PriorityFile,
+    /// Largest request body accepted, bytes. Absent = no cap.
+    pub max_body_bytes: Option<Spanned<u64>>,
+}
+
+/// `match = { method = "POST", path_prefix = "/v1/events" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// An HTTP method (`GET`, `POST`, ...); absent = any.
+    pub method: Option<String>,
+    /// Path prefix, matched on `/` boundaries is NOT implied: `/v1/events` matches `/v1/events/batch`.
+    pub path_prefix: Option<String>,
+    /// Exact path.
+    pub path: Option<String>,
+}
+
+/// `slo = { p95_ms = 150, p99_ms = 400 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloFile {
+    pub p95_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+}
+
+/// `priority = "critical" | "normal" | "sheddable"`.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PriorityFile {
+    Critical,
+    #[default]
+    Normal,
+    Sheddable,
+}

@@ -1,0 +1,12 @@
+//! Policy loading: the TOML mirror (`file`), the validated policy (`policy`) and its errors.
+//!
+//! Two layers, as in river: serde reads what the user wrote, then validation builds the
+//! internal [`Policy`] with durations, resolved names and checked ranges. A policy that fails
+//! validation is refused whole; nothing half-applies.
+
+pub mod error;
+pub mod file;
+pub mod policy;
+
+pub use error::{Location, PolicyError};
+pub use policy::{Listen, Policy};

@@ -1,0 +1,340 @@
+//! The validated policy the proxy runs on, and the checks that turn a [`PolicyFile`] into it.
+//!
+//! Each stage owns the type of its own section (routes in `stages::route`, upstream settings
+//! in `workers`); this file only sequences parsing and validation and locates errors.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{Location, PolicyError};
+use super::file::{PolicyFile, PriorityFile, RouteFile};
+use crate::stages::route::{Priority, Route, RouteMatch, RouteTable, Slo};
+use crate::workers::UpstreamConfig;
+
+/// Most workers one sidecar guards: retry bookkeeping keeps one bit per worker.
+pub const MAX_WORKERS: usize = 64;
+
+/// A complete, validated policy. Immutable: a reload builds a new one and swaps it in.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The file it was read from (for messages).
+    pub source: PathBuf,
+    /// A short stable fingerprint of the file's bytes (FNV-1a 64, hex), shown in metrics and
+    /// on the status page so on-call can tell which policy a replica runs.
+    pub version: String,
+    pub listen: Listen,
+    pub upstream: UpstreamConfig,
+    pub routes: RouteTable,
+}
+
+/// `[listen]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    /// Proxy worker threads (>= 1).
+    pub threads: usize,
+    /// Time SIGTERM allows in-flight requests to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Policy::parse(&src, path)
+    }
+
+    /// Parses and validates policy text; `file` is only used in messages.
+    pub fn parse(src: &str, file: &Path) -> Result<Policy, PolicyError> {
+        let raw: PolicyFile = toml::from_str(src).map_err(|e| syntax_error(src, file, &e))?;
+        let v = Validator { src, file };
+        let listen = v.listen(&raw)?;
+        let upstream = v.upstream(&raw)?;
+        let routes = v.routes(&raw.routes)?;
+        Ok(Policy {
+            source: file.to_path_buf(),
+            version: fingerprint(src.as_bytes()),
+            listen,
+            upstream,
+            routes,
+        })
+    }
+}
+
+/// Checks values and builds internal types; every error is located in `src`.
+struct Validator<'a> {
+    src: &'a str,
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, span: Range<usize>, key: impl Into<String>, msg: impl Into<String>) -> PolicyError {
+        // Defaulted values carry the empty span 0..0: they cannot be wrong, but if one were,
+        // pointing at line 1 would mislead, so no location is given.
+        let at = (span != (0..0)).then(|| Location::from_offset(self.src, span.start));
+        PolicyError::Invalid {
+            file: self.file.to_path_buf(),
+            at,
+            key: key.into(),
+            message: msg.into(),
+        }
+    }
+
+    fn addr(&self, value: &Spanned<String>, key: &str) -> Result<SocketAddr, PolicyError> {
+        value.get_ref().parse().map_err(|_| {
+            self.invalid(
+                value.span(),
+                key,
+                format!("`{}` is not an ip:port address", value.get_ref()),
+            )
+        })
+    }
+
+    fn positive(&self, value: &Spanned<u64>, key: &str) -> Result<u64, PolicyError> {
+        match *value.get_ref() {
+            0 => Err(self.invalid(value.span(), key, "must be greater than 0")),
+            n => Ok(n),
+        }
+    }
+
+    fn millis(&self, value: &Spanned<u64>, key: &str) -> Result<Duration, PolicyError> {
+        self.positive(value, key).map(Duration::from_millis)
+    }
+
+    fn listen(&self, raw: &PolicyFile) -> Result<Listen, PolicyError> {
+        let l = &raw.listen;
+        let proxy = self.addr(&l.proxy, "listen.proxy")?;
+        let admin = self.addr(&l.admin, "listen.admin")?;
+        if proxy == admin && proxy.port() != 0 {
+            return Err(self.invalid(l.admin.span(), "listen.admin", "must differ from listen.proxy"));
+        }
+        let threads = self.positive(&l.threads, "listen.threads")?;
+        if threads > 64 {
+            return Err(self.invalid(l.threads.span(), "listen.threads", "must be at most 64"));
+        }
+        Ok(Listen {
+            proxy,
+            admin,
+            threads: threads as usize,
+            drain_timeout: self.millis(&l.drain_timeout_ms, "listen.drain_timeout_ms")?,
+        })
+    }
+
+    fn upstream(&self, raw: &PolicyFile) -> Result<UpstreamConfig, PolicyError> {
+        let u = &raw.upstream;
+        if u.workers.get_ref().is_empty() {
+            return Err(self.invalid(u.workers.span(), "upstream.workers", "needs at least one worker"));
+        }
+        if u.workers.get_ref().len() > MAX_WORKERS {
+            return Err(self.invalid(
+                u.workers.span(),
+                "upstream.workers",
+                format!("at most {MAX_WORKERS} workers (one sidecar guards one pod's workers)"),
+            ));
+        }
+        let mut workers = Vec::with_capacity(u.workers.get_ref().len());
+        for (i, w) in u.workers.get_ref().iter().enumerate() {
+            let key = format!("upstream.workers[{i}]");
+            let addr = self.addr(w, &key)?;
+            if workers.contains(&addr) {
+                return Err(self.invalid(w.span(), key, format!("worker {addr} is listed twice")));
+            }
+            workers.push(addr);
+        }
+        Ok(UpstreamConfig {
+            workers,
+            connect_timeout: self.millis(&u.connect_timeout_ms, "upstream.connect_timeout_ms")?,
+            read_timeout: self.millis(&u.read_timeout_ms, "upstream.read_timeout_ms")?,
+            write_timeout: self.millis(&u.write_timeout_ms, "upstream.write_timeout_ms")?,
+            idle_timeout: self.millis(&u.idle_timeout_ms, "upstream.idle_timeout_ms")?,
+            keepalive_pool_size: self.positive(&u.keepalive_pool_size, "upstream.keepalive_pool_size")?
+                as usize,
+        })
+    }
+
+    fn routes(&self, raw: &[RouteFile]) -> Result<RouteTable, PolicyError> {
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+        let mut default = None;
+        for (i, r) in raw.iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            let name = r.name.get_ref().trim();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(self.invalid(
+                    r.name.span(),
+                    key("name"),
+                    "must be non-empty and use only letters, digits, '_' and '-'",
+                ));
+            }
+            if routes.iter().any(|x| &*x.name == name) || (name == "default" && default.is_some()) {
+                return Err(self.invalid(r.name.span(), key("name"), format!("route `{name}` is defined twice")));
+            }
+            let matcher = match (&r.matcher, name == "default") {
+                (Some(m), true) => {
+                    return Err(self.invalid(m.span(), key("match"), "the `default` route takes every unmatched request; it has no match"))
+                }
+                (None, true) => None,
+                (None, false) => {
+                    return Err(self.invalid(r.name.span(), key("match"), "is required (only the route named `default` has none)"))
+                }
+                (Some(m), false) => Some(self.matcher(m, &key("match"))?),
+            };
+            let slo = match &r.slo {
+                None => None,
+                Some(s) => Some(self.slo(s, &key("slo"))?),
+            };
+            let max_body_bytes = match &r.max_body_bytes {
+                None => None,
+                Some(b) => Some(self.positive(b, &key("max_body_bytes"))?),
+            };
+            let route = Route {
+                name: Arc::from(name),
+                matcher: matcher.unwrap_or_default(),
+                slo,
+                priority: priority(r.priority),
+                max_body_bytes,
+            };
+            if route.name.as_ref() == "default" {
+                default = Some(route);
+            } else {
+                routes.push(route);
+            }
+        }
+        Ok(RouteTable::new(routes, default.unwrap_or_else(Route::implicit_default)))
+    }
+
+    fn matcher(&self, m: &Spanned<super::file::MatchFile>, key: &str) -> Result<RouteMatch, PolicyError> {
+        let inner = m.get_ref();
+        let method = match &inner.method {
+            None => None,
+            Some(s) => Some(http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                self.invalid(m.span(), format!("{key}.method"), format!("`{s}` is not an HTTP method"))
+            })?),
+        };
+        for (k, p) in [("path_prefix", &inner.path_prefix), ("path", &inner.path)] {
+            if let Some(p) = p {
+                if !p.starts_with('/') {
+                    return Err(self.invalid(m.span(), format!("{key}.{k}"), format!("`{p}` must start with '/'")));
+                }
+            }
+        }
+        if inner.path_prefix.is_some() && inner.path.is_some() {
+            return Err(self.invalid(m.span(), key, "give `path` or `path_prefix`, not both"));
+        }
+        if method.is_none() && inner.path_prefix.is_none() && inner.path.is_none() {
+            return Err(self.invalid(m.span(), key, "matches nothing specific; name a method, path or path_prefix (or use the `default` route)"));
+        }
+        Ok(RouteMatch {
+            method,
+            path_prefix: inner.path_prefix.clone(),
+            path: inner.path.clone(),
+        })
+    }
+
+    fn slo(&self, s: &Spanned<super::file::SloFile>, key: &str) -> Result<Slo, PolicyError> {
+        let inner = s.get_ref();
+        let check = |v: Option<u64>, k: &str| match v {
+            Some(0) => Err(self.invalid(s.span(), format!("{key}.{k}"), "must be greater than 0")),
+            Some(n) if n > 600_000 => Err(self.invalid(s.span(), format!("{key}.{k}"), "must be at most 600000 (10 minutes)")),
+            v => Ok(v.map(Duration::from_millis)),
+        };
+        let p95 = check(inner.p95_ms, "p95_ms")?;
+        let p99 = check(inner.p99_ms, "p99_ms")?;
+        match (p95, p99) {
+            (None, None) => Err(self.invalid(s.span(), key, "give p95_ms, p99_ms or both")),
+            (Some(a), Some(b)) if a > b => {
+                Err(self.invalid(s.span(), format!("{key}.p99_ms"), "must be at least p95_ms"))
+            }
+            (p95, p99) => Ok(Slo { p95, p99 }),
+        }
+    }
+}
+
+fn priority(p: PriorityFile) -> Priority {
+    match p {
+        PriorityFile::Critical => Priority::Critical,
+        PriorityFile::Normal => Priority::Normal,
+        PriorityFile::Sheddable => Priority::Sheddable,
+    }
+}
+
+/// Turns a toml/serde error into a located [`PolicyError::Syntax`] naming the key.
+fn syntax_error(src: &str, file: &Path, e: &toml::de::Error) -> PolicyError {
+    let at = e.span().map(|s| Location::from_offset(src, s.start));
+    let key = e.span().and_then(|s| key_path_at(src, s.start));
+    PolicyError::Syntax {
+        file: file.to_path_buf(),
+        at,
+        key,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// Best-effort dotted key for a byte offset: the enclosing `[table]` / `[[array]]` header
+/// (array tables numbered from 0), the key on that line, and the inner key of an inline
+/// table when the offset points at one. `None` when the offset is not under a key.
+pub(crate) fn key_path_at(src: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(src.len());
+    let line_start = src[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = src[offset..].find('\n').map(|i| offset + i).unwrap_or(src.len());
+    let line = &src[line_start..line_end];
+
+    // Enclosing header: scan earlier lines, counting array-table repeats.
+    let mut table: Option<String> = None;
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for l in src[..line_start].lines() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = Some(format!("{name}[{n}]"));
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(name.trim().to_string());
+        }
+    }
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        // The error is on a header line itself.
+        return trimmed
+            .trim_matches(|c| c == '[' || c == ']')
+            .split('.')
+            .next()
+            .map(|s| s.trim().to_string());
+    }
+    let line_key = line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('#'))?;
+    let word: String = src[offset..line_end]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    let word_is_key = !word.is_empty() && src[offset + word.len()..line_end].trim_start().starts_with('=');
+    let mut path = table.map(|t| format!("{t}.")).unwrap_or_default();
+    path.push_str(line_key);
+    if word_is_key && word != line_key {
+        path.push('.');
+        path.push_str(&word);
+    }
+    Some(path)
+}
+
+/// FNV-1a 64: tiny, stable across builds and platforms (unlike `DefaultHasher`).
+fn fingerprint(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

@@ -1,0 +1,136 @@
+//! Unit tests for policy parsing and validation (no files, no sockets).
+
+use super::*;
+
+const BASE: &str = r#"
+[listen]
+proxy = "127.0.0.1:8080"
+admin = "127.0.0.1:9901"
+
+[upstream]
+workers = ["127.0.0.1:8001", "127.0.0.1:8002"]
+"#;
+
+fn parse(extra: &str) -> Result<Policy, PolicyError> {
+    Policy::parse(&format!("{BASE}{extra}"), Path::new("test.toml"))
+}
+
+fn err(src: &str) -> PolicyError {
+    Policy::parse(src, Path::new("test.toml")).unwrap_err()
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let p = parse("").unwrap();
+    assert_eq!(p.listen.threads, 2);
+    assert_eq!(p.listen.drain_timeout, Duration::from_secs(10));
+    assert_eq!(p.upstream.connect_timeout, Duration::from_millis(200));
+    assert_eq!(p.upstream.workers.len(), 2);
+    // Only the implicit default route.
+    assert_eq!(p.routes.iter().count(), 1);
+    assert_eq!(&*p.routes.get(0).name, "default");
+}
+
+#[test]
+fn routes_keep_their_order_slo_priority_and_caps() {
+    let p = parse(
+        r#"
+[[route]]
+name = "ingest"
+match = { method = "post", path_prefix = "/v1/events" }
+slo = { p95_ms = 150, p99_ms = 400 }
+priority = "critical"
+max_body_bytes = 65536
+
+[[route]]
+name = "default"
+priority = "sheddable"
+"#,
+    )
+    .unwrap();
+    let ingest = p.routes.get(p.routes.match_request(&http::Method::POST, "/v1/events/batch"));
+    assert_eq!(&*ingest.name, "ingest");
+    assert_eq!(ingest.priority, Priority::Critical);
+    assert_eq!(ingest.max_body_bytes, Some(65536));
+    assert_eq!(ingest.slo.unwrap().p95, Some(Duration::from_millis(150)));
+    assert_eq!(ingest.slo.unwrap().p99, Some(Duration::from_millis(400)));
+    let other = p.routes.get(p.routes.match_request(&http::Method::GET, "/"));
+    assert_eq!((&*other.name, other.priority), ("default", Priority::Sheddable));
+}
+
+#[test]
+fn version_is_a_stable_fingerprint_of_the_text() {
+    let a = parse("").unwrap().version;
+    assert_eq!(a, parse("").unwrap().version);
+    assert_ne!(a, parse("\n# changed\n").unwrap().version);
+    assert_eq!(a.len(), 16);
+}
+
+#[test]
+fn unknown_key_is_located_and_named() {
+    let e = parse("\n[[route]]\nname = \"q\"\nmatch = { method = \"GET\", pth = \"/x\" }\n").unwrap_err();
+    assert_eq!(e.line(), Some(11));
+    assert_eq!(e.key(), Some("route[0].match.pth"));
+    assert!(e.to_string().starts_with("test.toml:11:"), "{e}");
+}
+
+#[test]
+fn empty_worker_list_is_refused() {
+    let e = err("[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[upstream]\nworkers = []\n");
+    assert_eq!((e.line(), e.key()), (Some(5), Some("upstream.workers")));
+}
+
+#[test]
+fn negative_and_zero_numbers_are_refused() {
+    let e = parse("connect_timeout_ms = -1\n").unwrap_err();
+    assert_eq!(e.key(), Some("upstream.connect_timeout_ms"));
+    let e = parse("read_timeout_ms = 0\n").unwrap_err();
+    assert_eq!(e.key(), Some("upstream.read_timeout_ms"));
+    assert_eq!(e.line(), Some(8));
+}
+
+#[test]
+fn route_errors_name_the_route_index() {
+    let cases = [
+        ("[[route]]\nname = \"a\"\nmatch = { method = \"GET\" }\n[[route]]\nname = \"a\"\nmatch = { method = \"PUT\" }\n", "route[1].name"),
+        ("[[route]]\nname = \"a\"\n", "route[0].match"),
+        ("[[route]]\nname = \"default\"\nmatch = { method = \"GET\" }\n", "route[0].match"),
+        ("[[route]]\nname = \"a b\"\nmatch = { method = \"GET\" }\n", "route[0].name"),
+        ("[[route]]\nname = \"a\"\nmatch = { path_prefix = \"v1\" }\n", "route[0].match.path_prefix"),
+        ("[[route]]\nname = \"a\"\nmatch = { method = \"G ET\" }\n", "route[0].match.method"),
+        ("[[route]]\nname = \"a\"\nmatch = { method = \"GET\" }\nslo = { p95_ms = 0 }\n", "route[0].slo.p95_ms"),
+        ("[[route]]\nname = \"a\"\nmatch = { method = \"GET\" }\nslo = { }\n", "route[0].slo"),
+        ("[[route]]\nname = \"a\"\nmatch = { method = \"GET\" }\npriority = \"urgent\"\n", "route[0].priority"),
+    ];
+    for (extra, key) in cases {
+        let e = parse(extra).unwrap_err();
+        assert_eq!(e.key(), Some(key), "for {extra:?}: {e}");
+        assert!(e.line().is_some(), "no line for {extra:?}");
+    }
+}
+
+#[test]
+fn addresses_must_be_ip_port_and_distinct() {
+    let e = err("[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:1\"\n[upstream]\nworkers = [\"127.0.0.1:3\"]\n");
+    assert_eq!(e.key(), Some("listen.admin"));
+    let e = parse("").map(|_| ()).and_then(|_| {
+        Policy::parse(&BASE.replace("\"127.0.0.1:8002\"", "\"127.0.0.1:8001\""), Path::new("t"))
+    });
+    assert_eq!(e.unwrap_err().key(), Some("upstream.workers[1]"));
+}
+
+#[test]
+fn missing_section_is_a_syntax_error() {
+    let e = err("[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n");
+    assert!(matches!(e, PolicyError::Syntax { .. }));
+    assert!(e.to_string().contains("upstream"), "{e}");
+}
+
+#[test]
+fn key_path_handles_headers_arrays_and_inline_tables() {
+    let src = "[a]\nx = 1\n[[r]]\ny = 2\n[[r]]\nm = { k = 3 }\n";
+    assert_eq!(key_path_at(src, src.find("x").unwrap()).as_deref(), Some("a.x"));
+    assert_eq!(key_path_at(src, src.find("y").unwrap()).as_deref(), Some("r[0].y"));
+    assert_eq!(key_path_at(src, src.find("k =").unwrap()).as_deref(), Some("r[1].m.k"));
+    assert_eq!(key_path_at(src, src.find("3").unwrap()).as_deref(), Some("r[1].m"));
+}

@@ -1,0 +1,23 @@
+//! sloguard: a reverse-proxy sidecar that holds a service's latency SLO when one of its
+//! event-loop workers stalls, a burst arrives or a tenant misbehaves.
+//!
+//! Where a request goes, in order:
+//!
+//! - [`server`] builds the Pingora server: the proxy listener and the admin listener.
+//! - [`proxy`] holds the Pingora phases; they sequence the stages and write answers.
+//! - [`stages`] decide: [`stages::route`] (which route), [`stages::payload`] (body caps).
+//! - [`workers`] choose the upstream worker and hold in-flight leases.
+//! - [`admin`] serves `/healthz` and `/status`.
+//! - [`config`] reads and validates the TOML policy; [`state`] holds the live snapshot.
+//! - [`demo`] runs the analytics backend and sloguard together for a newcomer.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod server;
+pub mod stages;
+pub mod state;
+pub mod workers;
+
+pub use config::{Policy, PolicyError};

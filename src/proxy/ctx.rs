@@ -1,0 +1,61 @@
+//! Per-request state carried through the Pingora phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Policy;
+use crate::stages::route::RouteId;
+use crate::stages::Rejection;
+use crate::workers::WorkerLease;
+
+/// What one request has learned and holds. Dropped when the request ends, which releases the
+/// worker lease whatever path the request ended on.
+pub struct RequestCtx {
+    /// The policy snapshot this request runs under, loaded once so a reload mid-request
+    /// never mixes two policies.
+    pub policy: Option<Arc<Policy>>,
+    pub route: RouteId,
+    /// The client's `x-request-id`, or one we generated.
+    pub request_id: String,
+    pub started: Instant,
+    /// The worker currently holding this request.
+    pub lease: Option<WorkerLease>,
+    /// Bit per worker index this request failed to connect to, so a retry goes elsewhere.
+    pub tried: u64,
+    /// Upstream attempts made (1 = no retry).
+    pub attempts: u32,
+    /// Set when a stage answered the request itself.
+    pub rejection: Option<Rejection>,
+    /// Worker number that answered, for logs once the lease is gone.
+    pub worker_id: Option<usize>,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            policy: None,
+            route: 0,
+            request_id: String::new(),
+            started: Instant::now(),
+            lease: None,
+            tried: 0,
+            attempts: 0,
+            rejection: None,
+            worker_id: None,
+        }
+    }
+
+    /// Name of the matched route, or `-` before routing happened.
+    pub fn route_name(&self) -> &str {
+        self.policy
+            .as_ref()
+            .map(|p| &*p.routes.get(self.route).name)
+            .unwrap_or("-")
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx::new()
+    }
+}

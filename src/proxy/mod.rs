@@ -1,0 +1,225 @@
+//! The Pingora phases. They sequence the stages and write their answers; they decide nothing
+//! themselves (see `stages` and `workers` for the decisions).
+//!
+//! Request path: `request_filter` (route, request id, payload caps) → `upstream_peer`
+//! (worker choice, lease) → `upstream_request_filter` (forwarding headers) →
+//! `fail_to_connect` (retry elsewhere) → `logging` (outcome, lease released).
+
+mod ctx;
+mod respond;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+pub use ctx::RequestCtx;
+pub use respond::rejection_body;
+
+use crate::stages::{payload, Rejection};
+use crate::state::State;
+
+/// The sloguard proxy: one per process, shared by every request.
+pub struct SloGuard {
+    state: Arc<State>,
+}
+
+impl SloGuard {
+    pub fn new(state: Arc<State>) -> SloGuard {
+        SloGuard { state }
+    }
+}
+
+/// Longest client-supplied request id we keep; longer ones are replaced (log hygiene).
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client's request id when it is sane, else a fresh UUID.
+fn request_id_of(req: &RequestHeader) -> String {
+    req.headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn declared_content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[async_trait]
+impl ProxyHttp for SloGuard {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Instant::now();
+        let policy = self.state.policy();
+        let req = session.req_header();
+        ctx.request_id = request_id_of(req);
+        ctx.route = policy.routes.match_request(&req.method, req.uri.path());
+        let route = policy.routes.get(ctx.route);
+        let verdict = payload::check_declared_length(route, declared_content_length(req));
+        ctx.policy = Some(policy);
+        if let Err(rejection) = verdict {
+            self.reject(session, ctx, rejection).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // A retry lands here again: give back the previous worker's slot first.
+        ctx.lease = None;
+        let workers = self.state.workers();
+        let lease = workers.acquire(ctx.tried).ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "every worker failed to accept the connection")
+        })?;
+        let policy = ctx.policy.as_ref().expect("request_filter sets the policy");
+        let up = &policy.upstream;
+        let mut peer = HttpPeer::new(lease.worker().addr, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(up.idle_timeout);
+        ctx.attempts += 1;
+        ctx.worker_id = Some(lease.worker().id);
+        ctx.lease = Some(lease);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the worker, so any request, POST included, may go to another one.
+        if let Some(lease) = ctx.lease.take() {
+            lease.worker().record_connect_failure();
+            if lease.index() < 64 {
+                ctx.tried |= 1 << lease.index();
+            }
+        }
+        let all = self.state.workers().len();
+        let all_tried = if all >= 64 { u64::MAX } else { (1u64 << all) - 1 };
+        e.set_retry(ctx.tried & all_tried != all_tried);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !upstream.headers.contains_key("x-request-id") {
+            upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let forwarded = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !response.headers.contains_key("x-request-id") {
+            response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let rejection = upstream_failure(e);
+        let code = match rejection {
+            Some(r) => {
+                let status = r.status;
+                if let Err(write_err) = self.reject(session, ctx, r).await {
+                    tracing::debug!(error = %write_err, "could not write the error response");
+                }
+                status
+            }
+            None => 0, // the client is gone; nothing to answer
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.lease = None;
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let req = session.req_header();
+        tracing::debug!(
+            target: "sloguard::access",
+            request_id = %ctx.request_id,
+            method = %req.method,
+            path = %req.uri.path(),
+            route = ctx.route_name(),
+            worker = ctx.worker_id,
+            attempts = ctx.attempts,
+            status,
+            reason = ctx.rejection.as_ref().map(|r| r.reason),
+            error = e.map(|e| e.to_string()),
+            total_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+        );
+    }
+}
+
+impl SloGuard {
+    async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, rejection: Rejection) -> Result<()> {
+        respond::write_rejection(session, &rejection, ctx.route_name(), &ctx.request_id).await?;
+        ctx.rejection = Some(rejection);
+        Ok(())
+    }
+}
+
+/// Maps a proxy failure to our JSON answer; `None` when the client side is gone.
+fn upstream_failure(e: &Error) -> Option<Rejection> {
+    let (status, reason, message) = match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(code)) => (*code, "http_error", format!("request failed with status {code}")),
+        (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => {
+            return None
+        }
+        (ErrorSource::Downstream, _) => (400, "bad_request", "the request could not be read".to_string()),
+        (_, ErrorType::ConnectNoRoute | ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectError) => (
+            502,
+            "upstream_unavailable",
+            "no worker accepted the connection".to_string(),
+        ),
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            (504, "upstream_timeout", "the worker did not answer in time".to_string())
+        }
+        (ErrorSource::Upstream, _) => (502, "upstream_error", "the worker's answer failed mid-way".to_string()),
+        _ => (500, "internal_error", "sloguard failed to proxy the request".to_string()),
+    };
+    Some(Rejection {
+        status,
+        reason,
+        message,
+        limit: None,
+        value: None,
+    })
+}

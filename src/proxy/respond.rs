@@ -1,0 +1,72 @@
+//! The one place where sloguard's own answers (rejections, upstream failures) are written.
+//!
+//! Every answer is JSON naming the limit and the route, so a client or an on-call engineer
+//! can tell a sloguard refusal from a backend error without reading our logs.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde_json::json;
+
+use crate::stages::Rejection;
+
+/// The JSON body of a rejection.
+pub fn rejection_body(rejection: &Rejection, route: &str, request_id: &str) -> Bytes {
+    let mut body = json!({
+        "error": rejection.message,
+        "reason": rejection.reason,
+        "route": route,
+        "request_id": request_id,
+    });
+    if let Some(limit) = rejection.limit {
+        body["limit"] = json!(limit);
+    }
+    if let Some(value) = rejection.value {
+        body["value"] = json!(value);
+    }
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Writes `rejection` as the whole response. The connection is closed afterwards when a
+/// request body may be left unread, since the next request on it could not be framed.
+pub async fn write_rejection(
+    session: &mut Session,
+    rejection: &Rejection,
+    route: &str,
+    request_id: &str,
+) -> Result<()> {
+    let body = rejection_body(rejection, route, request_id);
+    let mut header = ResponseHeader::build(rejection.status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("x-request-id", request_id)?;
+    header.insert_header("x-sloguard-reason", rejection.reason)?;
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_names_reason_limit_value_and_route() {
+        let r = Rejection {
+            status: 413,
+            reason: "body_too_large",
+            message: "too big".into(),
+            limit: Some("max_body_bytes"),
+            value: Some(70000),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&rejection_body(&r, "ingest", "abc")).unwrap();
+        assert_eq!(v["limit"], "max_body_bytes");
+        assert_eq!(v["value"], 70000);
+        assert_eq!(v["route"], "ingest");
+        assert_eq!(v["reason"], "body_too_large");
+        assert_eq!(v["request_id"], "abc");
+    }
+}

@@ -1,0 +1,62 @@
+//! Builds the Pingora server from a policy: the proxy service and the admin service.
+
+use std::sync::Arc;
+
+use pingora::prelude::Opt;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::Policy;
+use crate::proxy::SloGuard;
+use crate::state::State;
+
+/// A server ready to run, and the state it serves from.
+pub struct Built {
+    pub server: Server,
+    pub state: Arc<State>,
+}
+
+/// Builds the server for `policy` without binding yet (Pingora binds in `run`).
+pub fn build_server(policy: Policy) -> Built {
+    let mut conf = ServerConf {
+        threads: policy.listen.threads,
+        // Retries only go to workers not yet tried, so one try per worker is the bound.
+        max_retries: policy.upstream.workers.len(),
+        upstream_keepalive_pool_size: policy.upstream.keepalive_pool_size,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(policy.listen.drain_timeout.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    // No pid file or upgrade socket in /tmp shared by parallel test processes.
+    conf.pid_file = String::new();
+    let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
+    server.bootstrap();
+
+    let proxy_addr = policy.listen.proxy.to_string();
+    let admin_addr = policy.listen.admin.to_string();
+    let state = Arc::new(State::new(policy));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        SloGuard::new(state.clone()),
+        "sloguard proxy",
+    );
+    proxy.add_tcp(&proxy_addr);
+
+    let mut admin = Service::new("sloguard admin".to_string(), AdminApp::new(state.clone()));
+    admin.add_tcp(&admin_addr);
+    admin.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    Built { server, state }
+}
+
+/// Runs until SIGTERM (graceful: in-flight requests finish within the drain timeout) or
+/// SIGINT (fast).
+pub fn run(policy: Policy) {
+    let built = build_server(policy);
+    built.server.run(RunArgs::default());
+}

@@ -1,0 +1,238 @@
+//! The wait queue of the admission stage, as pure data: entries by priority, each with a
+//! deadline. Generic over the payload (a wake-up sender in production, a number in tests).
+//!
+//! Order: a higher priority is always served first. Within a priority, oldest first (FIFO);
+//! under sustained overload, newest first (LIFO), because the newest requests are the ones
+//! whose clients are still waiting and whose deadline can still be met (Facebook's adaptive
+//! LIFO; the switch is CoDel-style, see [`OverloadDetector`]).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::stages::route::Priority;
+
+/// One waiting request.
+#[derive(Debug)]
+pub struct Entry<T> {
+    pub id: u64,
+    pub priority: Priority,
+    pub enqueued_at: Instant,
+    pub deadline: Instant,
+    pub payload: T,
+}
+
+/// Waiting requests, one FIFO per priority.
+#[derive(Debug)]
+pub struct WaitQueue<T> {
+    /// Index 0 = sheddable, 1 = normal, 2 = critical.
+    lanes: [VecDeque<Entry<T>>; 3],
+    next_id: u64,
+}
+
+fn lane(p: Priority) -> usize {
+    match p {
+        Priority::Sheddable => 0,
+        Priority::Normal => 1,
+        Priority::Critical => 2,
+    }
+}
+
+impl<T> Default for WaitQueue<T> {
+    fn default() -> Self {
+        WaitQueue {
+            lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+            next_id: 0,
+        }
+    }
+}
+
+impl<T> WaitQueue<T> {
+    pub fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(VecDeque::is_empty)
+    }
+
+    /// Waiting requests that would be served before a new one of priority `p`.
+    pub fn ahead_of(&self, p: Priority) -> usize {
+        self.lanes[lane(p)..].iter().map(VecDeque::len).sum()
+    }
+
+    /// Adds a request; returns its id.
+    pub fn push(&mut self, priority: Priority, deadline: Instant, now: Instant, payload: T) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.lanes[lane(priority)].push_back(Entry {
+            id,
+            priority,
+            enqueued_at: now,
+            deadline,
+            payload,
+        });
+        id
+    }
+
+    /// Takes the next request to serve: highest priority first, then oldest (or newest when
+    /// `lifo`). Entries past their deadline are returned in `expired` so their waiters can
+    /// be told they were shed.
+    pub fn pop_next(&mut self, now: Instant, lifo: bool, expired: &mut Vec<Entry<T>>) -> Option<Entry<T>> {
+        for q in self.lanes.iter_mut().rev() {
+            // Expired entries sit anywhere; sweep this lane first (cheap: lanes are short
+            // when the guard does its job, and bounded by max_queue when it cannot).
+            let mut i = 0;
+            while i < q.len() {
+                if q[i].deadline <= now {
+                    expired.extend(q.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            let next = if lifo { q.pop_back() } else { q.pop_front() };
+            if next.is_some() {
+                return next;
+            }
+        }
+        None
+    }
+
+    /// Removes a request that gave up (client gone, deadline hit on its side).
+    pub fn remove(&mut self, id: u64) -> Option<Entry<T>> {
+        for q in self.lanes.iter_mut() {
+            if let Some(pos) = q.iter().position(|e| e.id == id) {
+                return q.remove(pos);
+            }
+        }
+        None
+    }
+
+    /// Makes room for a request of priority `p` by evicting the newest waiter of the lowest
+    /// priority strictly below `p`. `None` when nobody ranks below `p`.
+    pub fn evict_below(&mut self, p: Priority) -> Option<Entry<T>> {
+        self.lanes[..lane(p)].iter_mut().find(|q| !q.is_empty()).and_then(VecDeque::pop_back)
+    }
+}
+
+/// CoDel's overload test: the queue is "standing" (overloaded) when even the shortest wait
+/// seen over a whole `interval` stayed above `target`. A burst that drains does not trip it;
+/// a queue that never empties does.
+#[derive(Debug, Clone)]
+pub struct OverloadDetector {
+    target: Duration,
+    interval: Duration,
+    interval_start: Instant,
+    min_sojourn: Option<Duration>,
+    overloaded: bool,
+}
+
+impl OverloadDetector {
+    pub fn new(target: Duration, interval: Duration, now: Instant) -> OverloadDetector {
+        OverloadDetector {
+            target,
+            interval,
+            interval_start: now,
+            min_sojourn: None,
+            overloaded: false,
+        }
+    }
+
+    /// A request left the queue after waiting `sojourn` (a request admitted without waiting
+    /// counts as zero).
+    pub fn on_dequeue(&mut self, sojourn: Duration, now: Instant) {
+        self.min_sojourn = Some(self.min_sojourn.map_or(sojourn, |m| m.min(sojourn)));
+        self.roll(now);
+    }
+
+    /// Whether the queue is standing now.
+    pub fn overloaded(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        self.overloaded
+    }
+
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.interval_start) >= self.interval {
+            self.overloaded = self.min_sojourn.is_some_and(|m| m > self.target);
+            self.min_sojourn = None;
+            self.interval_start = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn higher_priority_first_then_fifo_or_lifo() {
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(10);
+        let mut q = WaitQueue::default();
+        q.push(Priority::Sheddable, far, t0, "s1");
+        q.push(Priority::Normal, far, t0, "n1");
+        q.push(Priority::Normal, far, t0, "n2");
+        q.push(Priority::Critical, far, t0, "c1");
+        let mut exp = vec![];
+        let order: Vec<&str> = std::iter::from_fn(|| q.pop_next(t0, false, &mut exp).map(|e| e.payload)).collect();
+        assert_eq!(order, ["c1", "n1", "n2", "s1"]);
+
+        q.push(Priority::Normal, far, t0, "n1");
+        q.push(Priority::Normal, far, t0, "n2");
+        assert_eq!(q.pop_next(t0, true, &mut exp).unwrap().payload, "n2");
+        assert!(exp.is_empty());
+    }
+
+    #[test]
+    fn expired_entries_are_handed_back_not_served() {
+        let t0 = Instant::now();
+        let mut q = WaitQueue::default();
+        q.push(Priority::Normal, t0 + 5 * MS, t0, 1);
+        q.push(Priority::Normal, t0 + 50 * MS, t0, 2);
+        let mut exp = vec![];
+        let next = q.pop_next(t0 + 10 * MS, false, &mut exp).unwrap();
+        assert_eq!(next.payload, 2);
+        assert_eq!(exp.iter().map(|e| e.payload).collect::<Vec<_>>(), [1]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn counts_ahead_remove_and_evict() {
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(1);
+        let mut q = WaitQueue::default();
+        let s = q.push(Priority::Sheddable, far, t0, 0);
+        q.push(Priority::Normal, far, t0, 1);
+        q.push(Priority::Critical, far, t0, 2);
+        assert_eq!(q.ahead_of(Priority::Critical), 1);
+        assert_eq!(q.ahead_of(Priority::Normal), 2);
+        assert_eq!(q.ahead_of(Priority::Sheddable), 3);
+        assert_eq!(q.evict_below(Priority::Critical).unwrap().id, s);
+        assert_eq!(q.evict_below(Priority::Critical).unwrap().payload, 1);
+        assert!(q.evict_below(Priority::Critical).is_none());
+        assert!(q.evict_below(Priority::Sheddable).is_none());
+        assert_eq!(q.len(), 1);
+        let id = q.push(Priority::Normal, far, t0, 9);
+        assert_eq!(q.remove(id).unwrap().payload, 9);
+        assert!(q.remove(id).is_none());
+    }
+
+    #[test]
+    fn overload_needs_a_standing_queue_for_a_whole_interval() {
+        let t0 = Instant::now();
+        let mut d = OverloadDetector::new(5 * MS, 100 * MS, t0);
+        // A burst: long waits, but one request got through at once.
+        d.on_dequeue(40 * MS, t0 + 10 * MS);
+        d.on_dequeue(Duration::ZERO, t0 + 20 * MS);
+        assert!(!d.overloaded(t0 + 100 * MS));
+        // A standing queue: every wait over target for the whole interval.
+        for i in 1..10 {
+            d.on_dequeue(20 * MS, t0 + 100 * MS + i * 10 * MS);
+        }
+        assert!(d.overloaded(t0 + 200 * MS));
+        // It drains: the next interval sees a zero wait.
+        d.on_dequeue(Duration::ZERO, t0 + 250 * MS);
+        assert!(!d.overloaded(t0 + 300 * MS));
+    }
+}

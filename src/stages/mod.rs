@@ -1,0 +1,23 @@
+//! The stages of the request path, in the order a request meets them. Each stage decides;
+//! the Pingora phases in `proxy` only sequence stages and write their answers.
+//!
+//! - [`route`]: which route (SLO, priority, caps) a request belongs to.
+//! - [`payload`]: body-size caps, answered before the backend sees a byte.
+
+pub mod payload;
+pub mod route;
+
+/// A stage refused the request. `proxy::respond` turns it into a JSON 4xx/5xx.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status to answer.
+    pub status: u16,
+    /// Machine-readable reason, also the `reason` metric label (bounded set).
+    pub reason: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The policy limit that was hit, as written in the policy (e.g. `max_body_bytes`).
+    pub limit: Option<&'static str>,
+    /// The value that broke the limit, when there is one.
+    pub value: Option<u64>,
+}

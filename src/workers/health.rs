@@ -1,0 +1,348 @@
+//! One worker's health: `healthy`, `suspect` (on probation after an ejection, ramping up)
+//! or `ejected` (no new requests). Pure: every input carries its `now`, and
+//! [`WorkerHealth::evaluate`] is called by a ticker, so a stall is seen while it happens,
+//! not when the slow request finally ends.
+//!
+//! Signals, each cheap and each able to eject on its own:
+//! - passive stall: requests in flight and nothing completed (no response, no probe) for
+//!   `stall_after`. An async worker awaiting a slow database still answers probes, so it is
+//!   not taken for stalled; a blocked event loop answers nothing.
+//! - reported loop lag (`x-loop-lag-ms` on responses and probes) over `lag_eject`;
+//! - a probe slower than `lag_eject` or failing;
+//! - consecutive connect failures or 5xx answers (Envoy's consecutive-5xx outlier rule).
+
+use std::time::{Duration, Instant};
+
+use super::ewma::PeakEwma;
+
+/// Detection and ejection settings (`[upstream.health]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// In flight with no completion for this long = stalled. Default 100 ms.
+    pub stall_after: Duration,
+    /// Reported loop lag or probe latency at or over this ejects. Default 75 ms.
+    pub lag_eject: Duration,
+    /// Consecutive connect failures or 5xx that eject. Default 5.
+    pub consecutive_failures: u32,
+    /// First ejection lasts this; each repeat doubles it. Default 1 s.
+    pub base_ejection: Duration,
+    /// Cap on the ejection time. Default 30 s.
+    pub max_ejection: Duration,
+    /// After a readmission, the worker's share ramps from 10% to 100% over this. Default 3 s.
+    pub slow_start: Duration,
+    /// Each stretch this long without an ejection forgives one past ejection. Default 30 s.
+    pub forgive_after: Duration,
+    /// Peak-EWMA decay window for the latency estimate. Default 1 s.
+    pub latency_decay: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            stall_after: Duration::from_millis(100),
+            lag_eject: Duration::from_millis(75),
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+            slow_start: Duration::from_secs(3),
+            forgive_after: Duration::from_secs(30),
+            latency_decay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The three states operators see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    Healthy,
+    Suspect,
+    Ejected,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Suspect => "suspect",
+            HealthState::Ejected => "ejected",
+        }
+    }
+}
+
+/// Why a worker was ejected, for the status page and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EjectReason {
+    /// In flight, nothing completed for this long.
+    Stalled(Duration),
+    /// The worker reported this loop lag.
+    LoopLag(Duration),
+    /// A probe took this long.
+    SlowProbe(Duration),
+    ProbeFailed,
+    ConnectFailures(u32),
+    ServerErrors(u32),
+}
+
+impl std::fmt::Display for EjectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EjectReason::Stalled(d) => write!(f, "stalled: requests in flight, nothing completed for {} ms", d.as_millis()),
+            EjectReason::LoopLag(d) => write!(f, "event-loop lag {} ms reported", d.as_millis()),
+            EjectReason::SlowProbe(d) => write!(f, "probe took {} ms", d.as_millis()),
+            EjectReason::ProbeFailed => write!(f, "probe failed"),
+            EjectReason::ConnectFailures(n) => write!(f, "{n} consecutive connect failures"),
+            EjectReason::ServerErrors(n) => write!(f, "{n} consecutive 5xx answers"),
+        }
+    }
+}
+
+/// What an input or an evaluation changed, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Ejected { reason: EjectReason, for_: Duration },
+    /// Back on probation (half-open), with slow start.
+    Readmitted,
+    /// Probation ended cleanly.
+    Recovered,
+}
+
+/// One worker's health record. Guarded by a mutex in [`super::Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerHealth {
+    state: HealthState,
+    last_reason: Option<EjectReason>,
+    ejected_until: Instant,
+    /// Ejections not yet forgiven; sets the next ejection's length.
+    strikes: u32,
+    last_strike_at: Instant,
+    /// Total ejections, for metrics.
+    pub ejections: u64,
+    /// When probation (slow start) began.
+    readmitted_at: Option<Instant>,
+    /// When the worker went from idle to busy (in flight 0 -> 1).
+    busy_since: Option<Instant>,
+    /// Last response or probe completion.
+    last_completion: Instant,
+    consecutive_connect_failures: u32,
+    consecutive_5xx: u32,
+    latency: PeakEwma,
+    last_lag: Option<Duration>,
+    last_probe: Option<Result<Duration, ()>>,
+    /// A successful, fast probe completed after the ejection began: the gate to readmission.
+    probe_ok_since_ejection: bool,
+    /// Set by an input that should eject; applied by `evaluate` (which knows the neighbours).
+    pending: Option<EjectReason>,
+}
+
+impl WorkerHealth {
+    pub fn new(cfg: &HealthConfig, now: Instant) -> WorkerHealth {
+        WorkerHealth {
+            state: HealthState::Healthy,
+            last_reason: None,
+            ejected_until: now,
+            strikes: 0,
+            last_strike_at: now,
+            ejections: 0,
+            readmitted_at: None,
+            busy_since: None,
+            last_completion: now,
+            consecutive_connect_failures: 0,
+            consecutive_5xx: 0,
+            latency: PeakEwma::new(cfg.latency_decay, Duration::from_millis(1), now),
+            last_lag: None,
+            last_probe: None,
+            probe_ok_since_ejection: false,
+            pending: None,
+        }
+    }
+
+    pub fn state(&self) -> HealthState {
+        self.state
+    }
+
+    pub fn last_reason(&self) -> Option<EjectReason> {
+        self.last_reason
+    }
+
+    pub fn latency(&self) -> Duration {
+        self.latency.estimate()
+    }
+
+    pub fn last_lag(&self) -> Option<Duration> {
+        self.last_lag
+    }
+
+    pub fn last_probe(&self) -> Option<Result<Duration, ()>> {
+        self.last_probe
+    }
+
+    pub fn ejected_until(&self) -> Option<Instant> {
+        (self.state == HealthState::Ejected).then_some(self.ejected_until)
+    }
+
+    /// Share of traffic this worker should take now: 1.0, or ramping from 0.1 during slow
+    /// start, 0.0 when ejected.
+    pub fn weight(&self, cfg: &HealthConfig, now: Instant) -> f64 {
+        match (self.state, self.readmitted_at) {
+            (HealthState::Ejected, _) => 0.0,
+            (HealthState::Suspect, Some(at)) => {
+                let ramp = now.saturating_duration_since(at).as_secs_f64() / cfg.slow_start.as_secs_f64().max(1e-3);
+                ramp.clamp(0.1, 1.0)
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// A request was sent; `in_flight_before` is the count before it.
+    pub fn on_dispatch(&mut self, in_flight_before: usize, now: Instant) {
+        if in_flight_before == 0 {
+            self.busy_since = Some(now);
+        }
+    }
+
+    /// A response arrived: its status, time to response headers and reported loop lag.
+    pub fn on_response(&mut self, cfg: &HealthConfig, status: u16, rtt: Duration, lag: Option<Duration>, now: Instant) {
+        self.last_completion = now;
+        self.consecutive_connect_failures = 0;
+        self.latency.observe(rtt, now);
+        if status >= 500 {
+            self.consecutive_5xx += 1;
+            if self.consecutive_5xx >= cfg.consecutive_failures {
+                self.pending.get_or_insert(EjectReason::ServerErrors(self.consecutive_5xx));
+            }
+        } else {
+            self.consecutive_5xx = 0;
+        }
+        if let Some(lag) = lag {
+            self.note_lag(cfg, lag);
+        }
+    }
+
+    /// Nothing more in flight on this worker.
+    pub fn on_idle(&mut self) {
+        self.busy_since = None;
+    }
+
+    pub fn on_connect_failure(&mut self, cfg: &HealthConfig) {
+        self.consecutive_connect_failures += 1;
+        if self.consecutive_connect_failures >= cfg.consecutive_failures {
+            self.pending.get_or_insert(EjectReason::ConnectFailures(self.consecutive_connect_failures));
+        }
+    }
+
+    /// A probe finished: `Ok((latency, reported lag))` or `Err(())` (refused, timed out, non-2xx).
+    pub fn on_probe(&mut self, cfg: &HealthConfig, result: Result<(Duration, Option<Duration>), ()>, now: Instant) {
+        match result {
+            Ok((latency, lag)) => {
+                self.last_completion = now;
+                self.last_probe = Some(Ok(latency));
+                let lag_ok = lag.is_none_or(|l| l < cfg.lag_eject);
+                if let Some(lag) = lag {
+                    self.note_lag(cfg, lag);
+                }
+                if latency >= cfg.lag_eject {
+                    self.probe_ok_since_ejection = false;
+                    self.pending.get_or_insert(EjectReason::SlowProbe(latency));
+                } else if lag_ok {
+                    self.probe_ok_since_ejection = true;
+                    self.consecutive_connect_failures = 0;
+                }
+            }
+            Err(()) => {
+                self.last_probe = Some(Err(()));
+                self.probe_ok_since_ejection = false;
+                self.pending.get_or_insert(EjectReason::ProbeFailed);
+            }
+        }
+    }
+
+    fn note_lag(&mut self, cfg: &HealthConfig, lag: Duration) {
+        self.last_lag = Some(lag);
+        if lag >= cfg.lag_eject {
+            self.probe_ok_since_ejection = false;
+            self.pending.get_or_insert(EjectReason::LoopLag(lag));
+        }
+    }
+
+    /// Applies what the signals say. `may_eject` says whether ejecting one more worker stays
+    /// within `max_ejected_percent`; when it does not, the worker stays in (and is counted
+    /// as suspect so the choice avoids it), and shedding protects the SLO instead.
+    pub fn evaluate(&mut self, cfg: &HealthConfig, in_flight: usize, may_eject: bool, now: Instant) -> Option<Transition> {
+        if in_flight == 0 {
+            self.busy_since = None;
+        }
+        let stalled_for = match self.busy_since {
+            Some(since) if in_flight > 0 => now.saturating_duration_since(since.max(self.last_completion)),
+            _ => Duration::ZERO,
+        };
+        let reason = if stalled_for >= cfg.stall_after {
+            Some(EjectReason::Stalled(stalled_for))
+        } else {
+            self.pending
+        };
+        self.pending = None;
+
+        match (self.state, reason) {
+            (HealthState::Ejected, _) => {
+                if now >= self.ejected_until && self.probe_ok_since_ejection && stalled_for < cfg.stall_after {
+                    self.state = HealthState::Suspect;
+                    self.readmitted_at = Some(now);
+                    self.consecutive_5xx = 0;
+                    self.consecutive_connect_failures = 0;
+                    return Some(Transition::Readmitted);
+                }
+                None
+            }
+            (_, Some(reason)) if may_eject => Some(self.eject(cfg, reason, now)),
+            (HealthState::Healthy, Some(reason)) => {
+                // Over max_ejected_percent: keep serving from it, but as suspect.
+                self.last_reason = Some(reason);
+                self.state = HealthState::Suspect;
+                self.readmitted_at = Some(now);
+                None
+            }
+            (HealthState::Suspect, None) => {
+                let since = self.readmitted_at.unwrap_or(now);
+                if now.saturating_duration_since(since) >= cfg.slow_start {
+                    self.state = HealthState::Healthy;
+                    self.readmitted_at = None;
+                    return Some(Transition::Recovered);
+                }
+                None
+            }
+            (HealthState::Healthy, None) => {
+                // A long clean run forgives one past ejection, so a worker that misbehaved
+                // once last week is not ejected for 30 s at its next hiccup.
+                if self.strikes > 0 && now.saturating_duration_since(self.last_strike_at) >= cfg.forgive_after {
+                    self.strikes -= 1;
+                    self.last_strike_at = now;
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn eject(&mut self, cfg: &HealthConfig, reason: EjectReason, now: Instant) -> Transition {
+        let factor = 1u32 << self.strikes.min(16);
+        let for_ = cfg.base_ejection.saturating_mul(factor).min(cfg.max_ejection);
+        self.strikes += 1;
+        self.last_strike_at = now;
+        self.ejections += 1;
+        self.state = HealthState::Ejected;
+        self.last_reason = Some(reason);
+        self.ejected_until = now + for_;
+        self.readmitted_at = None;
+        self.probe_ok_since_ejection = false;
+        Transition::Ejected { reason, for_ }
+    }
+}
+
+/// Whether one more worker may be ejected: at most `max_percent`% of `total` are out at once.
+pub fn may_eject(already_ejected: usize, total: usize, max_percent: u8) -> bool {
+    (already_ejected + 1) * 100 <= total * usize::from(max_percent)
+}
+
+#[cfg(test)]
+#[path = "health_tests.rs"]
+mod tests;

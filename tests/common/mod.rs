@@ -1,0 +1,162 @@
+//! Test harness: real processes on free ports. A type per process, started with `spawn`,
+//! stopped on `Drop`, so a failing test never leaves a server behind.
+//!
+//! - the analytics backend runs in-process (its library), each worker on `127.0.0.1:0`;
+//! - sloguard runs as its own process (the real binary), on ports found free just before.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use analytics_backend::{Backend, BackendConfig, FaultSpec};
+
+/// A port that was free a moment ago. sloguard binds it itself; `Sloguard::spawn` retries
+/// with new ports in the rare case another test took it in between.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn sloguard_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sloguard"))
+}
+
+/// The repository root (for `config/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the analytics backend with `workers` workers on ephemeral ports.
+pub fn backend(workers: usize) -> Backend {
+    backend_with_faults(workers, vec![])
+}
+
+pub fn backend_with_faults(workers: usize, faults: Vec<(usize, FaultSpec)>) -> Backend {
+    Backend::start(BackendConfig {
+        workers,
+        faults,
+        ..BackendConfig::default()
+    })
+    .expect("backend starts")
+}
+
+/// A sloguard process serving a generated policy.
+pub struct Sloguard {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub policy_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Policy text with the listeners and workers filled in, and `rest` (routes etc.) appended.
+pub fn policy_text(proxy: SocketAddr, admin: SocketAddr, workers: &[SocketAddr], rest: &str) -> String {
+    let list: Vec<String> = workers.iter().map(|w| format!("\"{w}\"")).collect();
+    format!(
+        "[listen]\nproxy = \"{proxy}\"\nadmin = \"{admin}\"\ndrain_timeout_ms = 5000\n\n\
+         [upstream]\nworkers = [{}]\nconnect_timeout_ms = 200\nread_timeout_ms = 10000\n\n{rest}\n",
+        list.join(", ")
+    )
+}
+
+impl Sloguard {
+    /// Starts sloguard in front of `workers` with `rest` appended to the policy, and waits
+    /// until both listeners answer.
+    pub fn spawn(workers: &[SocketAddr], rest: &str) -> Sloguard {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match Sloguard::try_spawn(workers, rest) {
+                Ok(s) => return s,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("sloguard did not start: {last_err}");
+    }
+
+    fn try_spawn(workers: &[SocketAddr], rest: &str) -> Result<Sloguard, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let policy_path = dir.path().join("sloguard.toml");
+        std::fs::write(&policy_path, policy_text(proxy, admin, workers, rest)).unwrap();
+        let log = std::fs::File::create(dir.path().join("sloguard.log")).unwrap();
+        let child = Command::new(sloguard_bin())
+            .args(["run", "--config"])
+            .arg(&policy_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut s = Sloguard {
+            child,
+            proxy,
+            admin,
+            policy_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(format!("exited with {status}: {}", s.log()));
+            }
+            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
+            if up(&s.proxy) && up(&s.admin) {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("not listening after 15 s: {}", s.log()))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// What sloguard wrote on stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("sloguard.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sloguard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `sloguard check` on files.
+pub fn check(files: &[&Path]) -> Output {
+    Command::new(sloguard_bin())
+        .arg("check")
+        .args(files)
+        .output()
+        .expect("sloguard check runs")
+}
+
+/// An HTTP client that never reuses a connection across tests and never waits forever.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// A typical 1-2 KB ingestion event.
+pub fn event(customer: &str, name: &str, ts_ms: u64, value: f64) -> serde_json::Value {
+    serde_json::json!({
+        "customer_id": customer,
+        "event": name,
+        "ts": ts_ms,
+        "value": value,
+        "dimensions": {"country": "fr", "device": "ios", "plan": "pro", "page": "/pricing"},
+    })
+}
