@@ -73,10 +73,9 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
     let policy = Policy::load(config)?;
     let workers = &policy.upstream.workers;
     let first = workers[0];
-    let consecutive = workers
-        .iter()
-        .enumerate()
-        .all(|(i, w)| w.ip() == first.ip() && usize::from(w.port()) == usize::from(first.port()) + i);
+    let consecutive = workers.iter().enumerate().all(|(i, w)| {
+        w.ip() == first.ip() && usize::from(w.port()) == usize::from(first.port()) + i
+    });
     if !consecutive {
         let list: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
         return Err(DemoError::WorkersNotConsecutive(list.join(", ")));
@@ -110,7 +109,12 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
 fn print_banner(policy: &Policy) {
     let proxy = policy.listen.proxy;
     let admin = policy.listen.admin;
-    let workers: Vec<String> = policy.upstream.workers.iter().map(|w| w.to_string()).collect();
+    let workers: Vec<String> = policy
+        .upstream
+        .workers
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
     println!(
         r#"
 sloguard demo

@@ -5,8 +5,10 @@
 //!
 //! - [`server`] builds the Pingora server: the proxy listener and the admin listener.
 //! - [`proxy`] holds the Pingora phases; they sequence the stages and write answers.
-//! - [`stages`] decide: [`stages::route`] (which route), [`stages::payload`] (body caps).
+//! - [`stages`] decide: [`stages::route`] (which route), [`stages::payload`] (body caps),
+//!   [`stages::admission`] (wait for a worker slot within the deadline, or be shed).
 //! - [`workers`] choose the upstream worker and hold in-flight leases.
+//! - [`monitor`] runs health evaluation, probes and drain-rate estimates in the background.
 //! - [`admin`] serves `/healthz` and `/status`.
 //! - [`config`] reads and validates the TOML policy; [`state`] holds the live snapshot.
 //! - [`demo`] runs the analytics backend and sloguard together for a newcomer.
@@ -14,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod monitor;
 pub mod proxy;
 pub mod server;
 pub mod stages;

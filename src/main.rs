@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sloguard::{demo, server, Policy};
 
 #[derive(Parser)]
-#[command(name = "sloguard", version, about = "Reverse-proxy sidecar with a latency SLO guard")]
+#[command(
+    name = "sloguard",
+    version,
+    about = "Reverse-proxy sidecar with a latency SLO guard"
+)]
 struct Cli {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -47,7 +51,9 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -9,6 +9,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Policy;
+use crate::monitor::Monitor;
 use crate::proxy::SloGuard;
 use crate::state::State;
 
@@ -49,6 +50,12 @@ pub fn build_server(policy: Policy) -> Built {
     admin.add_tcp(&admin_addr);
     admin.threads = Some(1);
 
+    let monitor = pingora::services::background::background_service(
+        "sloguard guard",
+        Monitor::new(state.clone()),
+    );
+
+    server.add_service(monitor);
     server.add_service(proxy);
     server.add_service(admin);
     Built { server, state }

@@ -1,7 +1,9 @@
-//! The process-wide state every request reads: the current policy snapshot and the workers.
+//! The process-wide state every request reads: the current policy snapshot, the workers and
+//! the admission queue.
 //!
-//! Both sit behind `ArcSwap` so a reload replaces them whole while requests in flight keep
-//! the snapshot they started with (a request loads the policy once, in `request_filter`).
+//! Policy and workers sit behind `ArcSwap` so a reload replaces them whole while requests in
+//! flight keep the snapshot they started with (a request loads the policy once, in
+//! `request_filter`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,21 +11,25 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::Policy;
+use crate::stages::admission::Admission;
 use crate::workers::WorkerSet;
 
 pub struct State {
     policy: ArcSwap<Policy>,
     workers: ArcSwap<WorkerSet>,
+    pub admission: Arc<Admission>,
     /// When this process started serving.
     pub started: Instant,
 }
 
 impl State {
     pub fn new(policy: Policy) -> State {
-        let workers = WorkerSet::new(&policy.upstream.workers);
+        let workers = WorkerSet::new(&policy.upstream, &policy.concurrency);
+        let admission = Arc::new(Admission::new(policy.shedding.clone()));
         State {
             policy: ArcSwap::from_pointee(policy),
             workers: ArcSwap::from_pointee(workers),
+            admission,
             started: Instant::now(),
         }
     }

@@ -38,7 +38,12 @@ fn invalid_policies_are_refused_with_file_line_and_key() {
     assert!(files.len() >= 8, "the must-fail set shrank: {files:?}");
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        let expect = text.lines().next().unwrap().strip_prefix("# expect: ").expect("an expect line");
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .expect("an expect line");
         let (line, key) = expect.split_once(", key ").unwrap();
         let line: usize = line.strip_prefix("line ").unwrap().parse().unwrap();
         let out = check(&[&f]);
@@ -49,7 +54,11 @@ fn invalid_policies_are_refused_with_file_line_and_key() {
             "{}: expected line {line} in {stderr}",
             f.display()
         );
-        assert!(stderr.contains(&format!("key {key}")), "{}: expected key {key} in {stderr}", f.display());
+        assert!(
+            stderr.contains(&format!("key {key}")),
+            "{}: expected key {key} in {stderr}",
+            f.display()
+        );
     }
 }
 

@@ -58,7 +58,10 @@ async fn an_event_posted_through_the_proxy_is_seen_by_a_query_through_the_proxy(
             .json()
             .await
             .unwrap();
-        let points = q["series"][0]["points"].as_array().expect("a series").clone();
+        let points = q["series"][0]["points"]
+            .as_array()
+            .expect("a series")
+            .clone();
         let count: u64 = points.iter().map(|p| p["count"].as_u64().unwrap()).sum();
         let sum: f64 = points.iter().map(|p| p["sum"].as_f64().unwrap()).sum();
         assert_eq!((count, sum), (3, 60.0), "{q}");
@@ -97,8 +100,12 @@ async fn a_one_megabyte_body_and_its_headers_arrive_intact() {
 async fn a_chunked_body_arrives_intact_and_a_request_id_is_added() {
     let be = backend(2);
     let sg = Sloguard::spawn(&be.addrs(), ROUTES);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64u8).map(|i| Ok(vec![i; 1000 + i as usize])).collect();
-    let whole: Vec<u8> = chunks.iter().flat_map(|c| c.as_ref().unwrap().clone()).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64u8).map(|i| Ok(vec![i; 1000 + i as usize])).collect();
+    let whole: Vec<u8> = chunks
+        .iter()
+        .flat_map(|c| c.as_ref().unwrap().clone())
+        .collect();
     let stream = futures_util::stream::iter(chunks);
     let r = client()
         .post(sg.url("/debug/echo"))
@@ -118,14 +125,18 @@ async fn a_chunked_body_arrives_intact_and_a_request_id_is_added() {
     assert_eq!(echo["headers"]["x-forwarded-for"][0], "127.0.0.1");
 }
 
-#[tokio::test]
-async fn a_worker_that_refuses_connections_is_skipped_and_nothing_is_lost_or_doubled() {
+/// Sends 30 events through a sloguard whose second worker is a closed port; returns the
+/// status document afterwards.
+async fn thirty_events_with_a_dead_worker(guard: &str) -> Value {
     let be = backend(2);
     let mut workers = be.addrs();
     // A port nobody listens on: the crashed worker.
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     workers.insert(1, dead);
-    let sg = Sloguard::spawn(&workers, ROUTES);
+    let sg = Sloguard::spawn(
+        &workers,
+        &format!("{ROUTES}\n[guard]\nmode = \"{guard}\"\n"),
+    );
     let http = client();
     for i in 0..30u64 {
         let r = http
@@ -136,11 +147,41 @@ async fn a_worker_that_refuses_connections_is_skipped_and_nothing_is_lost_or_dou
             .unwrap();
         assert_eq!(r.status(), 202, "request {i}: {:?}", r.text().await);
     }
-    assert_eq!(be.store().total_events(), 30, "each accepted POST stored exactly once");
-    let status: Value = http.get(sg.admin_url("/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        be.store().total_events(),
+        30,
+        "each accepted POST stored exactly once"
+    );
+    http.get(sg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn with_the_guard_off_a_refused_connection_is_retried_on_another_worker() {
+    let status = thirty_events_with_a_dead_worker("off").await;
     let failures = status["workers"][1]["connect_failures"].as_u64().unwrap();
-    assert!(failures > 0, "the dead worker was tried and counted: {status}");
+    assert!(
+        failures > 0,
+        "the dead worker was tried and counted: {status}"
+    );
     assert_eq!(status["workers"][0]["connect_failures"], 0);
+}
+
+#[tokio::test]
+async fn with_the_guard_on_a_dead_worker_is_ejected_by_its_probes() {
+    let status = thirty_events_with_a_dead_worker("enforce").await;
+    let dead = &status["workers"][1];
+    assert_eq!(dead["state"], "ejected", "{status}");
+    assert!(
+        dead["reason"].as_str().unwrap().contains("probe"),
+        "{status}"
+    );
+    assert_eq!(status["workers"][0]["state"], "healthy", "{status}");
 }
 
 #[tokio::test]
@@ -150,7 +191,12 @@ async fn a_body_over_the_route_cap_gets_413_json_and_never_reaches_the_backend()
     let http = client();
     let mut big = event("acme", "big", 1_700_000_000_000, 1.0);
     big["dimensions"]["blob"] = Value::String("x".repeat(8000));
-    let r = http.post(sg.url("/v1/events")).json(&big).send().await.unwrap();
+    let r = http
+        .post(sg.url("/v1/events"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["content-type"], "application/json");
     let body: Value = r.json().await.unwrap();
@@ -165,15 +211,24 @@ async fn a_body_over_the_route_cap_gets_413_json_and_never_reaches_the_backend()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(be.store().total_events(), 1, "only the small event reached the backend");
+    assert_eq!(
+        be.store().total_events(),
+        1,
+        "only the small event reached the backend"
+    );
 }
 
 #[tokio::test]
 async fn when_every_worker_is_down_the_client_gets_a_json_502() {
-    let dead: Vec<std::net::SocketAddr> =
-        (0..2).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
+    let dead: Vec<std::net::SocketAddr> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+        .collect();
     let sg = Sloguard::spawn(&dead, ROUTES);
-    let r = client().get(sg.url("/v1/metrics?customer=a&event=b")).send().await.unwrap();
+    let r = client()
+        .get(sg.url("/v1/metrics?customer=a&event=b"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "upstream_unavailable");

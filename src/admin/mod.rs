@@ -31,7 +31,10 @@ impl AdminApp {
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": format!("{method} is not allowed on {path}")}),
             ),
-            _ => (StatusCode::NOT_FOUND, json!({"error": format!("no admin endpoint at {path}")})),
+            _ => (
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no admin endpoint at {path}")}),
+            ),
         }
     }
 
@@ -43,10 +46,26 @@ impl AdminApp {
             .workers()
             .iter()
             .map(|w| {
+                let health = w.health();
+                let limiter = w.limiter();
+                let now = std::time::Instant::now();
                 json!({
                     "id": w.id,
                     "addr": w.addr.to_string(),
+                    "state": w.state().as_str(),
+                    "reason": health.last_reason().map(|r| r.to_string()),
+                    "ejected_for_ms": health.ejected_until().map(|t| t.saturating_duration_since(now).as_millis() as u64),
+                    "ejections": health.ejections,
                     "in_flight": w.in_flight(),
+                    "limit": w.limit(),
+                    "latency_ms": ms(health.latency()),
+                    "baseline_ms": limiter.baseline().map(ms),
+                    "loop_lag_ms": health.last_lag().map(ms),
+                    "probe_ms": match health.last_probe() {
+                        Some(Ok(d)) => json!(ms(d)),
+                        Some(Err(())) => json!("failed"),
+                        None => json!(null),
+                    },
                     "requests": w.requests(),
                     "connect_failures": w.connect_failures(),
                 })
@@ -65,13 +84,24 @@ impl AdminApp {
                 })
             })
             .collect();
+        let admission = &self.state.admission;
         json!({
             "policy": {"file": policy.source.display().to_string(), "version": policy.version},
+            "guard": policy.guard.as_str(),
+            "admission": {
+                "waiting": admission.waiting(),
+                "drain_rate_per_s": (admission.drain_rate() * 10.0).round() / 10.0,
+            },
             "uptime_seconds": self.state.started.elapsed().as_secs(),
             "workers": workers,
             "routes": routes,
         })
     }
+}
+
+/// Milliseconds with one decimal, for humans.
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 #[async_trait]

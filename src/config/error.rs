@@ -121,9 +121,18 @@ mod tests {
     #[test]
     fn offsets_become_one_based_lines_and_columns() {
         let src = "a = 1\nbb = 2\n";
-        assert_eq!(Location::from_offset(src, 0), Location { line: 1, column: 1 });
-        assert_eq!(Location::from_offset(src, 6), Location { line: 2, column: 1 });
-        assert_eq!(Location::from_offset(src, 9), Location { line: 2, column: 4 });
+        assert_eq!(
+            Location::from_offset(src, 0),
+            Location { line: 1, column: 1 }
+        );
+        assert_eq!(
+            Location::from_offset(src, 6),
+            Location { line: 2, column: 1 }
+        );
+        assert_eq!(
+            Location::from_offset(src, 9),
+            Location { line: 2, column: 4 }
+        );
         assert_eq!(Location::from_offset(src, 999).line, 3);
     }
 

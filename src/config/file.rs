@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::file_guard::*;
+
 /// The whole policy file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +18,12 @@ pub struct PolicyFile {
     /// Routes in match order; the first match wins.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteFile>,
+    #[serde(default)]
+    pub guard: GuardFile,
+    #[serde(default)]
+    pub concurrency: ConcurrencyFile,
+    #[serde(default)]
+    pub shedding: SheddingFile,
 }
 
 /// `[listen]`: where sloguard accepts traffic.
@@ -62,6 +70,12 @@ pub struct UpstreamFile {
     /// Idle upstream connections kept in the pool, all workers together. Default 128.
     #[serde(default = "default_keepalive_pool_size")]
     pub keepalive_pool_size: Spanned<u64>,
+    /// Response header with the worker's event-loop lag in ms. Default `x-loop-lag-ms`.
+    pub lag_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub health: HealthFile,
+    #[serde(default)]
+    pub probe: ProbeFile,
 }
 
 fn default_connect_timeout_ms() -> Spanned<u64> {
@@ -93,6 +107,9 @@ pub struct RouteFile {
     pub priority: PriorityFile,
     /// Largest request body accepted, bytes. Absent = no cap.
     pub max_body_bytes: Option<Spanned<u64>>,
+    /// Longest wait for a worker slot, ms. Default: p95 target minus the expected service
+    /// time, or `[shedding] default_queue_ms` without an SLO.
+    pub queue_budget_ms: Option<Spanned<u64>>,
 }
 
 /// `match = { method = "POST", path_prefix = "/v1/events" }`.

@@ -13,8 +13,12 @@ use toml::Spanned;
 
 use super::error::{Location, PolicyError};
 use super::file::{PolicyFile, PriorityFile, RouteFile};
+use crate::stages::admission::SheddingConfig;
 use crate::stages::route::{Priority, Route, RouteMatch, RouteTable, Slo};
-use crate::workers::UpstreamConfig;
+use crate::workers::{GuardMode, LimiterConfig, UpstreamConfig};
+
+#[path = "policy_guard.rs"]
+mod guard;
 
 /// Most workers one sidecar guards: retry bookkeeping keeps one bit per worker.
 pub const MAX_WORKERS: usize = 64;
@@ -30,6 +34,10 @@ pub struct Policy {
     pub listen: Listen,
     pub upstream: UpstreamConfig,
     pub routes: RouteTable,
+    /// `[guard] mode`: enforce, shadow or off.
+    pub guard: GuardMode,
+    pub concurrency: LimiterConfig,
+    pub shedding: SheddingConfig,
 }
 
 /// `[listen]`, validated.
@@ -66,6 +74,9 @@ impl Policy {
             listen,
             upstream,
             routes,
+            guard: v.guard_mode(raw.guard.mode),
+            concurrency: v.concurrency(&raw.concurrency)?,
+            shedding: v.shedding(&raw.shedding)?,
         })
     }
 }
@@ -77,7 +88,12 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn invalid(&self, span: Range<usize>, key: impl Into<String>, msg: impl Into<String>) -> PolicyError {
+    fn invalid(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> PolicyError {
         // Defaulted values carry the empty span 0..0: they cannot be wrong, but if one were,
         // pointing at line 1 would mislead, so no location is given.
         let at = (span != (0..0)).then(|| Location::from_offset(self.src, span.start));
@@ -115,7 +131,11 @@ impl Validator<'_> {
         let proxy = self.addr(&l.proxy, "listen.proxy")?;
         let admin = self.addr(&l.admin, "listen.admin")?;
         if proxy == admin && proxy.port() != 0 {
-            return Err(self.invalid(l.admin.span(), "listen.admin", "must differ from listen.proxy"));
+            return Err(self.invalid(
+                l.admin.span(),
+                "listen.admin",
+                "must differ from listen.proxy",
+            ));
         }
         let threads = self.positive(&l.threads, "listen.threads")?;
         if threads > 64 {
@@ -132,7 +152,11 @@ impl Validator<'_> {
     fn upstream(&self, raw: &PolicyFile) -> Result<UpstreamConfig, PolicyError> {
         let u = &raw.upstream;
         if u.workers.get_ref().is_empty() {
-            return Err(self.invalid(u.workers.span(), "upstream.workers", "needs at least one worker"));
+            return Err(self.invalid(
+                u.workers.span(),
+                "upstream.workers",
+                "needs at least one worker",
+            ));
         }
         if u.workers.get_ref().len() > MAX_WORKERS {
             return Err(self.invalid(
@@ -150,13 +174,32 @@ impl Validator<'_> {
             }
             workers.push(addr);
         }
+        let (health, max_ejected_percent) = self.health(&u.health)?;
+        let lag_header = match &u.lag_header {
+            None => "x-loop-lag-ms".to_string(),
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => name.as_str().to_string(),
+                Err(_) => {
+                    return Err(self.invalid(
+                        h.span(),
+                        "upstream.lag_header",
+                        "is not a valid header name",
+                    ))
+                }
+            },
+        };
         Ok(UpstreamConfig {
+            lag_header,
+            health,
+            max_ejected_percent,
+            probe: self.probe(&u.probe)?,
             workers,
             connect_timeout: self.millis(&u.connect_timeout_ms, "upstream.connect_timeout_ms")?,
             read_timeout: self.millis(&u.read_timeout_ms, "upstream.read_timeout_ms")?,
             write_timeout: self.millis(&u.write_timeout_ms, "upstream.write_timeout_ms")?,
             idle_timeout: self.millis(&u.idle_timeout_ms, "upstream.idle_timeout_ms")?,
-            keepalive_pool_size: self.positive(&u.keepalive_pool_size, "upstream.keepalive_pool_size")?
+            keepalive_pool_size: self
+                .positive(&u.keepalive_pool_size, "upstream.keepalive_pool_size")?
                 as usize,
         })
     }
@@ -167,7 +210,11 @@ impl Validator<'_> {
         for (i, r) in raw.iter().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
             let name = r.name.get_ref().trim();
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(self.invalid(
                     r.name.span(),
                     key("name"),
@@ -175,15 +222,27 @@ impl Validator<'_> {
                 ));
             }
             if routes.iter().any(|x| &*x.name == name) || (name == "default" && default.is_some()) {
-                return Err(self.invalid(r.name.span(), key("name"), format!("route `{name}` is defined twice")));
+                return Err(self.invalid(
+                    r.name.span(),
+                    key("name"),
+                    format!("route `{name}` is defined twice"),
+                ));
             }
             let matcher = match (&r.matcher, name == "default") {
                 (Some(m), true) => {
-                    return Err(self.invalid(m.span(), key("match"), "the `default` route takes every unmatched request; it has no match"))
+                    return Err(self.invalid(
+                        m.span(),
+                        key("match"),
+                        "the `default` route takes every unmatched request; it has no match",
+                    ))
                 }
                 (None, true) => None,
                 (None, false) => {
-                    return Err(self.invalid(r.name.span(), key("match"), "is required (only the route named `default` has none)"))
+                    return Err(self.invalid(
+                        r.name.span(),
+                        key("match"),
+                        "is required (only the route named `default` has none)",
+                    ))
                 }
                 (Some(m), false) => Some(self.matcher(m, &key("match"))?),
             };
@@ -195,12 +254,17 @@ impl Validator<'_> {
                 None => None,
                 Some(b) => Some(self.positive(b, &key("max_body_bytes"))?),
             };
+            let queue_budget = match &r.queue_budget_ms {
+                None => None,
+                Some(b) => Some(self.millis(b, &key("queue_budget_ms"))?),
+            };
             let route = Route {
                 name: Arc::from(name),
                 matcher: matcher.unwrap_or_default(),
                 slo,
                 priority: priority(r.priority),
                 max_body_bytes,
+                queue_budget,
             };
             if route.name.as_ref() == "default" {
                 default = Some(route);
@@ -208,21 +272,38 @@ impl Validator<'_> {
                 routes.push(route);
             }
         }
-        Ok(RouteTable::new(routes, default.unwrap_or_else(Route::implicit_default)))
+        Ok(RouteTable::new(
+            routes,
+            default.unwrap_or_else(Route::implicit_default),
+        ))
     }
 
-    fn matcher(&self, m: &Spanned<super::file::MatchFile>, key: &str) -> Result<RouteMatch, PolicyError> {
+    fn matcher(
+        &self,
+        m: &Spanned<super::file::MatchFile>,
+        key: &str,
+    ) -> Result<RouteMatch, PolicyError> {
         let inner = m.get_ref();
         let method = match &inner.method {
             None => None,
-            Some(s) => Some(http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                self.invalid(m.span(), format!("{key}.method"), format!("`{s}` is not an HTTP method"))
-            })?),
+            Some(s) => Some(
+                http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    self.invalid(
+                        m.span(),
+                        format!("{key}.method"),
+                        format!("`{s}` is not an HTTP method"),
+                    )
+                })?,
+            ),
         };
         for (k, p) in [("path_prefix", &inner.path_prefix), ("path", &inner.path)] {
             if let Some(p) = p {
                 if !p.starts_with('/') {
-                    return Err(self.invalid(m.span(), format!("{key}.{k}"), format!("`{p}` must start with '/'")));
+                    return Err(self.invalid(
+                        m.span(),
+                        format!("{key}.{k}"),
+                        format!("`{p}` must start with '/'"),
+                    ));
                 }
             }
         }
@@ -243,7 +324,11 @@ impl Validator<'_> {
         let inner = s.get_ref();
         let check = |v: Option<u64>, k: &str| match v {
             Some(0) => Err(self.invalid(s.span(), format!("{key}.{k}"), "must be greater than 0")),
-            Some(n) if n > 600_000 => Err(self.invalid(s.span(), format!("{key}.{k}"), "must be at most 600000 (10 minutes)")),
+            Some(n) if n > 600_000 => Err(self.invalid(
+                s.span(),
+                format!("{key}.{k}"),
+                "must be at most 600000 (10 minutes)",
+            )),
             v => Ok(v.map(Duration::from_millis)),
         };
         let p95 = check(inner.p95_ms, "p95_ms")?;
@@ -284,7 +369,10 @@ fn syntax_error(src: &str, file: &Path, e: &toml::de::Error) -> PolicyError {
 pub(crate) fn key_path_at(src: &str, offset: usize) -> Option<String> {
     let offset = offset.min(src.len());
     let line_start = src[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = src[offset..].find('\n').map(|i| offset + i).unwrap_or(src.len());
+    let line_end = src[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(src.len());
     let line = &src[line_start..line_end];
 
     // Enclosing header: scan earlier lines, counting array-table repeats.
@@ -310,12 +398,19 @@ pub(crate) fn key_path_at(src: &str, offset: usize) -> Option<String> {
             .next()
             .map(|s| s.trim().to_string());
     }
-    let line_key = line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('#'))?;
+    let line_key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.starts_with('#'))?;
     let word: String = src[offset..line_end]
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
         .collect();
-    let word_is_key = !word.is_empty() && src[offset + word.len()..line_end].trim_start().starts_with('=');
+    let word_is_key = !word.is_empty()
+        && src[offset + word.len()..line_end]
+            .trim_start()
+            .starts_with('=');
     let mut path = table.map(|t| format!("{t}.")).unwrap_or_default();
     path.push_str(line_key);
     if word_is_key && word != line_key {

@@ -48,14 +48,22 @@ priority = "sheddable"
 "#,
     )
     .unwrap();
-    let ingest = p.routes.get(p.routes.match_request(&http::Method::POST, "/v1/events/batch"));
+    let ingest = p.routes.get(
+        p.routes
+            .match_request(&http::Method::POST, "/v1/events/batch"),
+    );
     assert_eq!(&*ingest.name, "ingest");
     assert_eq!(ingest.priority, Priority::Critical);
     assert_eq!(ingest.max_body_bytes, Some(65536));
     assert_eq!(ingest.slo.unwrap().p95, Some(Duration::from_millis(150)));
     assert_eq!(ingest.slo.unwrap().p99, Some(Duration::from_millis(400)));
-    let other = p.routes.get(p.routes.match_request(&http::Method::GET, "/"));
-    assert_eq!((&*other.name, other.priority), ("default", Priority::Sheddable));
+    let other = p
+        .routes
+        .get(p.routes.match_request(&http::Method::GET, "/"));
+    assert_eq!(
+        (&*other.name, other.priority),
+        ("default", Priority::Sheddable)
+    );
 }
 
 #[test]
@@ -68,7 +76,8 @@ fn version_is_a_stable_fingerprint_of_the_text() {
 
 #[test]
 fn unknown_key_is_located_and_named() {
-    let e = parse("\n[[route]]\nname = \"q\"\nmatch = { method = \"GET\", pth = \"/x\" }\n").unwrap_err();
+    let e = parse("\n[[route]]\nname = \"q\"\nmatch = { method = \"GET\", pth = \"/x\" }\n")
+        .unwrap_err();
     assert_eq!(e.line(), Some(11));
     assert_eq!(e.key(), Some("route[0].match.pth"));
     assert!(e.to_string().starts_with("test.toml:11:"), "{e}");
@@ -76,7 +85,9 @@ fn unknown_key_is_located_and_named() {
 
 #[test]
 fn empty_worker_list_is_refused() {
-    let e = err("[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[upstream]\nworkers = []\n");
+    let e = err(
+        "[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[upstream]\nworkers = []\n",
+    );
     assert_eq!((e.line(), e.key()), (Some(5), Some("upstream.workers")));
 }
 
@@ -114,7 +125,10 @@ fn addresses_must_be_ip_port_and_distinct() {
     let e = err("[listen]\nproxy = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:1\"\n[upstream]\nworkers = [\"127.0.0.1:3\"]\n");
     assert_eq!(e.key(), Some("listen.admin"));
     let e = parse("").map(|_| ()).and_then(|_| {
-        Policy::parse(&BASE.replace("\"127.0.0.1:8002\"", "\"127.0.0.1:8001\""), Path::new("t"))
+        Policy::parse(
+            &BASE.replace("\"127.0.0.1:8002\"", "\"127.0.0.1:8001\""),
+            Path::new("t"),
+        )
     });
     assert_eq!(e.unwrap_err().key(), Some("upstream.workers[1]"));
 }
@@ -129,8 +143,20 @@ fn missing_section_is_a_syntax_error() {
 #[test]
 fn key_path_handles_headers_arrays_and_inline_tables() {
     let src = "[a]\nx = 1\n[[r]]\ny = 2\n[[r]]\nm = { k = 3 }\n";
-    assert_eq!(key_path_at(src, src.find("x").unwrap()).as_deref(), Some("a.x"));
-    assert_eq!(key_path_at(src, src.find("y").unwrap()).as_deref(), Some("r[0].y"));
-    assert_eq!(key_path_at(src, src.find("k =").unwrap()).as_deref(), Some("r[1].m.k"));
-    assert_eq!(key_path_at(src, src.find("3").unwrap()).as_deref(), Some("r[1].m"));
+    assert_eq!(
+        key_path_at(src, src.find("x").unwrap()).as_deref(),
+        Some("a.x")
+    );
+    assert_eq!(
+        key_path_at(src, src.find("y").unwrap()).as_deref(),
+        Some("r[0].y")
+    );
+    assert_eq!(
+        key_path_at(src, src.find("k =").unwrap()).as_deref(),
+        Some("r[1].m.k")
+    );
+    assert_eq!(
+        key_path_at(src, src.find("3").unwrap()).as_deref(),
+        Some("r[1].m")
+    );
 }

@@ -28,6 +28,12 @@ pub struct RequestCtx {
     pub rejection: Option<Rejection>,
     /// Worker number that answered, for logs once the lease is gone.
     pub worker_id: Option<usize>,
+    /// When the current attempt was sent to its worker.
+    pub dispatched: Option<Instant>,
+    /// Time spent waiting in the admission queue.
+    pub queued: std::time::Duration,
+    /// A response header came back from the worker (its outcome is recorded).
+    pub response_seen: bool,
 }
 
 impl RequestCtx {
@@ -42,6 +48,9 @@ impl RequestCtx {
             attempts: 0,
             rejection: None,
             worker_id: None,
+            dispatched: None,
+            queued: std::time::Duration::ZERO,
+            response_seen: false,
         }
     }
 

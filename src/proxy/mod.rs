@@ -1,15 +1,17 @@
 //! The Pingora phases. They sequence the stages and write their answers; they decide nothing
 //! themselves (see `stages` and `workers` for the decisions).
 //!
-//! Request path: `request_filter` (route, request id, payload caps) → `upstream_peer`
-//! (worker choice, lease) → `upstream_request_filter` (forwarding headers) →
-//! `fail_to_connect` (retry elsewhere) → `logging` (outcome, lease released).
+//! Request path: `request_filter` (route, request id, payload caps, admission: a worker slot
+//! or a wait in the queue or a 503) → `upstream_peer` (the admitted worker; on a retry
+//! another one) → `upstream_request_filter` (forwarding headers) → `fail_to_connect` (retry
+//! elsewhere) → `upstream_response_filter` (latency, lag and status feed the worker's health
+//! and limiter) → `logging` (outcome, lease released).
 
 mod ctx;
 mod respond;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::header;
@@ -21,8 +23,12 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 
+use crate::config::Policy;
+use crate::stages::admission::Wait;
+use crate::stages::route::{Priority, Route, RouteTable};
 use crate::stages::{payload, Rejection};
 use crate::state::State;
+use crate::workers::{GuardMode, HealthState, Sample};
 
 /// The sloguard proxy: one per process, shared by every request.
 pub struct SloGuard {
@@ -43,7 +49,11 @@ fn request_id_of(req: &RequestHeader) -> String {
     req.headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -71,22 +81,45 @@ impl ProxyHttp for SloGuard {
         ctx.route = policy.routes.match_request(&req.method, req.uri.path());
         let route = policy.routes.get(ctx.route);
         let verdict = payload::check_declared_length(route, declared_content_length(req));
+        let priority = route.priority;
+        let budget = self.queue_budget(&policy, route);
+        let mode = policy.guard;
         ctx.policy = Some(policy);
         if let Err(rejection) = verdict {
             self.reject(session, ctx, rejection).await?;
             return Ok(true);
         }
+        if mode == GuardMode::Enforce {
+            if let Err(rejection) = self.admit(ctx, priority, budget).await {
+                self.reject(session, ctx, rejection).await?;
+                return Ok(true);
+            }
+        }
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        // A retry lands here again: give back the previous worker's slot first.
-        ctx.lease = None;
-        let workers = self.state.workers();
-        let lease = workers.acquire(ctx.tried).ok_or_else(|| {
-            Error::explain(ErrorType::ConnectNoRoute, "every worker failed to accept the connection")
-        })?;
-        let policy = ctx.policy.as_ref().expect("request_filter sets the policy");
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let policy = ctx.policy.clone().expect("request_filter sets the policy");
+        // The first attempt uses the slot admission granted; a retry takes any worker not
+        // yet tried, limits aside (it already waited its turn).
+        let lease = match ctx.lease.take() {
+            Some(lease) if ctx.attempts == 0 => lease,
+            _ => {
+                let workers = self.state.workers();
+                workers
+                    .acquire(policy.guard, ctx.tried, false, Some(&self.state.admission))
+                    .ok_or_else(|| {
+                        Error::explain(
+                            ErrorType::ConnectNoRoute,
+                            "every worker failed to accept the connection",
+                        )
+                    })?
+            }
+        };
         let up = &policy.upstream;
         let mut peer = HttpPeer::new(lease.worker().addr, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
@@ -95,6 +128,7 @@ impl ProxyHttp for SloGuard {
         peer.options.idle_timeout = Some(up.idle_timeout);
         ctx.attempts += 1;
         ctx.worker_id = Some(lease.worker().id);
+        ctx.dispatched = Some(Instant::now());
         ctx.lease = Some(lease);
         Ok(Box::new(peer))
     }
@@ -108,13 +142,19 @@ impl ProxyHttp for SloGuard {
     ) -> Box<Error> {
         // Nothing reached the worker, so any request, POST included, may go to another one.
         if let Some(lease) = ctx.lease.take() {
-            lease.worker().record_connect_failure();
+            if let Some(policy) = &ctx.policy {
+                lease.worker().on_connect_failure(&policy.upstream.health);
+            }
             if lease.index() < 64 {
                 ctx.tried |= 1 << lease.index();
             }
         }
         let all = self.state.workers().len();
-        let all_tried = if all >= 64 { u64::MAX } else { (1u64 << all) - 1 };
+        let all_tried = if all >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << all) - 1
+        };
         e.set_retry(ctx.tried & all_tried != all_tried);
         e
     }
@@ -128,13 +168,58 @@ impl ProxyHttp for SloGuard {
         if !upstream.headers.contains_key("x-request-id") {
             upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let forwarded = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip.to_string(),
             };
             upstream.insert_header("x-forwarded-for", forwarded)?;
         }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if response.status.is_informational() {
+            return Ok(());
+        }
+        let (Some(policy), Some(lease), Some(sent)) = (&ctx.policy, &ctx.lease, ctx.dispatched)
+        else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let lag = response
+            .headers
+            .get(policy.upstream.lag_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|ms| Duration::from_secs_f64(ms / 1e3));
+        let sample = Sample {
+            rtt: now.saturating_duration_since(sent),
+            in_flight_before: lease.in_flight_before(),
+            lag,
+        };
+        lease.worker().on_response(
+            &policy.upstream,
+            &policy.concurrency,
+            response.status.as_u16(),
+            sample,
+            now,
+        );
+        ctx.response_seen = true;
         Ok(())
     }
 
@@ -150,7 +235,12 @@ impl ProxyHttp for SloGuard {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let rejection = upstream_failure(e);
         let code = match rejection {
             Some(r) => {
@@ -169,8 +259,30 @@ impl ProxyHttp for SloGuard {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // A worker that failed mid-request (timeout, reset) without any answer: record it as
+        // a failed, slow response so its health and latency see it.
+        if let (Some(policy), Some(lease), Some(sent), false, Some(_)) = (
+            &ctx.policy,
+            &ctx.lease,
+            ctx.dispatched,
+            ctx.response_seen,
+            e,
+        ) {
+            let now = Instant::now();
+            let sample = Sample {
+                rtt: now.saturating_duration_since(sent),
+                in_flight_before: lease.in_flight_before(),
+                lag: None,
+            };
+            lease
+                .worker()
+                .on_response(&policy.upstream, &policy.concurrency, 502, sample, now);
+        }
         ctx.lease = None;
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let req = session.req_header();
         tracing::debug!(
             target: "sloguard::access",
@@ -180,6 +292,7 @@ impl ProxyHttp for SloGuard {
             route = ctx.route_name(),
             worker = ctx.worker_id,
             attempts = ctx.attempts,
+            queued_ms = ctx.queued.as_secs_f64() * 1e3,
             status,
             reason = ctx.rejection.as_ref().map(|r| r.reason),
             error = e.map(|e| e.to_string()),
@@ -189,7 +302,60 @@ impl ProxyHttp for SloGuard {
 }
 
 impl SloGuard {
-    async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, rejection: Rejection) -> Result<()> {
+    /// The queue budget of `route` now: see [`RouteTable::queue_budget`].
+    fn queue_budget(&self, policy: &Policy, route: &Route) -> Duration {
+        let expected = self
+            .state
+            .workers()
+            .iter()
+            .filter(|w| w.state() != HealthState::Ejected)
+            .map(|w| w.latency())
+            .min()
+            .unwrap_or_default();
+        RouteTable::queue_budget(route, expected, policy.shedding.default_queue_budget)
+    }
+
+    /// Admission: take a worker slot now, or wait for one in priority order until the
+    /// route's deadline, or be shed (`Err`, a 503 with `Retry-After`).
+    async fn admit(
+        &self,
+        ctx: &mut RequestCtx,
+        priority: Priority,
+        budget: Duration,
+    ) -> std::result::Result<(), Rejection> {
+        let admission = &self.state.admission;
+        let deadline = ctx.started + budget;
+        let mut woken = false;
+        loop {
+            if woken || !admission.must_queue() {
+                let workers = self.state.workers();
+                if let Some(lease) = workers.acquire(GuardMode::Enforce, 0, true, Some(admission)) {
+                    if !woken {
+                        admission.on_admitted_directly(Instant::now());
+                    }
+                    ctx.lease = Some(lease);
+                    ctx.queued = ctx.started.elapsed();
+                    return Ok(());
+                }
+            }
+            match admission.wait(priority, budget, deadline).await {
+                Wait::Woken { .. } => woken = true,
+                Wait::Shed(reason) => {
+                    ctx.queued = ctx.started.elapsed();
+                    let mut rejection = reason.rejection(budget);
+                    rejection.retry_after = Some(admission.retry_after_secs());
+                    return Err(rejection);
+                }
+            }
+        }
+    }
+
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+    ) -> Result<()> {
         respond::write_rejection(session, &rejection, ctx.route_name(), &ctx.request_id).await?;
         ctx.rejection = Some(rejection);
         Ok(())
@@ -199,21 +365,46 @@ impl SloGuard {
 /// Maps a proxy failure to our JSON answer; `None` when the client side is gone.
 fn upstream_failure(e: &Error) -> Option<Rejection> {
     let (status, reason, message) = match (e.esource(), e.etype()) {
-        (_, ErrorType::HTTPStatus(code)) => (*code, "http_error", format!("request failed with status {code}")),
-        (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => {
-            return None
-        }
-        (ErrorSource::Downstream, _) => (400, "bad_request", "the request could not be read".to_string()),
-        (_, ErrorType::ConnectNoRoute | ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectError) => (
+        (_, ErrorType::HTTPStatus(code)) => (
+            *code,
+            "http_error",
+            format!("request failed with status {code}"),
+        ),
+        (
+            ErrorSource::Downstream,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+        ) => return None,
+        (ErrorSource::Downstream, _) => (
+            400,
+            "bad_request",
+            "the request could not be read".to_string(),
+        ),
+        (
+            _,
+            ErrorType::ConnectNoRoute
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectError,
+        ) => (
             502,
             "upstream_unavailable",
             "no worker accepted the connection".to_string(),
         ),
-        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
-            (504, "upstream_timeout", "the worker did not answer in time".to_string())
-        }
-        (ErrorSource::Upstream, _) => (502, "upstream_error", "the worker's answer failed mid-way".to_string()),
-        _ => (500, "internal_error", "sloguard failed to proxy the request".to_string()),
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => (
+            504,
+            "upstream_timeout",
+            "the worker did not answer in time".to_string(),
+        ),
+        (ErrorSource::Upstream, _) => (
+            502,
+            "upstream_error",
+            "the worker's answer failed mid-way".to_string(),
+        ),
+        _ => (
+            500,
+            "internal_error",
+            "sloguard failed to proxy the request".to_string(),
+        ),
     };
     Some(Rejection {
         status,
@@ -221,5 +412,6 @@ fn upstream_failure(e: &Error) -> Option<Rejection> {
         message,
         limit: None,
         value: None,
+        retry_after: None,
     })
 }

@@ -42,10 +42,15 @@ pub async fn write_rejection(
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("x-request-id", request_id)?;
     header.insert_header("x-sloguard-reason", rejection.reason)?;
+    if let Some(secs) = rejection.retry_after {
+        header.insert_header("retry-after", secs.to_string())?;
+    }
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     session.write_response_body(Some(body), true).await
 }
 
@@ -61,8 +66,10 @@ mod tests {
             message: "too big".into(),
             limit: Some("max_body_bytes"),
             value: Some(70000),
+            retry_after: None,
         };
-        let v: serde_json::Value = serde_json::from_slice(&rejection_body(&r, "ingest", "abc")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&rejection_body(&r, "ingest", "abc")).unwrap();
         assert_eq!(v["limit"], "max_body_bytes");
         assert_eq!(v["value"], 70000);
         assert_eq!(v["route"], "ingest");

@@ -3,7 +3,9 @@
 //!
 //! - [`route`]: which route (SLO, priority, caps) a request belongs to.
 //! - [`payload`]: body-size caps, answered before the backend sees a byte.
+//! - [`admission`]: wait for a worker slot within the route's deadline, or be shed.
 
+pub mod admission;
 pub mod payload;
 pub mod route;
 
@@ -20,4 +22,6 @@ pub struct Rejection {
     pub limit: Option<&'static str>,
     /// The value that broke the limit, when there is one.
     pub value: Option<u64>,
+    /// `Retry-After` seconds, for answers that invite a retry (503 shed).
+    pub retry_after: Option<u64>,
 }

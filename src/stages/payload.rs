@@ -1,8 +1,8 @@
 //! Payload caps: refuse a request whose declared body is over its route's cap, before any
 //! byte of it is read or forwarded. Pure.
 
-use super::Rejection;
 use super::route::Route;
+use super::Rejection;
 
 /// Decides on the declared `Content-Length` (None when absent, e.g. chunked bodies).
 ///
@@ -16,6 +16,7 @@ pub fn check_declared_length(route: &Route, content_length: Option<u64>) -> Resu
             message: format!("request body of {len} bytes is over the route's cap of {cap} bytes"),
             limit: Some("max_body_bytes"),
             value: Some(len),
+            retry_after: None,
         }),
         _ => Ok(()),
     }
@@ -35,7 +36,10 @@ mod tests {
     #[test]
     fn over_cap_is_413_naming_the_limit() {
         let r = check_declared_length(&capped(Some(100)), Some(101)).unwrap_err();
-        assert_eq!((r.status, r.limit, r.value), (413, Some("max_body_bytes"), Some(101)));
+        assert_eq!(
+            (r.status, r.limit, r.value),
+            (413, Some("max_body_bytes"), Some(101))
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub struct RouteMatch {
 impl RouteMatch {
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         self.method.as_ref().is_none_or(|m| m == method)
-            && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
             && self.path.as_deref().is_none_or(|p| path == p)
     }
 }
@@ -55,6 +58,8 @@ pub struct Route {
     pub priority: Priority,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: Option<u64>,
+    /// Longest wait for a worker slot, when set explicitly.
+    pub queue_budget: Option<Duration>,
 }
 
 impl Route {
@@ -67,6 +72,7 @@ impl Route {
             slo: None,
             priority: Priority::Normal,
             max_body_bytes: None,
+            queue_budget: None,
         }
     }
 }
@@ -103,6 +109,19 @@ impl RouteTable {
         self.routes.iter().chain(std::iter::once(&self.default))
     }
 
+    /// The longest a request of `route` may wait for a worker slot: the explicit budget, or
+    /// what its p95 target leaves after the expected service time (at least 1 ms), or the
+    /// policy-wide default without an SLO.
+    pub fn queue_budget(route: &Route, expected_service: Duration, default: Duration) -> Duration {
+        match (route.queue_budget, route.slo.and_then(|s| s.p95.or(s.p99))) {
+            (Some(b), _) => b,
+            (None, Some(target)) => target
+                .saturating_sub(expected_service)
+                .max(Duration::from_millis(1)),
+            (None, None) => default,
+        }
+    }
+
     /// Whether `name` is a declared route or `default`.
     pub fn contains(&self, name: &str) -> bool {
         self.iter().any(|r| &*r.name == name)
@@ -113,7 +132,12 @@ impl RouteTable {
 mod tests {
     use super::*;
 
-    fn route(name: &str, method: Option<Method>, prefix: Option<&str>, path: Option<&str>) -> Route {
+    fn route(
+        name: &str,
+        method: Option<Method>,
+        prefix: Option<&str>,
+        path: Option<&str>,
+    ) -> Route {
         Route {
             name: Arc::from(name),
             matcher: RouteMatch {

@@ -86,7 +86,11 @@ pub enum EjectReason {
 impl std::fmt::Display for EjectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EjectReason::Stalled(d) => write!(f, "stalled: requests in flight, nothing completed for {} ms", d.as_millis()),
+            EjectReason::Stalled(d) => write!(
+                f,
+                "stalled: requests in flight, nothing completed for {} ms",
+                d.as_millis()
+            ),
             EjectReason::LoopLag(d) => write!(f, "event-loop lag {} ms reported", d.as_millis()),
             EjectReason::SlowProbe(d) => write!(f, "probe took {} ms", d.as_millis()),
             EjectReason::ProbeFailed => write!(f, "probe failed"),
@@ -99,7 +103,10 @@ impl std::fmt::Display for EjectReason {
 /// What an input or an evaluation changed, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    Ejected { reason: EjectReason, for_: Duration },
+    Ejected {
+        reason: EjectReason,
+        for_: Duration,
+    },
     /// Back on probation (half-open), with slow start.
     Readmitted,
     /// Probation ended cleanly.
@@ -186,7 +193,8 @@ impl WorkerHealth {
         match (self.state, self.readmitted_at) {
             (HealthState::Ejected, _) => 0.0,
             (HealthState::Suspect, Some(at)) => {
-                let ramp = now.saturating_duration_since(at).as_secs_f64() / cfg.slow_start.as_secs_f64().max(1e-3);
+                let ramp = now.saturating_duration_since(at).as_secs_f64()
+                    / cfg.slow_start.as_secs_f64().max(1e-3);
                 ramp.clamp(0.1, 1.0)
             }
             _ => 1.0,
@@ -201,14 +209,22 @@ impl WorkerHealth {
     }
 
     /// A response arrived: its status, time to response headers and reported loop lag.
-    pub fn on_response(&mut self, cfg: &HealthConfig, status: u16, rtt: Duration, lag: Option<Duration>, now: Instant) {
+    pub fn on_response(
+        &mut self,
+        cfg: &HealthConfig,
+        status: u16,
+        rtt: Duration,
+        lag: Option<Duration>,
+        now: Instant,
+    ) {
         self.last_completion = now;
         self.consecutive_connect_failures = 0;
         self.latency.observe(rtt, now);
         if status >= 500 {
             self.consecutive_5xx += 1;
             if self.consecutive_5xx >= cfg.consecutive_failures {
-                self.pending.get_or_insert(EjectReason::ServerErrors(self.consecutive_5xx));
+                self.pending
+                    .get_or_insert(EjectReason::ServerErrors(self.consecutive_5xx));
             }
         } else {
             self.consecutive_5xx = 0;
@@ -226,12 +242,19 @@ impl WorkerHealth {
     pub fn on_connect_failure(&mut self, cfg: &HealthConfig) {
         self.consecutive_connect_failures += 1;
         if self.consecutive_connect_failures >= cfg.consecutive_failures {
-            self.pending.get_or_insert(EjectReason::ConnectFailures(self.consecutive_connect_failures));
+            self.pending.get_or_insert(EjectReason::ConnectFailures(
+                self.consecutive_connect_failures,
+            ));
         }
     }
 
     /// A probe finished: `Ok((latency, reported lag))` or `Err(())` (refused, timed out, non-2xx).
-    pub fn on_probe(&mut self, cfg: &HealthConfig, result: Result<(Duration, Option<Duration>), ()>, now: Instant) {
+    pub fn on_probe(
+        &mut self,
+        cfg: &HealthConfig,
+        result: Result<(Duration, Option<Duration>), ()>,
+        now: Instant,
+    ) {
         match result {
             Ok((latency, lag)) => {
                 self.last_completion = now;
@@ -267,12 +290,20 @@ impl WorkerHealth {
     /// Applies what the signals say. `may_eject` says whether ejecting one more worker stays
     /// within `max_ejected_percent`; when it does not, the worker stays in (and is counted
     /// as suspect so the choice avoids it), and shedding protects the SLO instead.
-    pub fn evaluate(&mut self, cfg: &HealthConfig, in_flight: usize, may_eject: bool, now: Instant) -> Option<Transition> {
+    pub fn evaluate(
+        &mut self,
+        cfg: &HealthConfig,
+        in_flight: usize,
+        may_eject: bool,
+        now: Instant,
+    ) -> Option<Transition> {
         if in_flight == 0 {
             self.busy_since = None;
         }
         let stalled_for = match self.busy_since {
-            Some(since) if in_flight > 0 => now.saturating_duration_since(since.max(self.last_completion)),
+            Some(since) if in_flight > 0 => {
+                now.saturating_duration_since(since.max(self.last_completion))
+            }
             _ => Duration::ZERO,
         };
         let reason = if stalled_for >= cfg.stall_after {
@@ -284,7 +315,10 @@ impl WorkerHealth {
 
         match (self.state, reason) {
             (HealthState::Ejected, _) => {
-                if now >= self.ejected_until && self.probe_ok_since_ejection && stalled_for < cfg.stall_after {
+                if now >= self.ejected_until
+                    && self.probe_ok_since_ejection
+                    && stalled_for < cfg.stall_after
+                {
                     self.state = HealthState::Suspect;
                     self.readmitted_at = Some(now);
                     self.consecutive_5xx = 0;
@@ -313,7 +347,9 @@ impl WorkerHealth {
             (HealthState::Healthy, None) => {
                 // A long clean run forgives one past ejection, so a worker that misbehaved
                 // once last week is not ejected for 30 s at its next hiccup.
-                if self.strikes > 0 && now.saturating_duration_since(self.last_strike_at) >= cfg.forgive_after {
+                if self.strikes > 0
+                    && now.saturating_duration_since(self.last_strike_at) >= cfg.forgive_after
+                {
                     self.strikes -= 1;
                     self.last_strike_at = now;
                 }
@@ -325,7 +361,10 @@ impl WorkerHealth {
 
     fn eject(&mut self, cfg: &HealthConfig, reason: EjectReason, now: Instant) -> Transition {
         let factor = 1u32 << self.strikes.min(16);
-        let for_ = cfg.base_ejection.saturating_mul(factor).min(cfg.max_ejection);
+        let for_ = cfg
+            .base_ejection
+            .saturating_mul(factor)
+            .min(cfg.max_ejection);
         self.strikes += 1;
         self.last_strike_at = now;
         self.ejections += 1;

@@ -21,7 +21,10 @@ fn a_stall_is_seen_while_it_happens() {
     h.on_dispatch(0, t0);
     assert_eq!(h.evaluate(&cfg, 1, true, t0 + 50 * MS), None);
     match h.evaluate(&cfg, 1, true, t0 + 110 * MS) {
-        Some(Transition::Ejected { reason: EjectReason::Stalled(d), for_ }) => {
+        Some(Transition::Ejected {
+            reason: EjectReason::Stalled(d),
+            for_,
+        }) => {
             assert!(d >= 100 * MS);
             assert_eq!(for_, cfg.base_ejection);
         }
@@ -63,7 +66,10 @@ fn reported_loop_lag_ejects() {
     h.on_response(&cfg, 202, 250 * MS, Some(250 * MS), t0);
     assert!(matches!(
         h.evaluate(&cfg, 0, true, t0),
-        Some(Transition::Ejected { reason: EjectReason::LoopLag(_), .. })
+        Some(Transition::Ejected {
+            reason: EjectReason::LoopLag(_),
+            ..
+        })
     ));
 }
 
@@ -81,7 +87,10 @@ fn consecutive_5xx_and_connect_failures_eject_but_a_success_resets_the_count() {
     h.on_response(&cfg, 500, MS, None, t0);
     assert!(matches!(
         h.evaluate(&cfg, 0, true, t0),
-        Some(Transition::Ejected { reason: EjectReason::ServerErrors(5), .. })
+        Some(Transition::Ejected {
+            reason: EjectReason::ServerErrors(5),
+            ..
+        })
     ));
 
     let (cfg, mut h, t0) = setup();
@@ -90,7 +99,10 @@ fn consecutive_5xx_and_connect_failures_eject_but_a_success_resets_the_count() {
     }
     assert!(matches!(
         h.evaluate(&cfg, 0, true, t0),
-        Some(Transition::Ejected { reason: EjectReason::ConnectFailures(5), .. })
+        Some(Transition::Ejected {
+            reason: EjectReason::ConnectFailures(5),
+            ..
+        })
     ));
 }
 
@@ -109,12 +121,18 @@ fn readmission_needs_the_time_served_and_a_good_probe_then_ramps_up() {
     // Time served and a good probe: back on probation, with a small share.
     let back = t0 + 1200 * MS;
     ok_probe(&cfg, &mut h, back);
-    assert_eq!(h.evaluate(&cfg, 0, true, back), Some(Transition::Readmitted));
+    assert_eq!(
+        h.evaluate(&cfg, 0, true, back),
+        Some(Transition::Readmitted)
+    );
     assert_eq!(h.state(), HealthState::Suspect);
     assert!((h.weight(&cfg, back) - 0.1).abs() < 1e-9);
     assert!((h.weight(&cfg, back + cfg.slow_start / 2) - 0.5).abs() < 0.01);
     // A clean slow start makes it healthy again.
-    assert_eq!(h.evaluate(&cfg, 0, true, back + cfg.slow_start), Some(Transition::Recovered));
+    assert_eq!(
+        h.evaluate(&cfg, 0, true, back + cfg.slow_start),
+        Some(Transition::Recovered)
+    );
     assert_eq!(h.weight(&cfg, back + cfg.slow_start), 1.0);
 }
 
@@ -148,7 +166,12 @@ fn past_ejections_are_forgiven_after_a_long_clean_run() {
     h.evaluate(&cfg, 0, true, t);
     h.evaluate(&cfg, 0, true, t + cfg.slow_start);
     assert_eq!(h.state(), HealthState::Healthy);
-    h.evaluate(&cfg, 0, true, t0 + cfg.forgive_after + Duration::from_secs(1));
+    h.evaluate(
+        &cfg,
+        0,
+        true,
+        t0 + cfg.forgive_after + Duration::from_secs(1),
+    );
     // The next ejection is a first one again.
     let later = t0 + cfg.forgive_after + Duration::from_secs(2);
     h.on_response(&cfg, 202, MS, Some(300 * MS), later);
@@ -176,7 +199,10 @@ fn max_ejected_percent_bounds_how_many_are_out() {
     assert!(may_eject(0, 4, 50));
     assert!(may_eject(1, 4, 50));
     assert!(!may_eject(2, 4, 50));
-    assert!(!may_eject(0, 1, 50), "the only worker is never ejected at 50%");
+    assert!(
+        !may_eject(0, 1, 50),
+        "the only worker is never ejected at 50%"
+    );
     assert!(may_eject(0, 1, 100));
     assert!(!may_eject(0, 4, 0));
 }

@@ -50,7 +50,9 @@ pub struct LimiterConfig {
 pub enum Algorithm {
     Gradient,
     /// Multiplicative decrease factor when slow, e.g. 0.9.
-    Aimd { backoff: f64 },
+    Aimd {
+        backoff: f64,
+    },
 }
 
 impl Default for LimiterConfig {
@@ -129,7 +131,9 @@ impl ConcurrencyLimiter {
         self.window_rtt_sum += rtt;
         self.window_samples += 1;
         self.window_max_in_flight = self.window_max_in_flight.max(s.in_flight_before + 1);
-        if now.saturating_duration_since(self.window_start) >= cfg.window && self.window_samples >= cfg.min_samples {
+        if now.saturating_duration_since(self.window_start) >= cfg.window
+            && self.window_samples >= cfg.min_samples
+        {
             let mean = self.window_rtt_sum / f64::from(self.window_samples);
             let busy = self.window_max_in_flight as f64 >= self.limit / 2.0;
             self.update_limit(cfg, mean, busy);
@@ -146,9 +150,12 @@ impl ConcurrencyLimiter {
         self.baseline = Some(match self.baseline {
             None => sample,
             Some(b) => {
-                let dt = now.saturating_duration_since(self.baseline_stamp).as_secs_f64();
+                let dt = now
+                    .saturating_duration_since(self.baseline_stamp)
+                    .as_secs_f64();
                 // At least a small step per sample, so a burst of samples in one instant counts.
-                let alpha = (1.0 - (-dt / cfg.baseline_decay.as_secs_f64().max(1e-3)).exp()).max(0.01);
+                let alpha =
+                    (1.0 - (-dt / cfg.baseline_decay.as_secs_f64().max(1e-3)).exp()).max(0.01);
                 b + alpha * (sample - b)
             }
         });
@@ -156,14 +163,20 @@ impl ConcurrencyLimiter {
     }
 
     fn update_limit(&mut self, cfg: &LimiterConfig, sample_rtt: f64, busy: bool) {
-        let Some(baseline) = self.baseline else { return };
+        let Some(baseline) = self.baseline else {
+            return;
+        };
         let slow = sample_rtt > cfg.tolerance * baseline;
         let target = match cfg.algorithm {
             Algorithm::Gradient => {
                 let gradient = (cfg.tolerance * baseline / sample_rtt).clamp(0.5, 1.0);
                 // Headroom lets a busy worker probe for more; it fades as queueing grows
                 // (none at the 0.5 floor), so a badly queueing worker really backs off.
-                let headroom = if busy { self.limit.sqrt() * (2.0 * gradient - 1.0) } else { 0.0 };
+                let headroom = if busy {
+                    self.limit.sqrt() * (2.0 * gradient - 1.0)
+                } else {
+                    0.0
+                };
                 self.limit * gradient + headroom
             }
             Algorithm::Aimd { backoff } => {

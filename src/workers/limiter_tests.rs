@@ -41,7 +41,15 @@ impl Sim {
 
     /// Runs `secs` of traffic from `offered` concurrent clients against a worker of true
     /// concurrency `c` and base latency `base`, with multiplicative noise `noise(rng)`.
-    fn run(&mut self, secs: f64, offered: usize, c: f64, base: Duration, rng: &mut Rng, noise: f64) {
+    fn run(
+        &mut self,
+        secs: f64,
+        offered: usize,
+        c: f64,
+        base: Duration,
+        rng: &mut Rng,
+        noise: f64,
+    ) {
         let end = self.now + Duration::from_secs_f64(secs);
         while self.now < end {
             let n = offered.min(self.lim.limit() as usize).max(1);
@@ -89,23 +97,36 @@ fn converges_backs_off_after_a_step_and_holds_steady() {
     let before = sim.limits(3.0, 5.0);
     let m1 = mean(&before);
     // tolerance 2 lets in-flight reach about twice the true concurrency.
-    assert!((15.0..=30.0).contains(&m1), "steady limit {m1} for true concurrency 10");
+    assert!(
+        (15.0..=30.0).contains(&m1),
+        "steady limit {m1} for true concurrency 10"
+    );
     assert!(cv(&before) < 0.1, "limit oscillates: cv {}", cv(&before));
 
     // The worker halves its capacity (a slower dependency, a noisy neighbour).
     sim.run(5.0, 200, 5.0, 2 * MS, &mut rng, 0.1);
     let after = sim.limits(7.0, 10.0);
     let m2 = mean(&after);
-    assert!(m2 < m1 * 0.65 && m2 >= 7.0, "limit {m1} -> {m2} after capacity halved");
+    assert!(
+        m2 < m1 * 0.65 && m2 >= 7.0,
+        "limit {m1} -> {m2} after capacity halved"
+    );
     // Within 2 s of the step the limit is already within 25% of where it settles.
     let at_2s = sim.limits(6.8, 7.0);
-    assert!(!at_2s.is_empty() && (at_2s[0] - m2).abs() / m2 < 0.25, "{at_2s:?} vs {m2}");
+    assert!(
+        !at_2s.is_empty() && (at_2s[0] - m2).abs() / m2 < 0.25,
+        "{at_2s:?} vs {m2}"
+    );
     assert!(cv(&after) < 0.1, "cv {}", cv(&after));
 
     // Capacity comes back: the limit recovers within about 2 s.
     sim.run(4.0, 200, 10.0, 2 * MS, &mut rng, 0.1);
     let recovered = sim.limits(12.0, 14.0);
-    assert!(mean(&recovered) > m1 * 0.8, "recovered to {} of {m1}", mean(&recovered));
+    assert!(
+        mean(&recovered) > m1 * 0.8,
+        "recovered to {} of {m1}",
+        mean(&recovered)
+    );
 }
 
 #[test]
@@ -116,7 +137,11 @@ fn noise_without_queueing_does_not_collapse_the_limit() {
     // +-60% jitter, far below true capacity.
     sim.run(10.0, 16, 1000.0, MS, &mut rng, 0.6);
     let l = sim.limits(2.0, 10.0);
-    assert!(l.iter().all(|x| *x >= 16.0), "collapsed under noise: {:?}", &l[..10.min(l.len())]);
+    assert!(
+        l.iter().all(|x| *x >= 16.0),
+        "collapsed under noise: {:?}",
+        &l[..10.min(l.len())]
+    );
     assert!(cv(&l) < 0.15, "cv {}", cv(&l));
 }
 
@@ -126,7 +151,11 @@ fn an_idle_worker_limit_does_not_creep_up() {
     let mut rng = Rng(9);
     sim.run(10.0, 2, 1000.0, MS, &mut rng, 0.1);
     let l = sim.limits(0.0, 10.0);
-    assert!(l.iter().all(|x| *x <= 8.0), "limit grew without use: max {:?}", l.iter().cloned().fold(0.0, f64::max));
+    assert!(
+        l.iter().all(|x| *x <= 8.0),
+        "limit grew without use: max {:?}",
+        l.iter().cloned().fold(0.0, f64::max)
+    );
 }
 
 #[test]
@@ -140,7 +169,11 @@ fn a_slower_service_without_queueing_moves_the_baseline_not_the_limit_floor() {
     sim.run(3.0, 8, 1000.0, 3 * MS, &mut rng, 0.1);
     let after = sim.lim.baseline().unwrap();
     assert!(after > before * 2, "baseline {before:?} -> {after:?}");
-    assert!(sim.limits(4.0, 6.0).iter().all(|x| *x >= 8.0), "{:?}", sim.limits(4.0, 6.0));
+    assert!(
+        sim.limits(4.0, 6.0).iter().all(|x| *x >= 8.0),
+        "{:?}",
+        sim.limits(4.0, 6.0)
+    );
 }
 
 #[test]
@@ -148,9 +181,29 @@ fn without_a_lag_report_only_idle_samples_set_the_baseline() {
     let cfg = LimiterConfig::default();
     let t0 = Instant::now();
     let mut lim = ConcurrencyLimiter::new(&cfg, t0);
-    lim.on_sample(&cfg, Sample { rtt: 50 * MS, in_flight_before: 5, lag: None }, t0);
-    assert_eq!(lim.baseline(), None, "a sample taken behind others is not a no-queue sample");
-    lim.on_sample(&cfg, Sample { rtt: 2 * MS, in_flight_before: 0, lag: None }, t0);
+    lim.on_sample(
+        &cfg,
+        Sample {
+            rtt: 50 * MS,
+            in_flight_before: 5,
+            lag: None,
+        },
+        t0,
+    );
+    assert_eq!(
+        lim.baseline(),
+        None,
+        "a sample taken behind others is not a no-queue sample"
+    );
+    lim.on_sample(
+        &cfg,
+        Sample {
+            rtt: 2 * MS,
+            in_flight_before: 0,
+            lag: None,
+        },
+        t0,
+    );
     assert_eq!(lim.baseline(), Some(2 * MS));
 }
 
@@ -165,7 +218,10 @@ fn aimd_backs_off_when_slow_and_grows_when_busy() {
     sim.run(6.0, 200, 10.0, 2 * MS, &mut rng, 0.05);
     let l = sim.limits(3.0, 6.0);
     let m = mean(&l);
-    assert!((12.0..=28.0).contains(&m), "aimd settles near tolerance x capacity: {m}");
+    assert!(
+        (12.0..=28.0).contains(&m),
+        "aimd settles near tolerance x capacity: {m}"
+    );
     sim.run(4.0, 200, 4.0, 2 * MS, &mut rng, 0.05);
     assert!(mean(&sim.limits(8.0, 10.0)) < m * 0.7);
 }

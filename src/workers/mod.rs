@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use health::{EjectReason, HealthConfig, HealthState, Transition, WorkerHealth};
-pub use limiter::{ConcurrencyLimiter, LimiterConfig, Sample};
+pub use limiter::{Algorithm, ConcurrencyLimiter, LimiterConfig, Sample};
 pub use pick::{pick_least_loaded, pick_p2c};
 pub use probe::ProbeConfig;
 
@@ -91,7 +91,13 @@ fn state_code(s: HealthState) -> u8 {
 }
 
 impl Worker {
-    fn new(id: usize, addr: SocketAddr, health: &HealthConfig, limits: &LimiterConfig, now: Instant) -> Worker {
+    fn new(
+        id: usize,
+        addr: SocketAddr,
+        health: &HealthConfig,
+        limits: &LimiterConfig,
+        now: Instant,
+    ) -> Worker {
         let limiter = ConcurrencyLimiter::new(limits, now);
         Worker {
             addr,
@@ -146,21 +152,36 @@ impl Worker {
 
     /// Reads the health record (for status pages and tests).
     pub fn health(&self) -> WorkerHealth {
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn limiter(&self) -> ConcurrencyLimiter {
-        self.limiter.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn refresh(&self, h: &WorkerHealth, cfg: &HealthConfig, now: Instant) {
         self.state.store(state_code(h.state()), Ordering::Relaxed);
-        self.latency_ns.store(h.latency().as_nanos() as u64, Ordering::Relaxed);
-        self.weight_milli.store((h.weight(cfg, now) * 1000.0) as u32, Ordering::Relaxed);
+        self.latency_ns
+            .store(h.latency().as_nanos() as u64, Ordering::Relaxed);
+        self.weight_milli
+            .store((h.weight(cfg, now) * 1000.0) as u32, Ordering::Relaxed);
     }
 
     /// A response header arrived from this worker.
-    pub fn on_response(&self, cfg: &UpstreamConfig, limits: &LimiterConfig, status: u16, sample: Sample, now: Instant) {
+    pub fn on_response(
+        &self,
+        cfg: &UpstreamConfig,
+        limits: &LimiterConfig,
+        status: u16,
+        sample: Sample,
+        now: Instant,
+    ) {
         {
             let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
             h.on_response(&cfg.health, status, sample.rtt, sample.lag, now);
@@ -176,16 +197,29 @@ impl Worker {
 
     pub fn on_connect_failure(&self, cfg: &HealthConfig) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).on_connect_failure(cfg);
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_connect_failure(cfg);
     }
 
-    pub fn on_probe(&self, cfg: &HealthConfig, result: Result<(Duration, Option<Duration>), ()>, now: Instant) {
+    pub fn on_probe(
+        &self,
+        cfg: &HealthConfig,
+        result: Result<(Duration, Option<Duration>), ()>,
+        now: Instant,
+    ) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.on_probe(cfg, result, now);
     }
 
     /// Runs the health state machine; returns what changed.
-    pub fn evaluate(&self, cfg: &HealthConfig, may_eject: bool, now: Instant) -> Option<Transition> {
+    pub fn evaluate(
+        &self,
+        cfg: &HealthConfig,
+        may_eject: bool,
+        now: Instant,
+    ) -> Option<Transition> {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let t = h.evaluate(cfg, self.in_flight(), may_eject, now);
         self.refresh(&h, cfg, now);
@@ -229,7 +263,10 @@ impl WorkerSet {
     }
 
     pub fn ejected(&self) -> usize {
-        self.workers.iter().filter(|w| w.state() == HealthState::Ejected).count()
+        self.workers
+            .iter()
+            .filter(|w| w.state() == HealthState::Ejected)
+            .count()
     }
 
     /// Picks a worker and leases it; `None` when no worker may take the request now.
@@ -238,7 +275,13 @@ impl WorkerSet {
     /// off (or in shadow), the choice is fewest in flight, ties at random. Enforced, it is
     /// power of two choices on [`Worker::cost`] among workers that are not ejected and are
     /// under their concurrency limit (`respect_limits`).
-    pub fn acquire(&self, mode: GuardMode, tried: u64, respect_limits: bool, admission: Option<&Arc<Admission>>) -> Option<WorkerLease> {
+    pub fn acquire(
+        &self,
+        mode: GuardMode,
+        tried: u64,
+        respect_limits: bool,
+        admission: Option<&Arc<Admission>>,
+    ) -> Option<WorkerLease> {
         let entropy = rand::random::<u64>();
         let idx = match mode {
             GuardMode::Off | GuardMode::Shadow => {
@@ -261,7 +304,11 @@ impl WorkerSet {
                 pick_p2c(&costs[..n], entropy)?
             }
         };
-        Some(WorkerLease::new(idx, self.workers[idx].clone(), admission.cloned()))
+        Some(WorkerLease::new(
+            idx,
+            self.workers[idx].clone(),
+            admission.cloned(),
+        ))
     }
 
     /// Whether some worker could take a request now (for waking queued requests).
@@ -289,7 +336,11 @@ impl WorkerLease {
         let before = worker.in_flight.fetch_add(1, Ordering::Relaxed);
         worker.requests.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
-            worker.health.lock().unwrap_or_else(|e| e.into_inner()).on_dispatch(0, Instant::now());
+            worker
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .on_dispatch(0, Instant::now());
         }
         WorkerLease {
             index,
@@ -328,7 +379,9 @@ mod tests {
 
     fn cfg(n: usize) -> UpstreamConfig {
         UpstreamConfig {
-            workers: (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16))).collect(),
+            workers: (0..n)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
+                .collect(),
             connect_timeout: Duration::from_millis(100),
             read_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
@@ -379,7 +432,10 @@ mod tests {
         for _ in 0..hc.consecutive_failures {
             w0.on_connect_failure(&hc);
         }
-        assert!(matches!(w0.evaluate(&hc, true, now), Some(Transition::Ejected { .. })));
+        assert!(matches!(
+            w0.evaluate(&hc, true, now),
+            Some(Transition::Ejected { .. })
+        ));
         let mut leases = vec![];
         // Two workers left, each with the initial limit of 8.
         while let Some(l) = s.acquire(GuardMode::Enforce, 0, true, None) {
@@ -390,8 +446,16 @@ mod tests {
         assert_eq!(leases.len(), 16);
         assert!(!s.has_room());
         // Without limits (a retry), a full worker can still be chosen; the ejected one not.
-        assert_ne!(s.acquire(GuardMode::Enforce, 0, false, None).unwrap().index(), 0);
+        assert_ne!(
+            s.acquire(GuardMode::Enforce, 0, false, None)
+                .unwrap()
+                .index(),
+            0
+        );
         // With the guard off, the ejected worker is just another worker.
-        assert_eq!(s.acquire(GuardMode::Off, 0, false, None).unwrap().index(), 0);
+        assert_eq!(
+            s.acquire(GuardMode::Off, 0, false, None).unwrap().index(),
+            0
+        );
     }
 }

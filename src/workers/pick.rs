@@ -11,7 +11,11 @@
 /// Returns the index of the least-loaded worker not marked in `excluded` (bit i = index i),
 /// choosing uniformly among equals with the help of `entropy`. `None` when all are excluded.
 /// Only the first 64 workers can be excluded; the policy allows no more.
-pub fn pick_least_loaded(loads: impl Iterator<Item = usize>, excluded: u64, entropy: u64) -> Option<usize> {
+pub fn pick_least_loaded(
+    loads: impl Iterator<Item = usize>,
+    excluded: u64,
+    entropy: u64,
+) -> Option<usize> {
     let mut best: Option<(usize, usize)> = None; // (index, load)
     let mut ties: u64 = 0;
     let mut rng = entropy | 1;
@@ -25,7 +29,7 @@ pub fn pick_least_loaded(loads: impl Iterator<Item = usize>, excluded: u64, entr
                 // Reservoir sampling: keep the newcomer with probability 1/ties.
                 ties += 1;
                 rng = xorshift(rng);
-                if rng % ties == 0 {
+                if rng.is_multiple_of(ties) {
                     best = Some((i, load));
                 }
             }

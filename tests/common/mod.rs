@@ -15,7 +15,11 @@ pub use analytics_backend::{Backend, BackendConfig, FaultSpec};
 /// A port that was free a moment ago. sloguard binds it itself; `Sloguard::spawn` retries
 /// with new ports in the rare case another test took it in between.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn sloguard_bin() -> &'static Path {
@@ -51,7 +55,12 @@ pub struct Sloguard {
 }
 
 /// Policy text with the listeners and workers filled in, and `rest` (routes etc.) appended.
-pub fn policy_text(proxy: SocketAddr, admin: SocketAddr, workers: &[SocketAddr], rest: &str) -> String {
+pub fn policy_text(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    workers: &[SocketAddr],
+    rest: &str,
+) -> String {
     let list: Vec<String> = workers.iter().map(|w| format!("\"{w}\"")).collect();
     format!(
         "[listen]\nproxy = \"{proxy}\"\nadmin = \"{admin}\"\ndrain_timeout_ms = 5000\n\n\
@@ -102,7 +111,8 @@ impl Sloguard {
             if let Ok(Some(status)) = s.child.try_wait() {
                 return Err(format!("exited with {status}: {}", s.log()));
             }
-            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
             if up(&s.proxy) && up(&s.admin) {
                 return Ok(s);
             }

@@ -6,6 +6,7 @@
 //! worker, and the faults (a blocking sleep, a CPU spin) must hold that loop
 //! exactly like the incident's sync ORM write did.
 
+pub mod echo;
 mod error;
 mod route;
 
@@ -66,6 +67,10 @@ where
     }
 
     let result = match allowed {
+        None if path.starts_with(echo::ECHO_PREFIX) => read_body(body).await.map(|body| {
+            let doc = echo::describe(&parts, &body);
+            json_response(StatusCode::OK, &doc)
+        }),
         None => Err(ApiError::NotFound { path: path.into() }),
         Some(allow) if !method_ok => Err(ApiError::MethodNotAllowed {
             method: parts.method.clone(),

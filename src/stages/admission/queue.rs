@@ -77,7 +77,12 @@ impl<T> WaitQueue<T> {
     /// Takes the next request to serve: highest priority first, then oldest (or newest when
     /// `lifo`). Entries past their deadline are returned in `expired` so their waiters can
     /// be told they were shed.
-    pub fn pop_next(&mut self, now: Instant, lifo: bool, expired: &mut Vec<Entry<T>>) -> Option<Entry<T>> {
+    pub fn pop_next(
+        &mut self,
+        now: Instant,
+        lifo: bool,
+        expired: &mut Vec<Entry<T>>,
+    ) -> Option<Entry<T>> {
         for q in self.lanes.iter_mut().rev() {
             // Expired entries sit anywhere; sweep this lane first (cheap: lanes are short
             // when the guard does its job, and bounded by max_queue when it cannot).
@@ -110,7 +115,10 @@ impl<T> WaitQueue<T> {
     /// Makes room for a request of priority `p` by evicting the newest waiter of the lowest
     /// priority strictly below `p`. `None` when nobody ranks below `p`.
     pub fn evict_below(&mut self, p: Priority) -> Option<Entry<T>> {
-        self.lanes[..lane(p)].iter_mut().find(|q| !q.is_empty()).and_then(VecDeque::pop_back)
+        self.lanes[..lane(p)]
+            .iter_mut()
+            .find(|q| !q.is_empty())
+            .and_then(VecDeque::pop_back)
     }
 }
 
@@ -175,7 +183,8 @@ mod tests {
         q.push(Priority::Normal, far, t0, "n2");
         q.push(Priority::Critical, far, t0, "c1");
         let mut exp = vec![];
-        let order: Vec<&str> = std::iter::from_fn(|| q.pop_next(t0, false, &mut exp).map(|e| e.payload)).collect();
+        let order: Vec<&str> =
+            std::iter::from_fn(|| q.pop_next(t0, false, &mut exp).map(|e| e.payload)).collect();
         assert_eq!(order, ["c1", "n1", "n2", "s1"]);
 
         q.push(Priority::Normal, far, t0, "n1");

@@ -1,0 +1,130 @@
+//! The guard's background work: a ticker that runs every worker's health state machine
+//! (so a stall is seen while it happens), estimates the drain rate for admission, and wakes
+//! queued requests when slots free up by other means (a readmission, a raised limit); and
+//! the active probes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::state::State;
+use crate::workers::health::may_eject;
+use crate::workers::probe::probe_once;
+use crate::workers::{GuardMode, Transition};
+
+/// How often health is evaluated: well under the default `stall_after` of 100 ms.
+pub const TICK: Duration = Duration::from_millis(10);
+
+pub struct Monitor {
+    state: Arc<State>,
+}
+
+impl Monitor {
+    pub fn new(state: Arc<State>) -> Monitor {
+        Monitor { state }
+    }
+
+    /// One tick: evaluate every worker, bounded by `max_ejected_percent`.
+    pub fn tick(&self, now: Instant) {
+        let policy = self.state.policy();
+        let workers = self.state.workers();
+        let cfg = &policy.upstream;
+        let mut ejected = workers.ejected();
+        for w in workers.iter() {
+            // Shadow decides as enforce does (what it would eject shows on the status page);
+            // off still tracks health for operators but never ejects.
+            let may = policy.guard != GuardMode::Off
+                && may_eject(ejected, workers.len(), cfg.max_ejected_percent);
+            match w.evaluate(&cfg.health, may, now) {
+                Some(Transition::Ejected { reason, for_ }) => {
+                    ejected += 1;
+                    tracing::warn!(worker = w.id, addr = %w.addr, %reason, ejected_for_ms = for_.as_millis() as u64, mode = policy.guard.as_str(), "worker ejected");
+                }
+                Some(Transition::Readmitted) => {
+                    ejected = ejected.saturating_sub(1);
+                    tracing::info!(worker = w.id, addr = %w.addr, "worker readmitted on probation (slow start)");
+                }
+                Some(Transition::Recovered) => {
+                    tracing::info!(worker = w.id, "worker healthy again")
+                }
+                None => {}
+            }
+        }
+        let admission = &self.state.admission;
+        while admission.waiting() > 0 && workers.has_room() && admission.wake_next(now) {}
+    }
+
+    async fn probe_loop(state: Arc<State>) {
+        let mut in_flight: Vec<Arc<AtomicBool>> = Vec::new();
+        loop {
+            let policy = state.policy();
+            let Some(cfg) = policy.upstream.probe.clone() else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let workers = state.workers();
+            in_flight.resize_with(workers.len(), Default::default);
+            for (i, w) in workers.iter().enumerate() {
+                // One probe per worker at a time: a stalled worker does not pile them up.
+                if in_flight[i].swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                let (w, busy, cfg, header, health) = (
+                    w.clone(),
+                    in_flight[i].clone(),
+                    cfg.clone(),
+                    policy.upstream.lag_header.clone(),
+                    policy.upstream.health.clone(),
+                );
+                tokio::spawn(async move {
+                    let result = probe_once(w.addr, &cfg, &header).await;
+                    w.on_probe(&health, result, Instant::now());
+                    busy.store(false, Ordering::Release);
+                });
+            }
+            tokio::time::sleep(cfg.interval).await;
+        }
+    }
+
+    async fn drain_rate_loop(state: Arc<State>) {
+        let mut last = (Instant::now(), state.admission.completions());
+        let mut rate = 0.0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = (Instant::now(), state.admission.completions());
+            let dt = now.0.duration_since(last.0).as_secs_f64();
+            if dt > 0.0 {
+                let sample = (now.1 - last.1) as f64 / dt;
+                rate = if rate == 0.0 {
+                    sample
+                } else {
+                    0.7 * rate + 0.3 * sample
+                };
+                state.admission.set_drain_rate(rate);
+            }
+            last = now;
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Monitor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let probes = tokio::spawn(Monitor::probe_loop(self.state.clone()));
+        let rates = tokio::spawn(Monitor::drain_rate_loop(self.state.clone()));
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.tick(Instant::now()),
+                _ = shutdown.changed() => break,
+            }
+        }
+        probes.abort();
+        rates.abort();
+    }
+}

@@ -1,0 +1,382 @@
+//! Admission: a request that finds no worker with a free slot waits, in priority order, until
+//! its deadline; if the deadline passes, or the backlog already shows it cannot be met, it
+//! is shed at once with a 503 that says why and when to retry.
+//!
+//! Deadlines come from the route's SLO: `queue budget = p95 target - expected service time`
+//! (or the route's `queue_budget_ms`). Shedding early beats serving late: a request answered
+//! 503 in a millisecond costs the client a retry; one served after its SLO costs everyone.
+//!
+//! Priorities: `critical` before `normal` before `sheddable`, always. When the queue is full
+//! a newcomer evicts the newest waiter of a lower priority, or is shed itself. Under a
+//! standing queue (CoDel's test) each lane serves newest first.
+
+pub mod queue;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use self::queue::{Entry, OverloadDetector, WaitQueue};
+use super::route::Priority;
+use super::Rejection;
+
+/// `[shedding]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SheddingConfig {
+    /// Most requests waiting at once. Default 1024.
+    pub max_queue: usize,
+    /// Queue budget for routes without an SLO or `queue_budget_ms`. Default 100 ms.
+    pub default_queue_budget: Duration,
+    /// CoDel target: a standing queue whose shortest wait stays above this... Default 5 ms.
+    pub lifo_target: Duration,
+    /// ...for a whole interval switches lanes to newest-first. Default 100 ms.
+    pub lifo_interval: Duration,
+}
+
+impl Default for SheddingConfig {
+    fn default() -> Self {
+        SheddingConfig {
+            max_queue: 1024,
+            default_queue_budget: Duration::from_millis(100),
+            lifo_target: Duration::from_millis(5),
+            lifo_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a request was shed; also the `reason` label of the shed counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// It waited its whole queue budget.
+    QueueTimeout,
+    /// The backlog ahead of it could not drain within its budget.
+    DeadlineUnreachable,
+    /// The queue was full of requests of its priority or higher.
+    QueueFull,
+    /// A higher-priority request took its place in a full queue.
+    Evicted,
+}
+
+impl ShedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::DeadlineUnreachable => "deadline_unreachable",
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::Evicted => "evicted",
+        }
+    }
+
+    /// The 503 answer, with `Retry-After` derived by the caller.
+    pub fn rejection(self, budget: Duration) -> Rejection {
+        let message = match self {
+            ShedReason::QueueTimeout => format!(
+                "shed: no worker could take the request within its queue budget of {} ms",
+                budget.as_millis()
+            ),
+            ShedReason::DeadlineUnreachable => format!(
+                "shed: the backlog ahead cannot drain within the queue budget of {} ms",
+                budget.as_millis()
+            ),
+            ShedReason::QueueFull => "shed: the admission queue is full".to_string(),
+            ShedReason::Evicted => {
+                "shed: a higher-priority request took this one's place".to_string()
+            }
+        };
+        Rejection {
+            status: 503,
+            reason: self.as_str(),
+            message,
+            limit: Some("queue_budget_ms"),
+            value: Some(budget.as_millis() as u64),
+            retry_after: None,
+        }
+    }
+}
+
+/// The outcome of waiting for a slot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// A slot may be free: try to take one.
+    Woken {
+        waited: Duration,
+    },
+    Shed(ShedReason),
+}
+
+struct Inner {
+    queue: WaitQueue<oneshot::Sender<Option<ShedReason>>>,
+    detector: OverloadDetector,
+}
+
+/// The shared admission queue of one upstream.
+pub struct Admission {
+    inner: Mutex<Inner>,
+    /// Mirrors `queue.len()` so releases skip the lock when nobody waits.
+    waiting: AtomicUsize,
+    /// Completed requests per second, EWMA, as f64 bits (updated by the guard ticker).
+    drain_rate_bits: AtomicU64,
+    completions: AtomicU64,
+    cfg: Mutex<SheddingConfig>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
+
+impl Admission {
+    pub fn new(cfg: SheddingConfig) -> Admission {
+        let now = Instant::now();
+        Admission {
+            inner: Mutex::new(Inner {
+                queue: WaitQueue::default(),
+                detector: OverloadDetector::new(cfg.lifo_target, cfg.lifo_interval, now),
+            }),
+            waiting: AtomicUsize::new(0),
+            drain_rate_bits: AtomicU64::new(0f64.to_bits()),
+            completions: AtomicU64::new(0),
+            cfg: Mutex::new(cfg),
+        }
+    }
+
+    /// Applies a reloaded `[shedding]` section; waiters keep their deadlines.
+    pub fn reconfigure(&self, cfg: SheddingConfig) {
+        *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Completions per second (EWMA).
+    pub fn drain_rate(&self) -> f64 {
+        f64::from_bits(self.drain_rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Total completions, for the ticker's rate estimate.
+    pub fn completions(&self) -> u64 {
+        self.completions.load(Ordering::Relaxed)
+    }
+
+    pub fn set_drain_rate(&self, per_second: f64) {
+        self.drain_rate_bits
+            .store(per_second.to_bits(), Ordering::Relaxed);
+    }
+
+    /// How long the backlog ahead of a `priority` request takes to drain, at the current rate.
+    pub fn expected_wait(&self, ahead: usize) -> Duration {
+        let rate = self.drain_rate();
+        if ahead == 0 {
+            Duration::ZERO
+        } else if rate <= 1.0 {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs_f64(ahead as f64 / rate)
+        }
+    }
+
+    /// `Retry-After` seconds: how long the current backlog takes to drain, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.expected_wait(self.waiting() + 1)
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64
+    }
+
+    /// Whether a new request must queue rather than try for a slot at once (others wait).
+    pub fn must_queue(&self) -> bool {
+        self.waiting() > 0
+    }
+
+    /// A request got a slot without waiting (for the overload detector).
+    pub fn on_admitted_directly(&self, now: Instant) {
+        if self.waiting() > 0 {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.detector.on_dequeue(Duration::ZERO, now);
+        }
+    }
+
+    /// Waits for a slot until `deadline`. Sheds at once when the queue is full or the
+    /// backlog cannot drain in time.
+    pub async fn wait(&self, priority: Priority, budget: Duration, deadline: Instant) -> Wait {
+        let now = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let ahead = inner.queue.ahead_of(priority);
+            if self.expected_wait(ahead) > budget {
+                return Wait::Shed(ShedReason::DeadlineUnreachable);
+            }
+            if inner.queue.len() >= cfg.max_queue {
+                match inner.queue.evict_below(priority) {
+                    Some(evicted) => {
+                        let _ = evicted.payload.send(Some(ShedReason::Evicted));
+                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    None => return Wait::Shed(ShedReason::QueueFull),
+                }
+            }
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            inner.queue.push(priority, deadline, now, tx)
+        };
+        let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        tokio::select! {
+            woken = rx => match woken {
+                Ok(None) => Wait::Woken { waited: now.elapsed() },
+                Ok(Some(reason)) => Wait::Shed(reason),
+                Err(_) => Wait::Shed(ShedReason::QueueTimeout),
+            },
+            _ = timeout => {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if inner.queue.remove(id).is_some() {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                }
+                Wait::Shed(ShedReason::QueueTimeout)
+            }
+        }
+    }
+
+    /// A slot was released: wake the next waiter (if any).
+    pub fn on_release(&self) {
+        self.completions.fetch_add(1, Ordering::Relaxed);
+        if self.waiting() > 0 {
+            self.wake_next(Instant::now());
+        }
+    }
+
+    /// Wakes the best waiter, telling expired ones they were shed. Returns whether one woke.
+    pub fn wake_next(&self, now: Instant) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let lifo = inner.detector.overloaded(now);
+        let mut expired: Vec<Entry<_>> = Vec::new();
+        loop {
+            let next = inner.queue.pop_next(now, lifo, &mut expired);
+            for e in expired.drain(..) {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                let _ = e.payload.send(Some(ShedReason::QueueTimeout));
+            }
+            let Some(entry) = next else { return false };
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            inner
+                .detector
+                .on_dequeue(now.saturating_duration_since(entry.enqueued_at), now);
+            // A waiter whose client left has dropped its receiver: try the next one.
+            if entry.payload.send(None).is_ok() {
+                return true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn adm() -> Arc<Admission> {
+        Arc::new(Admission::new(SheddingConfig {
+            max_queue: 2,
+            ..SheddingConfig::default()
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_woken_by_a_release() {
+        let a = adm();
+        let a2 = a.clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let w = tokio::spawn(async move {
+            a2.wait(Priority::Normal, Duration::from_secs(5), deadline)
+                .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(a.waiting(), 1);
+        a.on_release();
+        assert!(matches!(w.await.unwrap(), Wait::Woken { .. }));
+        assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_shed_at_its_deadline_and_leaves_the_queue() {
+        let a = adm();
+        let budget = Duration::from_millis(50);
+        // Real Instant deadline in the past relative to paused tokio time is not needed:
+        // the tokio timer fires when paused time advances past it.
+        let w = a.wait(Priority::Normal, budget, Instant::now() + budget);
+        assert_eq!(w.await, Wait::Shed(ShedReason::QueueTimeout));
+        assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_evicts_lower_priority_or_sheds_the_newcomer() {
+        let a = adm();
+        let far = Instant::now() + Duration::from_secs(60);
+        let budget = Duration::from_secs(60);
+        let mut low = vec![];
+        for _ in 0..2 {
+            let a2 = a.clone();
+            low.push(tokio::spawn(async move {
+                a2.wait(Priority::Sheddable, budget, far).await
+            }));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(a.waiting(), 2);
+        // Another sheddable request: nobody below it, shed.
+        assert_eq!(
+            a.wait(Priority::Sheddable, budget, far).await,
+            Wait::Shed(ShedReason::QueueFull)
+        );
+        // A critical one takes the place of the newest sheddable.
+        let a2 = a.clone();
+        let crit = tokio::spawn(async move { a2.wait(Priority::Critical, budget, far).await });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            low.pop().unwrap().await.unwrap(),
+            Wait::Shed(ShedReason::Evicted)
+        );
+        // The critical request is served first.
+        a.on_release();
+        assert!(matches!(crit.await.unwrap(), Wait::Woken { .. }));
+        a.on_release();
+        assert!(matches!(
+            low.pop().unwrap().await.unwrap(),
+            Wait::Woken { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_that_cannot_drain_in_time_is_shed_at_once() {
+        let a = Arc::new(Admission::new(SheddingConfig::default()));
+        a.set_drain_rate(100.0); // 10 ms per request
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut waiters = vec![];
+        for _ in 0..10 {
+            let a2 = a.clone();
+            waiters.push(tokio::spawn(async move {
+                a2.wait(Priority::Normal, Duration::from_secs(60), far)
+                    .await
+            }));
+        }
+        tokio::task::yield_now().await;
+        // 10 ahead at 100/s = 100 ms > a 50 ms budget.
+        let t = Instant::now();
+        let r = a
+            .wait(Priority::Normal, Duration::from_millis(50), far)
+            .await;
+        assert_eq!(r, Wait::Shed(ShedReason::DeadlineUnreachable));
+        assert!(t.elapsed() < Duration::from_millis(5));
+        // A critical request has nobody ahead of it and may wait.
+        assert_eq!(a.expected_wait(a.waiting()), Duration::from_millis(100));
+        assert_eq!(a.retry_after_secs(), 1);
+        for w in waiters {
+            w.abort();
+        }
+    }
+}

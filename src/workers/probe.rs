@@ -1,0 +1,146 @@
+//! Active probes: a small GET to each worker on an interval. Its latency is the worker's
+//! loop responsiveness measured from outside, so it works for backends that report nothing;
+//! it also carries the worker's own lag report when there is one, and it is what readmits
+//! an ejected worker (half-open).
+//!
+//! A probe is one short HTTP/1.1 request on a fresh connection, read only up to the end of
+//! the response headers. The parsing is pure and tested; the I/O is in [`probe_once`].
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `[upstream.probe]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Path probed. Default `/healthz`.
+    pub path: String,
+    /// Time between probes of one worker. Default 50 ms.
+    pub interval: Duration,
+    /// A probe slower than this failed. Default 500 ms.
+    pub timeout: Duration,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a probe learnt: status and the lag header, if present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeReply {
+    pub status: u16,
+    pub lag: Option<Duration>,
+}
+
+/// Parses response headers (`head` = bytes up to and including the blank line).
+pub fn parse_reply(head: &[u8], lag_header: &str) -> Option<ProbeReply> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next()?;
+    let mut parts = status_line.splitn(3, ' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let status: u16 = parts.next()?.parse().ok()?;
+    let lag = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(lag_header))
+        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1e3));
+    Some(ProbeReply { status, lag })
+}
+
+/// Probes one worker once. `Ok((latency, lag))` on a 2xx within the timeout, else `Err`.
+pub async fn probe_once(
+    addr: SocketAddr,
+    cfg: &ProbeConfig,
+    lag_header: &str,
+) -> Result<(Duration, Option<Duration>), ()> {
+    let start = Instant::now();
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|_| ())?;
+        let _ = stream.set_nodelay(true);
+        let req = format!(
+            "GET {} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: sloguard-probe\r\nconnection: close\r\n\r\n",
+            cfg.path
+        );
+        stream.write_all(req.as_bytes()).await.map_err(|_| ())?;
+        let mut buf = Vec::with_capacity(512);
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = stream.read(&mut chunk).await.map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return parse_reply(&buf[..end + 4], lag_header).ok_or(());
+            }
+            if buf.len() > 16 * 1024 {
+                return Err(());
+            }
+        }
+    };
+    match tokio::time::timeout(cfg.timeout, attempt).await {
+        Ok(Ok(reply)) if (200..300).contains(&reply.status) => Ok((start.elapsed(), reply.lag)),
+        _ => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_lag_header_case_insensitively() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Loop-Lag-Ms: 251\r\n\r\n";
+        assert_eq!(
+            parse_reply(head, "x-loop-lag-ms"),
+            Some(ProbeReply {
+                status: 200,
+                lag: Some(Duration::from_millis(251))
+            })
+        );
+    }
+
+    #[test]
+    fn a_missing_or_bad_lag_header_is_no_lag_report() {
+        let head = b"HTTP/1.1 503 Service Unavailable\r\nx-loop-lag-ms: soon\r\n\r\n";
+        assert_eq!(
+            parse_reply(head, "x-loop-lag-ms"),
+            Some(ProbeReply {
+                status: 503,
+                lag: None
+            })
+        );
+        let head = b"HTTP/1.0 204 No Content\r\n\r\n";
+        assert_eq!(parse_reply(head, "x-loop-lag-ms").unwrap().lag, None);
+    }
+
+    #[test]
+    fn garbage_is_not_a_reply() {
+        assert_eq!(parse_reply(b"SSH-2.0-OpenSSH\r\n\r\n", "x"), None);
+        assert_eq!(parse_reply(b"HTTP/1.1 abc\r\n\r\n", "x"), None);
+        assert_eq!(parse_reply(&[0xff, 0xfe], "x"), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_the_probe_quickly() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let r = probe_once(port, &ProbeConfig::default(), "x-loop-lag-ms").await;
+        assert_eq!(r, Err(()));
+    }
+}
