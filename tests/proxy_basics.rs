@@ -3,32 +3,9 @@
 
 mod common;
 
+use analytics_backend::api::echo::fnv1a_hex as fnv;
 use common::*;
 use serde_json::Value;
-
-const ROUTES: &str = r#"
-[[route]]
-name = "ingest"
-match = { method = "POST", path_prefix = "/v1/events" }
-slo = { p95_ms = 150, p99_ms = 400 }
-priority = "critical"
-max_body_bytes = 4096
-
-[[route]]
-name = "query"
-match = { method = "GET", path_prefix = "/v1/metrics" }
-slo = { p95_ms = 250 }
-"#;
-
-/// FNV-1a 64, the same digest the backend's echo endpoint reports.
-fn fnv(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
 
 #[tokio::test]
 async fn an_event_posted_through_the_proxy_is_seen_by_a_query_through_the_proxy() {

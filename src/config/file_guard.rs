@@ -96,4 +96,6 @@ pub struct SheddingFile {
     pub default_queue_ms: Option<Spanned<u64>>,
     pub lifo_target_ms: Option<Spanned<u64>>,
     pub lifo_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub adaptive_lifo: bool,
 }

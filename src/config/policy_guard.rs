@@ -209,6 +209,7 @@ impl Validator<'_> {
         let d = SheddingConfig::default();
         let k = |x: &str| format!("shedding.{x}");
         Ok(SheddingConfig {
+            adaptive_lifo: s.adaptive_lifo,
             max_queue: self.count_or(
                 &s.max_queue,
                 &k("max_queue"),

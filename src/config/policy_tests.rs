@@ -1,6 +1,8 @@
 //! Unit tests for policy parsing and validation (no files, no sockets).
 
 use super::*;
+use crate::stages::admission::SheddingConfig;
+use crate::workers::{GuardMode, LimiterConfig};
 
 const BASE: &str = r#"
 [listen]
@@ -159,4 +161,94 @@ fn key_path_handles_headers_arrays_and_inline_tables() {
         key_path_at(src, src.find("3").unwrap()).as_deref(),
         Some("r[1].m")
     );
+}
+
+#[test]
+fn guard_sections_default_and_parse() {
+    let p = parse("").unwrap();
+    assert_eq!(p.guard, GuardMode::Enforce);
+    assert_eq!(p.upstream.health, crate::workers::HealthConfig::default());
+    assert_eq!(p.upstream.max_ejected_percent, 50);
+    assert_eq!(p.upstream.probe.as_ref().unwrap().path, "/healthz");
+    assert_eq!(p.concurrency, LimiterConfig::default());
+    assert_eq!(p.shedding, SheddingConfig::default());
+
+    let p = parse(
+        r#"lag_header = "X-Lag"
+
+[upstream.health]
+stall_after_ms = 250
+max_ejected_percent = 25
+
+[upstream.probe]
+enabled = false
+
+[guard]
+mode = "shadow"
+
+[concurrency]
+algorithm = "aimd"
+max_limit = 16
+
+[shedding]
+max_queue = 10
+adaptive_lifo = true
+
+[[route]]
+name = "q"
+match = { method = "GET" }
+queue_budget_ms = 40
+"#,
+    )
+    .unwrap();
+    assert_eq!(p.guard, GuardMode::Shadow);
+    assert_eq!(p.upstream.lag_header, "x-lag");
+    assert_eq!(p.upstream.health.stall_after, Duration::from_millis(250));
+    assert_eq!(p.upstream.max_ejected_percent, 25);
+    assert!(p.upstream.probe.is_none());
+    assert!(matches!(
+        p.concurrency.algorithm,
+        crate::workers::Algorithm::Aimd { .. }
+    ));
+    assert_eq!(p.concurrency.max_limit, 16);
+    assert_eq!((p.shedding.max_queue, p.shedding.adaptive_lifo), (10, true));
+    assert_eq!(
+        p.routes.get(0).queue_budget,
+        Some(Duration::from_millis(40))
+    );
+}
+
+#[test]
+fn guard_section_errors_are_located() {
+    let cases = [
+        (
+            "[upstream.health]\nstall_after_ms = 0\n",
+            "upstream.health.stall_after_ms",
+        ),
+        (
+            "[upstream.health]\nmax_ejected_percent = 101\n",
+            "upstream.health.max_ejected_percent",
+        ),
+        (
+            "[upstream.health]\nbase_ejection_ms = 5000\nmax_ejection_ms = 1000\n",
+            "upstream.health.max_ejection_ms",
+        ),
+        (
+            "[upstream.probe]\npath = \"healthz\"\n",
+            "upstream.probe.path",
+        ),
+        ("[concurrency]\ntolerance = 0.5\n", "concurrency.tolerance"),
+        (
+            "[concurrency]\ninitial_limit = 100\nmax_limit = 10\n",
+            "concurrency.initial_limit",
+        ),
+        ("[shedding]\nmax_queue = 0\n", "shedding.max_queue"),
+        ("[guard]\nmode = \"on\"\n", "guard.mode"),
+        ("[shedding]\nlifo = true\n", "shedding.lifo"),
+    ];
+    for (extra, key) in cases {
+        let e = parse(extra).unwrap_err();
+        assert_eq!(e.key(), Some(key), "for {extra:?}: {e}");
+        assert!(e.line().is_some(), "no line for {extra:?}: {e}");
+    }
 }

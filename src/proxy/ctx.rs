@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::config::Policy;
 use crate::stages::route::RouteId;
 use crate::stages::Rejection;
-use crate::workers::WorkerLease;
+use crate::workers::{Sample, WorkerLease};
 
 /// What one request has learned and holds. Dropped when the request ends, which releases the
 /// worker lease whatever path the request ended on.
@@ -60,6 +60,28 @@ impl RequestCtx {
             .as_ref()
             .map(|p| &*p.routes.get(self.route).name)
             .unwrap_or("-")
+    }
+}
+
+impl RequestCtx {
+    /// Feeds the answering worker's health and limiter with this attempt's outcome: its
+    /// status, time from dispatch to now, and reported loop lag. A worker that failed
+    /// mid-request without answering is recorded as a slow 502, so its health sees it.
+    pub fn record_outcome(&mut self, status: u16, lag: Option<std::time::Duration>) {
+        let (Some(policy), Some(lease), Some(sent)) = (&self.policy, &self.lease, self.dispatched)
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let sample = Sample {
+            rtt: now.saturating_duration_since(sent),
+            in_flight_before: lease.in_flight_before(),
+            lag,
+        };
+        lease
+            .worker()
+            .on_response(&policy.upstream, &policy.concurrency, status, sample, now);
+        self.response_seen = true;
     }
 }
 

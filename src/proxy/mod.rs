@@ -28,7 +28,8 @@ use crate::stages::admission::Wait;
 use crate::stages::route::{Priority, Route, RouteTable};
 use crate::stages::{payload, Rejection};
 use crate::state::State;
-use crate::workers::{GuardMode, HealthState, Sample};
+use crate::workers::probe::parse_lag_ms;
+use crate::workers::{GuardMode, HealthState};
 
 /// The sloguard proxy: one per process, shared by every request.
 pub struct SloGuard {
@@ -195,30 +196,11 @@ impl ProxyHttp for SloGuard {
         if response.status.is_informational() {
             return Ok(());
         }
-        let (Some(policy), Some(lease), Some(sent)) = (&ctx.policy, &ctx.lease, ctx.dispatched)
-        else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        let lag = response
-            .headers
-            .get(policy.upstream.lag_header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|ms| Duration::from_secs_f64(ms / 1e3));
-        let sample = Sample {
-            rtt: now.saturating_duration_since(sent),
-            in_flight_before: lease.in_flight_before(),
-            lag,
-        };
-        lease.worker().on_response(
-            &policy.upstream,
-            &policy.concurrency,
-            response.status.as_u16(),
-            sample,
-            now,
-        );
+        let lag = ctx.policy.as_ref().and_then(|p| {
+            let value = response.headers.get(p.upstream.lag_header.as_str())?;
+            parse_lag_ms(value.to_str().ok()?)
+        });
+        ctx.record_outcome(response.status.as_u16(), lag);
         ctx.response_seen = true;
         Ok(())
     }
@@ -261,22 +243,8 @@ impl ProxyHttp for SloGuard {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // A worker that failed mid-request (timeout, reset) without any answer: record it as
         // a failed, slow response so its health and latency see it.
-        if let (Some(policy), Some(lease), Some(sent), false, Some(_)) = (
-            &ctx.policy,
-            &ctx.lease,
-            ctx.dispatched,
-            ctx.response_seen,
-            e,
-        ) {
-            let now = Instant::now();
-            let sample = Sample {
-                rtt: now.saturating_duration_since(sent),
-                in_flight_before: lease.in_flight_before(),
-                lag: None,
-            };
-            lease
-                .worker()
-                .on_response(&policy.upstream, &policy.concurrency, 502, sample, now);
+        if e.is_some() && !ctx.response_seen {
+            ctx.record_outcome(502, None);
         }
         ctx.lease = None;
         let status = session
@@ -302,7 +270,9 @@ impl ProxyHttp for SloGuard {
 }
 
 impl SloGuard {
-    /// The queue budget of `route` now: see [`RouteTable::queue_budget`].
+    /// The queue budget of `route` now: see [`RouteTable::queue_budget`]. The expected
+    /// service time is the slowest serving worker's latency estimate (conservative: the
+    /// request may land on it).
     fn queue_budget(&self, policy: &Policy, route: &Route) -> Duration {
         let expected = self
             .state
@@ -310,7 +280,7 @@ impl SloGuard {
             .iter()
             .filter(|w| w.state() != HealthState::Ejected)
             .map(|w| w.latency())
-            .min()
+            .max()
             .unwrap_or_default();
         RouteTable::queue_budget(route, expected, policy.shedding.default_queue_budget)
     }
@@ -338,7 +308,14 @@ impl SloGuard {
                     return Ok(());
                 }
             }
-            match admission.wait(priority, budget, deadline).await {
+            let outcome = if woken {
+                admission
+                    .wait_again(priority, budget, deadline, ctx.started)
+                    .await
+            } else {
+                admission.wait(priority, budget, deadline).await
+            };
+            match outcome {
                 Wait::Woken { .. } => woken = true,
                 Wait::Shed(reason) => {
                     ctx.queued = ctx.started.elapsed();

@@ -258,6 +258,9 @@ impl WorkerHealth {
         match result {
             Ok((latency, lag)) => {
                 self.last_completion = now;
+                // A probe is a request too: its latency keeps the estimate of an idle or
+                // ejected worker current, so a recovered worker is not shunned forever.
+                self.latency.observe(latency, now);
                 self.last_probe = Some(Ok(latency));
                 let lag_ok = lag.is_none_or(|l| l < cfg.lag_eject);
                 if let Some(lag) = lag {

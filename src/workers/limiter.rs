@@ -43,6 +43,9 @@ pub struct LimiterConfig {
     pub min_samples: u32,
     /// Time constant of the baseline's EWMA. Default 1 s.
     pub baseline_decay: Duration,
+    /// Reported lag up to this is timer noise, not queueing (workers report whole ms and a
+    /// healthy loop shows 1-2 ms). Default 5 ms.
+    pub lag_noise: Duration,
 }
 
 /// Which update rule.
@@ -67,6 +70,7 @@ impl Default for LimiterConfig {
             window: Duration::from_millis(100),
             min_samples: 8,
             baseline_decay: Duration::from_secs(1),
+            lag_noise: Duration::from_millis(5),
         }
     }
 }
@@ -121,7 +125,10 @@ impl ConcurrencyLimiter {
     pub fn on_sample(&mut self, cfg: &LimiterConfig, s: Sample, now: Instant) -> Option<u32> {
         let rtt = s.rtt.as_secs_f64();
         let no_queue = match s.lag {
-            Some(lag) => Some((rtt - lag.as_secs_f64()).max(rtt * 0.05)),
+            Some(lag) => {
+                let queueing = lag.saturating_sub(cfg.lag_noise).as_secs_f64();
+                Some((rtt - queueing).max(rtt * 0.05))
+            }
             None if s.in_flight_before == 0 => Some(rtt),
             None => None,
         };

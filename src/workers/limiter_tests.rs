@@ -28,6 +28,11 @@ struct Sim {
 
 impl Sim {
     fn new(cfg: LimiterConfig) -> Sim {
+        // The simulated lag is exact: no timer noise to discount.
+        let cfg = LimiterConfig {
+            lag_noise: Duration::ZERO,
+            ..cfg
+        };
         let now = Instant::now();
         Sim {
             lim: ConcurrencyLimiter::new(&cfg, now),
@@ -241,4 +246,35 @@ fn limits_stay_within_bounds() {
     assert!(sim.limits(4.0, 8.0).iter().all(|x| *x >= 3.0));
     let tail = sim.limits(7.0, 8.0);
     assert!(tail.iter().all(|x| *x <= 4.0), "{tail:?}");
+}
+
+#[test]
+fn lag_within_the_noise_floor_is_not_queueing() {
+    // Workers report whole milliseconds and a healthy loop shows 1-2 ms: a 1 ms request with
+    // a 2 ms lag report is a no-queue sample, not a zero-length one.
+    let cfg = LimiterConfig::default();
+    let t0 = Instant::now();
+    let mut lim = ConcurrencyLimiter::new(&cfg, t0);
+    lim.on_sample(
+        &cfg,
+        Sample {
+            rtt: MS,
+            in_flight_before: 3,
+            lag: Some(2 * MS),
+        },
+        t0,
+    );
+    assert_eq!(lim.baseline(), Some(MS));
+    // Lag beyond the floor is subtracted as queueing.
+    let mut lim = ConcurrencyLimiter::new(&cfg, t0);
+    lim.on_sample(
+        &cfg,
+        Sample {
+            rtt: 30 * MS,
+            in_flight_before: 3,
+            lag: Some(25 * MS),
+        },
+        t0,
+    );
+    assert_eq!(lim.baseline(), Some(10 * MS));
 }

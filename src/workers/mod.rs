@@ -211,6 +211,7 @@ impl Worker {
     ) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.on_probe(cfg, result, now);
+        self.refresh(&h, cfg, now);
     }
 
     /// Runs the health state machine; returns what changed.

@@ -40,6 +40,17 @@ pub struct ProbeReply {
     pub lag: Option<Duration>,
 }
 
+/// Parses a lag header value (milliseconds, integer or decimal); `None` when it is not a
+/// finite, non-negative number.
+pub fn parse_lag_ms(value: &str) -> Option<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 3.6e6)
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
+}
+
 /// Parses response headers (`head` = bytes up to and including the blank line).
 pub fn parse_reply(head: &[u8], lag_header: &str) -> Option<ProbeReply> {
     let text = std::str::from_utf8(head).ok()?;
@@ -53,9 +64,7 @@ pub fn parse_reply(head: &[u8], lag_header: &str) -> Option<ProbeReply> {
     let lag = lines
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case(lag_header))
-        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(|ms| Duration::from_secs_f64(ms / 1e3));
+        .and_then(|(_, v)| parse_lag_ms(v));
     Some(ProbeReply { status, lag })
 }
 

@@ -5,6 +5,8 @@
 //! - sloguard runs as its own process (the real binary), on ports found free just before.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod load;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -159,6 +161,22 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The default policy's routes: ingest (critical, SLO p95 150 ms) and query (p95 250 ms).
+pub const ROUTES: &str = r#"
+[[route]]
+name = "ingest"
+match = { method = "POST", path_prefix = "/v1/events" }
+slo = { p95_ms = 150, p99_ms = 400 }
+priority = "critical"
+max_body_bytes = 4096
+
+[[route]]
+name = "query"
+match = { method = "GET", path_prefix = "/v1/metrics" }
+slo = { p95_ms = 250 }
+priority = "normal"
+"#;
 
 /// A typical 1-2 KB ingestion event.
 pub fn event(customer: &str, name: &str, ts_ms: u64, value: f64) -> serde_json::Value {

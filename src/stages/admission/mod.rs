@@ -7,8 +7,8 @@
 //! 503 in a millisecond costs the client a retry; one served after its SLO costs everyone.
 //!
 //! Priorities: `critical` before `normal` before `sheddable`, always. When the queue is full
-//! a newcomer evicts the newest waiter of a lower priority, or is shed itself. Under a
-//! standing queue (CoDel's test) each lane serves newest first.
+//! a newcomer evicts the newest waiter of a lower priority, or is shed itself. With
+//! `adaptive_lifo`, a standing queue (CoDel's test) makes each lane serve newest first.
 
 pub mod queue;
 
@@ -31,8 +31,12 @@ pub struct SheddingConfig {
     pub default_queue_budget: Duration,
     /// CoDel target: a standing queue whose shortest wait stays above this... Default 5 ms.
     pub lifo_target: Duration,
-    /// ...for a whole interval switches lanes to newest-first. Default 100 ms.
+    /// ...for a whole interval switches lanes to newest-first, if `adaptive_lifo`. Default 100 ms.
     pub lifo_interval: Duration,
+    /// Serve newest-first under a standing queue. Default off: with FIFO the drain-time
+    /// estimate holds, so the excess is shed on arrival (in microseconds) instead of after
+    /// waiting out its budget; LIFO serves fresher requests but sheds late.
+    pub adaptive_lifo: bool,
 }
 
 impl Default for SheddingConfig {
@@ -42,6 +46,7 @@ impl Default for SheddingConfig {
             default_queue_budget: Duration::from_millis(100),
             lifo_target: Duration::from_millis(5),
             lifo_interval: Duration::from_millis(100),
+            adaptive_lifo: false,
         }
     }
 }
@@ -205,31 +210,61 @@ impl Admission {
     /// Waits for a slot until `deadline`. Sheds at once when the queue is full or the
     /// backlog cannot drain in time.
     pub async fn wait(&self, priority: Priority, budget: Duration, deadline: Instant) -> Wait {
+        self.wait_from(priority, budget, deadline, None).await
+    }
+
+    /// Like [`Admission::wait`], for a request that was woken but found no slot (another
+    /// request took it first): it goes back to the head of its lane, keeping its turn.
+    pub async fn wait_again(
+        &self,
+        priority: Priority,
+        budget: Duration,
+        deadline: Instant,
+        since: Instant,
+    ) -> Wait {
+        self.wait_from(priority, budget, deadline, Some(since))
+            .await
+    }
+
+    async fn wait_from(
+        &self,
+        priority: Priority,
+        budget: Duration,
+        deadline: Instant,
+        requeued: Option<Instant>,
+    ) -> Wait {
         let now = Instant::now();
         let (tx, rx) = oneshot::channel();
         let id = {
             let cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let ahead = inner.queue.ahead_of(priority);
-            if self.expected_wait(ahead) > budget {
-                return Wait::Shed(ShedReason::DeadlineUnreachable);
-            }
-            if inner.queue.len() >= cfg.max_queue {
-                match inner.queue.evict_below(priority) {
-                    Some(evicted) => {
-                        let _ = evicted.payload.send(Some(ShedReason::Evicted));
-                        self.waiting.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    None => return Wait::Shed(ShedReason::QueueFull),
+            if let Some(since) = requeued {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                inner.queue.push_front(priority, deadline, since, tx)
+            } else {
+                let ahead = inner.queue.ahead_of(priority);
+                // The drain-time estimate is an average; a 25% margin keeps requests admitted to
+                // the queue from timing out in it (a late shed is the worst outcome).
+                if self.expected_wait(ahead).mul_f64(1.25) > budget {
+                    return Wait::Shed(ShedReason::DeadlineUnreachable);
                 }
+                if inner.queue.len() >= cfg.max_queue {
+                    match inner.queue.evict_below(priority) {
+                        Some(evicted) => {
+                            let _ = evicted.payload.send(Some(ShedReason::Evicted));
+                            self.waiting.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        None => return Wait::Shed(ShedReason::QueueFull),
+                    }
+                }
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                inner.queue.push(priority, deadline, now, tx)
             }
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-            inner.queue.push(priority, deadline, now, tx)
         };
         let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         tokio::select! {
             woken = rx => match woken {
-                Ok(None) => Wait::Woken { waited: now.elapsed() },
+                Ok(None) => Wait::Woken { waited: requeued.unwrap_or(now).elapsed() },
                 Ok(Some(reason)) => Wait::Shed(reason),
                 Err(_) => Wait::Shed(ShedReason::QueueTimeout),
             },
@@ -253,8 +288,13 @@ impl Admission {
 
     /// Wakes the best waiter, telling expired ones they were shed. Returns whether one woke.
     pub fn wake_next(&self, now: Instant) -> bool {
+        let adaptive_lifo = self
+            .cfg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .adaptive_lifo;
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let lifo = inner.detector.overloaded(now);
+        let lifo = inner.detector.overloaded(now) && adaptive_lifo;
         let mut expired: Vec<Entry<_>> = Vec::new();
         loop {
             let next = inner.queue.pop_next(now, lifo, &mut expired);

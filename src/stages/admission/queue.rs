@@ -74,6 +74,27 @@ impl<T> WaitQueue<T> {
         id
     }
 
+    /// Puts back, at the head of its lane, a request that was woken but lost the slot to
+    /// another: it keeps its place instead of queueing again behind everyone.
+    pub fn push_front(
+        &mut self,
+        priority: Priority,
+        deadline: Instant,
+        enqueued_at: Instant,
+        payload: T,
+    ) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.lanes[lane(priority)].push_front(Entry {
+            id,
+            priority,
+            enqueued_at,
+            deadline,
+            payload,
+        });
+        id
+    }
+
     /// Takes the next request to serve: highest priority first, then oldest (or newest when
     /// `lifo`). Entries past their deadline are returned in `expired` so their waiters can
     /// be told they were shed.
@@ -190,6 +211,8 @@ mod tests {
         q.push(Priority::Normal, far, t0, "n1");
         q.push(Priority::Normal, far, t0, "n2");
         assert_eq!(q.pop_next(t0, true, &mut exp).unwrap().payload, "n2");
+        q.push_front(Priority::Normal, far, t0, "n0");
+        assert_eq!(q.pop_next(t0, false, &mut exp).unwrap().payload, "n0");
         assert!(exp.is_empty());
     }
 

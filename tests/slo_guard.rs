@@ -1,0 +1,301 @@
+//! Acceptance: the incident, end to end. Four workers, worker 3 blocking its event loop
+//! 250 ms on one request in four; an open-loop mix of 80% ingest / 20% queries.
+//!
+//! The scenarios run one at a time (a lock), since they measure latency on a shared 2-core
+//! machine. Every number is printed, so a failure shows what was seen.
+
+mod common;
+
+use std::time::Duration;
+
+use common::load::{self, Load, Report};
+use common::*;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn incident_fault() -> FaultSpec {
+    FaultSpec {
+        block: Some(Duration::from_millis(250)),
+        every: 4,
+        ..FaultSpec::default()
+    }
+}
+
+async fn measure(sg: &Sloguard, rate: f64, secs: u64) -> Report {
+    let load = Load {
+        rate,
+        duration: Duration::from_secs(secs),
+        ingest_share: 0.8,
+    };
+    let outcomes = load::run(&format!("http://{}", sg.proxy), &load).await;
+    load::report(&outcomes, load.duration)
+}
+
+async fn status(sg: &Sloguard) -> serde_json::Value {
+    client()
+        .get(sg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn guard(mode: &str) -> String {
+    format!("{ROUTES}\n[guard]\nmode = \"{mode}\"\n")
+}
+
+/// At moderate load (well below capacity), the plain balancer keeps feeding the blocked
+/// worker and the tail shows it; the guard makes the worker invisible: its tail matches
+/// the same load sent to the three healthy workers alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incident_at_moderate_load_guard_on_vs_off_vs_healthy_workers_only() {
+    let _serial = SERIAL.lock().await;
+    let rate = 1000.0;
+    let secs = 6;
+
+    let be = backend_with_faults(4, vec![(3, incident_fault())]);
+    let sg = Sloguard::spawn(&be.addrs(), &guard("off"));
+    let off = measure(&sg, rate, secs).await;
+    drop(sg);
+    drop(be);
+
+    let be = backend_with_faults(4, vec![(3, incident_fault())]);
+    let sg = Sloguard::spawn(&be.addrs(), &guard("enforce"));
+    let on = measure(&sg, rate, secs).await;
+    let st = status(&sg).await;
+    drop(sg);
+    let accepted = be.store().total_events();
+    drop(be);
+
+    let be = backend(3);
+    let sg = Sloguard::spawn(&be.addrs(), &guard("off"));
+    let ideal = measure(&sg, rate, secs).await;
+
+    println!(
+        "guard off    : {off:?}\nguard on     : {on:?}\nhealthy only : {ideal:?}\nworkers: {}",
+        st["workers"]
+    );
+    // The guard: nothing fails, nothing is shed below capacity, the tail is gone.
+    assert_eq!(
+        (on.server_errors, on.transport_errors, on.shed),
+        (0, 0, 0),
+        "{on:?}"
+    );
+    assert_eq!(on.ok, on.sent);
+    let ingest_sent = (on.sent as f64 * 0.8).round() as u64;
+    assert!(
+        accepted.abs_diff(ingest_sent) <= 1,
+        "every accepted event stored once: {accepted} vs {ingest_sent}"
+    );
+    assert!(
+        on.over_slo <= 0.002,
+        "share over SLO with the guard: {:.4}%",
+        on.over_slo * 100.0
+    );
+    assert!(
+        on.p999 <= ideal.p999 * 2 + Duration::from_millis(20),
+        "p99.9 {:?} vs healthy-only {:?}",
+        on.p999,
+        ideal.p999
+    );
+    // Without it, the same backend under the same load shows the incident.
+    assert!(
+        off.over_slo >= 0.002,
+        "the unguarded run should show the tail: {off:?}"
+    );
+    assert!(
+        off.over_slo >= on.over_slo * 3.0,
+        "off {:.4}% vs on {:.4}%",
+        off.over_slo * 100.0,
+        on.over_slo * 100.0
+    );
+    assert!(off.p999 >= Duration::from_millis(200), "{off:?}");
+    // The status page says which worker and why.
+    let w3 = &st["workers"][2];
+    assert!(w3["ejections"].as_u64().unwrap() >= 1, "{w3}");
+    let reason = w3["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("stalled") || reason.contains("lag"), "{w3}");
+    for i in [0, 1, 3] {
+        assert_eq!(
+            st["workers"][i]["ejections"], 0,
+            "a healthy worker was ejected: {}",
+            st["workers"]
+        );
+    }
+}
+
+/// Worker 3 is ejected within a few hundred ms of its first stall, and the status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_is_ejected_within_a_few_hundred_ms() {
+    let _serial = SERIAL.lock().await;
+    let be = backend_with_faults(4, vec![(3, incident_fault())]);
+    let sg = Sloguard::spawn(&be.addrs(), &guard("enforce"));
+    let base = format!("http://{}", sg.proxy);
+    let started = std::time::Instant::now();
+    let load = tokio::spawn(async move {
+        let l = Load {
+            rate: 400.0,
+            duration: Duration::from_secs(2),
+            ingest_share: 0.8,
+        };
+        load::report(&load::run(&base, &l).await, l.duration)
+    });
+    let mut ejected_at = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        let st = status(&sg).await;
+        if st["workers"][2]["state"] == "ejected" {
+            ejected_at = Some(started.elapsed());
+            println!(
+                "ejected after {:?}: {}",
+                started.elapsed(),
+                st["workers"][2]
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at = ejected_at.expect("worker 3 was never ejected");
+    // The first blocked request starts on worker 3's 1st events request, within ~25 ms of
+    // the load starting; detection takes stall_after (100 ms) plus a tick.
+    assert!(at < Duration::from_millis(600), "ejected only after {at:?}");
+    let r = load.await.unwrap();
+    assert_eq!(r.server_errors + r.transport_errors, 0, "{r:?}");
+}
+
+/// A worker killed outright: only requests caught on it at that instant can fail; it is
+/// ejected, and taken back once it listens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_costs_at_most_its_in_flight_requests_and_is_readmitted_when_back() {
+    let _serial = SERIAL.lock().await;
+    let be = backend(4);
+    let addrs = be.addrs();
+    let sg = Sloguard::spawn(&addrs, &guard("enforce"));
+    let base = format!("http://{}", sg.proxy);
+    let load = tokio::spawn(async move {
+        let l = Load {
+            rate: 800.0,
+            duration: Duration::from_secs(4),
+            ingest_share: 0.8,
+        };
+        load::report(&load::run(&base, &l).await, l.duration)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    be.kill_worker(2);
+    let r = load.await.unwrap();
+    println!("{r:?}");
+    let failed = r.sent - r.ok;
+    // At 800/s over 4 workers with ~2 ms latency, about 0.4 requests sit on a worker at any
+    // instant; allow a handful for connections the kill cut mid-request.
+    assert!(failed <= 5, "{failed} requests failed: {r:?}");
+    let st = status(&sg).await;
+    assert_eq!(st["workers"][1]["state"], "ejected", "{}", st["workers"][1]);
+
+    // The worker comes back on the same port: probes readmit it (after its ejection time).
+    let back = Backend::start(BackendConfig {
+        workers: 1,
+        base_port: addrs[1].port(),
+        ..BackendConfig::default()
+    })
+    .expect("the port is free again");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(&sg).await;
+        let state = st["workers"][1]["state"].as_str().unwrap().to_string();
+        if state != "ejected" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never readmitted: {}",
+            st["workers"][1]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // On probation its share ramps up over slow start (3 s): keep sending until it serves.
+    let http = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut i = 0u64;
+    while back.store().total_events() == 0 && std::time::Instant::now() < deadline {
+        let r = http
+            .post(sg.url("/v1/events"))
+            .json(&event("acme", "back", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        back.store().total_events() > 0,
+        "the returned worker gets traffic again"
+    );
+}
+
+/// At twice the capacity, the guard admits what the workers can serve within the SLO and
+/// sheds the rest at once with 503 and Retry-After; without it, every request queues and
+/// the SLO is lost for nearly all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_twice_capacity_admitted_requests_keep_their_slo_and_the_excess_is_shed_fast() {
+    let _serial = SERIAL.lock().await;
+    // Each events request holds its worker's loop 4 ms: 4 workers serve about 1000/s.
+    let slow = FaultSpec {
+        block: Some(Duration::from_millis(4)),
+        every: 1,
+        ..FaultSpec::default()
+    };
+    let faults = (1..=4).map(|w| (w, slow.clone())).collect::<Vec<_>>();
+    let capacity = 1000.0;
+    let mut results = vec![];
+    for mode in ["enforce", "off"] {
+        let be = backend_with_faults(4, faults.clone());
+        let sg = Sloguard::spawn(&be.addrs(), &guard(mode));
+        let load = Load {
+            rate: capacity * 2.0,
+            duration: Duration::from_secs(5),
+            ingest_share: 1.0,
+        };
+        let outcomes = load::run(&format!("http://{}", sg.proxy), &load).await;
+        let r = load::report(&outcomes, load.duration);
+        println!("{mode}: {r:?}");
+        if mode == "enforce" {
+            let st = status(&sg).await;
+            println!("{}", st["workers"]);
+        }
+        results.push(r);
+    }
+    let (on, off) = (&results[0], &results[1]);
+    assert_eq!(on.server_errors + on.transport_errors, 0, "{on:?}");
+    assert!(on.shed > 0, "nothing shed at 2x capacity");
+    assert!(
+        on.over_slo <= 0.01,
+        "admitted requests over SLO: {:.3}%",
+        on.over_slo * 100.0
+    );
+    assert!(
+        on.goodput >= 0.7 * capacity,
+        "goodput within SLO {:.0}/s",
+        on.goodput
+    );
+    // Most of the excess is shed on arrival; a few percent wait out part of their budget when
+    // the drain-rate estimate was optimistic (a known gap: see the closing note).
+    assert!(
+        on.shed_p50 <= Duration::from_millis(10),
+        "503s took {:?} (median)",
+        on.shed_p50
+    );
+    assert!(
+        on.shed_late * 10 <= on.shed,
+        "{} of {} sheds came late",
+        on.shed_late,
+        on.shed
+    );
+    assert!(
+        on.goodput >= 3.0 * off.goodput,
+        "guard {:.0}/s vs off {:.0}/s",
+        on.goodput,
+        off.goodput
+    );
+}
