@@ -299,3 +299,32 @@ async fn at_twice_capacity_admitted_requests_keep_their_slo_and_the_excess_is_sh
         off.goodput
     );
 }
+
+/// Shadow mode decides as enforce does (worker 3 shows as ejected, with its reason) but acts
+/// on nothing: worker 3 keeps getting its share, as with the guard off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_reports_the_ejection_but_keeps_sending_to_the_worker() {
+    let _serial = SERIAL.lock().await;
+    let be = backend_with_faults(4, vec![(3, incident_fault())]);
+    let sg = Sloguard::spawn(&be.addrs(), &guard("shadow"));
+    let r = measure(&sg, 300.0, 2).await;
+    let st = status(&sg).await;
+    println!("{r:?}\n{}", st["workers"]);
+    assert_eq!(st["guard"], "shadow");
+    let w3 = &st["workers"][2];
+    assert!(
+        w3["ejections"].as_u64().unwrap() >= 1,
+        "shadow decided nothing: {w3}"
+    );
+    // Least-in-flight steers around it while a block holds a request there, yet it keeps
+    // getting work (enforce lets it have a handful at most; see the incident test).
+    assert!(
+        w3["requests"].as_u64().unwrap() >= 15,
+        "shadow acted on its decision: {w3}"
+    );
+    assert_eq!(r.shed, 0);
+    assert!(
+        r.p999 >= Duration::from_millis(200),
+        "the tail is still there in shadow: {r:?}"
+    );
+}

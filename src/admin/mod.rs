@@ -90,6 +90,7 @@ impl AdminApp {
             "guard": policy.guard.as_str(),
             "admission": {
                 "waiting": admission.waiting(),
+                "shadow_would_queue": admission.shadow_queued(),
                 "drain_rate_per_s": (admission.drain_rate() * 10.0).round() / 10.0,
             },
             "uptime_seconds": self.state.started.elapsed().as_secs(),

@@ -90,11 +90,22 @@ impl ProxyHttp for SloGuard {
             self.reject(session, ctx, rejection).await?;
             return Ok(true);
         }
-        if mode == GuardMode::Enforce {
-            if let Err(rejection) = self.admit(ctx, priority, budget).await {
-                self.reject(session, ctx, rejection).await?;
-                return Ok(true);
+        match mode {
+            GuardMode::Enforce => {
+                if let Err(rejection) = self.admit(ctx, priority, budget).await {
+                    self.reject(session, ctx, rejection).await?;
+                    return Ok(true);
+                }
             }
+            GuardMode::Shadow => {
+                // Shadow: note that enforce would have made this request wait (and perhaps
+                // shed it), then let it through.
+                if !self.state.workers().has_room() {
+                    self.state.admission.note_shadow_queued();
+                    tracing::debug!(request_id = %ctx.request_id, route = ctx.route_name(), "shadow: no worker under its limit; enforce would queue or shed");
+                }
+            }
+            GuardMode::Off => {}
         }
         Ok(false)
     }

@@ -124,6 +124,8 @@ pub struct Admission {
     /// Completed requests per second, EWMA, as f64 bits (updated by the guard ticker).
     drain_rate_bits: AtomicU64,
     completions: AtomicU64,
+    /// Requests that shadow mode let through although enforce would have queued them.
+    shadow_queued: AtomicU64,
     cfg: Mutex<SheddingConfig>,
 }
 
@@ -146,6 +148,7 @@ impl Admission {
             waiting: AtomicUsize::new(0),
             drain_rate_bits: AtomicU64::new(0f64.to_bits()),
             completions: AtomicU64::new(0),
+            shadow_queued: AtomicU64::new(0),
             cfg: Mutex::new(cfg),
         }
     }
@@ -162,6 +165,16 @@ impl Admission {
     /// Completions per second (EWMA).
     pub fn drain_rate(&self) -> f64 {
         f64::from_bits(self.drain_rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Shadow mode: a request found no worker under its limit and went through anyway.
+    pub fn note_shadow_queued(&self) {
+        self.shadow_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests shadow mode let through that enforce would have queued (or shed).
+    pub fn shadow_queued(&self) -> u64 {
+        self.shadow_queued.load(Ordering::Relaxed)
     }
 
     /// Total completions, for the ticker's rate estimate.
