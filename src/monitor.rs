@@ -120,7 +120,10 @@ impl BackgroundService for Monitor {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.tick(Instant::now()),
+                _ = ticker.tick() => {
+                    self.tick(Instant::now());
+                    self.state.retry_budget.refill(&self.state.policy().retry, TICK);
+                }
                 _ = shutdown.changed() => break,
             }
         }

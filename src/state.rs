@@ -12,12 +12,15 @@ use arc_swap::ArcSwap;
 
 use crate::config::Policy;
 use crate::stages::admission::Admission;
+use crate::stages::retry::RetryBudget;
 use crate::workers::WorkerSet;
 
 pub struct State {
     policy: ArcSwap<Policy>,
     workers: ArcSwap<WorkerSet>,
     pub admission: Arc<Admission>,
+    /// Retries allowed after a worker was reached, shared by all requests.
+    pub retry_budget: RetryBudget,
     /// When this process started serving.
     pub started: Instant,
 }
@@ -30,6 +33,7 @@ impl State {
             policy: ArcSwap::from_pointee(policy),
             workers: ArcSwap::from_pointee(workers),
             admission,
+            retry_budget: RetryBudget::default(),
             started: Instant::now(),
         }
     }

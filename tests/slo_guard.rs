@@ -279,15 +279,16 @@ async fn at_twice_capacity_admitted_requests_keep_their_slo_and_the_excess_is_sh
         "goodput within SLO {:.0}/s",
         on.goodput
     );
-    // Most of the excess is shed on arrival; a few percent wait out part of their budget when
-    // the drain-rate estimate was optimistic (a known gap: see the closing note).
+    // The excess is shed on arrival, not after waiting: the queue holds at most its target
+    // delay (50 ms), so the drain-rate estimate has slack. (Seen here: p99 4 ms, none late;
+    // the bound leaves room for a debug build on a busy 2-core machine.)
     assert!(
-        on.shed_p50 <= Duration::from_millis(10),
-        "503s took {:?} (median)",
-        on.shed_p50
+        on.shed_p99 <= Duration::from_millis(25),
+        "503s took {:?} (p99)",
+        on.shed_p99
     );
     assert!(
-        on.shed_late * 10 <= on.shed,
+        on.shed_late * 50 <= on.shed,
         "{} of {} sheds came late",
         on.shed_late,
         on.shed
@@ -327,4 +328,174 @@ async fn shadow_mode_reports_the_ejection_but_keeps_sending_to_the_worker() {
         r.p999 >= Duration::from_millis(200),
         "the tail is still there in shadow: {r:?}"
     );
+}
+
+/// Twice the capacity, where queries are the expensive class (each holds its worker's loop
+/// 25 ms, like a heavy aggregation): ingestion is critical and keeps succeeding while the
+/// queries absorb the shedding. Without the guard, both drown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_critical_ingest_keeps_succeeding_while_queries_are_shed() {
+    let _serial = SERIAL.lock().await;
+    let heavy_queries = FaultSpec {
+        query_block: Some(Duration::from_millis(25)),
+        ..FaultSpec::default()
+    };
+    let faults = (1..=4)
+        .map(|w| (w, heavy_queries.clone()))
+        .collect::<Vec<_>>();
+    // Loop time per request: 0.8 x ~0.2 ms + 0.2 x 25 ms = ~5.2 ms; 4 loops: ~770/s.
+    let rate = 1500.0;
+    let mut runs = vec![];
+    for mode in ["enforce", "off"] {
+        let be = backend_with_faults(4, faults.clone());
+        let sg = Sloguard::spawn(&be.addrs(), &guard(mode));
+        let load = Load {
+            rate,
+            duration: Duration::from_secs(5),
+            ingest_share: 0.8,
+        };
+        let outcomes = load::run(&format!("http://{}", sg.proxy), &load).await;
+        let split = |kind: load::Kind| {
+            let of: Vec<_> = outcomes
+                .iter()
+                .filter(|o| o.kind == kind)
+                .copied()
+                .collect();
+            load::report(&of, load.duration)
+        };
+        let (ingest, query) = (split(load::Kind::Ingest), split(load::Kind::Query));
+        let by_kind = |k: load::Kind| {
+            load::reasons(
+                &outcomes
+                    .iter()
+                    .filter(|o| o.kind == k)
+                    .copied()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        println!(
+            "{mode}: shed reasons ingest {:?} query {:?}",
+            by_kind(load::Kind::Ingest),
+            by_kind(load::Kind::Query)
+        );
+        println!("{mode}: ingest {ingest:?}\n{mode}: query  {query:?}");
+        runs.push((ingest, query));
+    }
+    let ((ingest, query), (ingest_off, _)) = (&runs[0], &runs[1]);
+    assert!(
+        ingest.ingest_success >= 0.99,
+        "critical success {:.2}%",
+        ingest.ingest_success * 100.0
+    );
+    assert!(
+        ingest.over_slo <= 0.01,
+        "critical over SLO {:.2}%",
+        ingest.over_slo * 100.0
+    );
+    assert!(
+        query.shed * 4 >= query.sent,
+        "queries absorbed the shedding: {query:?}"
+    );
+    assert_eq!(
+        ingest.server_errors + ingest.transport_errors + query.server_errors,
+        0
+    );
+    assert!(
+        ingest.goodput >= 5.0 * ingest_off.goodput,
+        "critical goodput {:.0}/s with the guard vs {:.0}/s without",
+        ingest.goodput,
+        ingest_off.goodput
+    );
+}
+
+/// A GET stuck on a stalled worker is retried on another after the route's per-try timeout,
+/// within the SLO; a POST stuck the same way gets a 504 and is never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_get_is_retried_elsewhere_and_a_stuck_post_is_never_repeated() {
+    let _serial = SERIAL.lock().await;
+    let be = backend(2);
+    let routes = r#"
+[[route]]
+name = "ingest"
+match = { method = "POST", path_prefix = "/v1/events" }
+slo = { p95_ms = 150 }
+per_try_timeout_ms = 80
+
+[[route]]
+name = "query"
+match = { method = "GET", path_prefix = "/v1/metrics" }
+slo = { p95_ms = 250 }
+per_try_timeout_ms = 80
+
+[guard]
+mode = "off"
+"#;
+    let sg = Sloguard::spawn(&be.addrs(), routes);
+    let http = client();
+    // Worker 1 stops answering anything for 3 s, starting now.
+    be.set_fault(
+        1,
+        FaultSpec {
+            stall: Some(Duration::from_secs(3)),
+            ..FaultSpec::default()
+        },
+    );
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let r = http
+            .get(sg.url("/v1/metrics?customer=a&event=b"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        worst = worst.max(t.elapsed());
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..20u64 {
+        let r = http
+            .post(sg.url("/v1/events"))
+            .json(&event(&format!("once-{i}"), "e", 1_700_000_000_000, 1.0))
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+    }
+    let st = status(&sg).await;
+    println!(
+        "worst GET {worst:?}; POST statuses {statuses:?}; retries {}",
+        st["retries"]
+    );
+    assert!(worst < Duration::from_millis(250), "a GET waited {worst:?}");
+    assert!(
+        st["retries"]["granted"].as_u64().unwrap() >= 1,
+        "{}",
+        st["retries"]
+    );
+    assert!(
+        statuses.get(&504).copied().unwrap_or(0) >= 1,
+        "no POST hit the stalled worker: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.keys().filter(|s| **s != 202 && **s != 504).count(),
+        0,
+        "{statuses:?}"
+    );
+    // Let the stall end: the stuck POSTs may then be processed, but never twice.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    for i in 0..20u64 {
+        let q: serde_json::Value = http
+            .get(sg.url(&format!("/v1/metrics?customer=once-{i}&event=e&bucket=1d")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let count: u64 = q["series"][0]["points"]
+            .as_array()
+            .map(|p| p.iter().map(|x| x["count"].as_u64().unwrap()).sum())
+            .unwrap_or(0);
+        assert!(count <= 1, "event once-{i} stored {count} times");
+    }
 }

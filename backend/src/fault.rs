@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 ///   request, whatever its route. It is consumed once it starts.
 /// - `status`: `/v1/*` requests (1 in `every`) are answered with this status
 ///   and not processed (an event answered 503 is not stored).
+/// - `query_block`: every metrics query sleeps the loop this long, like an
+///   expensive aggregation (so queries, not ingestion, dominate the cost).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct FaultSpec {
     pub block: Option<Duration>,
@@ -30,12 +32,15 @@ pub struct FaultSpec {
     pub every: u32,
     pub stall: Option<Duration>,
     pub status: Option<u16>,
+    pub query_block: Option<Duration>,
 }
 
 /// Why a fault spec (`block=250ms,every=4`) or `WORKER:SPEC` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultParseError {
-    #[error("unknown fault key `{key}` (expected block, cpu, every, stall or status)")]
+    #[error(
+        "unknown fault key `{key}` (expected block, cpu, every, stall, status or query_block)"
+    )]
     UnknownKey { key: String },
     #[error("fault key `{key}` has no value (write `{key}=...`)")]
     MissingValue { key: String },
@@ -99,6 +104,7 @@ impl FromStr for FaultSpec {
                 "block" => spec.block = Some(duration()?),
                 "cpu" => spec.cpu = Some(duration()?),
                 "stall" => spec.stall = Some(duration()?),
+                "query_block" => spec.query_block = Some(duration()?),
                 "every" => {
                     spec.every = value.parse().map_err(|_| FaultParseError::BadNumber {
                         key: key.into(),
@@ -148,6 +154,8 @@ pub struct FaultBody {
     pub stall_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_block_ms: Option<u64>,
 }
 
 impl FaultBody {
@@ -164,6 +172,7 @@ impl FaultBody {
             every: self.every.unwrap_or(1),
             stall: self.stall_ms.map(Duration::from_millis),
             status: self.status,
+            query_block: self.query_block_ms.map(Duration::from_millis),
         })
     }
 }
@@ -177,6 +186,7 @@ impl From<&FaultSpec> for FaultBody {
             every: (spec.every > 1).then_some(spec.every),
             stall_ms: spec.stall.map(ms),
             status: spec.status,
+            query_block_ms: spec.query_block.map(ms),
         }
     }
 }
@@ -255,6 +265,9 @@ impl FaultState {
             }
             self.events_seen += 1;
         }
+        if kind == RequestKind::V1 {
+            actions.block = self.spec.query_block;
+        }
         if kind != RequestKind::Other && self.spec.status.is_some() {
             if self.v1_seen.is_multiple_of(every) {
                 actions.status = self.spec.status;
@@ -271,6 +284,16 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn query_block_holds_every_query_and_only_queries() {
+        let spec: FaultSpec = "query_block=20ms".parse().unwrap();
+        let mut state = FaultState::at_start(spec);
+        assert_eq!(state.on_request(RequestKind::V1).block, Some(ms(20)));
+        assert_eq!(state.on_request(RequestKind::V1).block, Some(ms(20)));
+        assert_eq!(state.on_request(RequestKind::Events).block, None);
+        assert_eq!(state.on_request(RequestKind::Other).block, None);
     }
 
     #[test]

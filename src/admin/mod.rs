@@ -88,6 +88,10 @@ impl AdminApp {
         json!({
             "policy": {"file": policy.source.display().to_string(), "version": policy.version},
             "guard": policy.guard.as_str(),
+            "retries": {
+                "granted": self.state.retry_budget.granted(),
+                "budget_tokens": (self.state.retry_budget.tokens() * 10.0).round() / 10.0,
+            },
             "admission": {
                 "waiting": admission.waiting(),
                 "shadow_would_queue": admission.shadow_queued(),

@@ -24,6 +24,8 @@ pub struct PolicyFile {
     pub concurrency: ConcurrencyFile,
     #[serde(default)]
     pub shedding: SheddingFile,
+    #[serde(default)]
+    pub retry: RetryFile,
 }
 
 /// `[listen]`: where sloguard accepts traffic.
@@ -110,6 +112,11 @@ pub struct RouteFile {
     /// Longest wait for a worker slot, ms. Default: p95 target minus the expected service
     /// time, or `[shedding] default_queue_ms` without an SLO.
     pub queue_budget_ms: Option<Spanned<u64>>,
+    /// Per-attempt response timeout, ms; see `config/README.md`.
+    pub per_try_timeout_ms: Option<Spanned<u64>>,
+    /// Retry this route's requests whatever their method (they must be safe to repeat).
+    #[serde(default)]
+    pub retry_idempotent: bool,
 }
 
 /// `match = { method = "POST", path_prefix = "/v1/events" }`.

@@ -88,12 +88,21 @@ pub enum AlgorithmFile {
     Aimd,
 }
 
+/// `[retry]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    pub budget_percent: Option<Spanned<f64>>,
+    pub min_per_second: Option<Spanned<f64>>,
+}
+
 /// `[shedding]`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SheddingFile {
     pub max_queue: Option<Spanned<u64>>,
     pub default_queue_ms: Option<Spanned<u64>>,
+    pub target_queue_ms: Option<Spanned<u64>>,
     pub lifo_target_ms: Option<Spanned<u64>>,
     pub lifo_interval_ms: Option<Spanned<u64>>,
     #[serde(default)]

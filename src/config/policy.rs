@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::error::{Location, PolicyError};
 use super::file::{PolicyFile, PriorityFile, RouteFile};
 use crate::stages::admission::SheddingConfig;
+use crate::stages::retry::RetryConfig;
 use crate::stages::route::{Priority, Route, RouteMatch, RouteTable, Slo};
 use crate::workers::{GuardMode, LimiterConfig, UpstreamConfig};
 
@@ -38,6 +39,7 @@ pub struct Policy {
     pub guard: GuardMode,
     pub concurrency: LimiterConfig,
     pub shedding: SheddingConfig,
+    pub retry: RetryConfig,
 }
 
 /// `[listen]`, validated.
@@ -77,6 +79,7 @@ impl Policy {
             guard: v.guard_mode(raw.guard.mode),
             concurrency: v.concurrency(&raw.concurrency)?,
             shedding: v.shedding(&raw.shedding)?,
+            retry: v.retry(&raw.retry)?,
         })
     }
 }
@@ -265,6 +268,11 @@ impl Validator<'_> {
                 priority: priority(r.priority),
                 max_body_bytes,
                 queue_budget,
+                per_try_timeout: match &r.per_try_timeout_ms {
+                    None => None,
+                    Some(t) => Some(self.millis(t, &key("per_try_timeout_ms"))?),
+                },
+                retry_idempotent: r.retry_idempotent,
             };
             if route.name.as_ref() == "default" {
                 default = Some(route);

@@ -7,9 +7,10 @@ use toml::Spanned;
 use super::Validator;
 use crate::config::error::PolicyError;
 use crate::config::file::{
-    AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, SheddingFile,
+    AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, RetryFile, SheddingFile,
 };
 use crate::stages::admission::SheddingConfig;
+use crate::stages::retry::RetryConfig;
 use crate::workers::{Algorithm, GuardMode, HealthConfig, LimiterConfig, ProbeConfig};
 
 impl Validator<'_> {
@@ -205,10 +206,34 @@ impl Validator<'_> {
         })
     }
 
+    pub(super) fn retry(&self, r: &RetryFile) -> Result<RetryConfig, PolicyError> {
+        let d = RetryConfig::default();
+        Ok(RetryConfig {
+            budget_percent: self.ratio_or(
+                &r.budget_percent,
+                "retry.budget_percent",
+                d.budget_percent,
+                (0.0, 100.0),
+            )?,
+            min_per_second: self.ratio_or(
+                &r.min_per_second,
+                "retry.min_per_second",
+                d.min_per_second,
+                (0.0, 10_000.0),
+            )?,
+        })
+    }
+
     pub(super) fn shedding(&self, s: &SheddingFile) -> Result<SheddingConfig, PolicyError> {
         let d = SheddingConfig::default();
         let k = |x: &str| format!("shedding.{x}");
+        let target_queue_delay = self.ms_or(
+            &s.target_queue_ms,
+            &k("target_queue_ms"),
+            d.target_queue_delay,
+        )?;
         Ok(SheddingConfig {
+            target_queue_delay,
             adaptive_lifo: s.adaptive_lifo,
             max_queue: self.count_or(
                 &s.max_queue,

@@ -34,6 +34,10 @@ pub struct RequestCtx {
     pub queued: std::time::Duration,
     /// A response header came back from the worker (its outcome is recorded).
     pub response_seen: bool,
+    /// The request may be repeated (GET, HEAD, or a `retry_idempotent` route).
+    pub idempotent: bool,
+    /// Retries made after a worker was reached (timeouts, broken answers).
+    pub retries: u32,
 }
 
 impl RequestCtx {
@@ -51,6 +55,8 @@ impl RequestCtx {
             dispatched: None,
             queued: std::time::Duration::ZERO,
             response_seen: false,
+            idempotent: false,
+            retries: 0,
         }
     }
 

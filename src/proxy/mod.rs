@@ -25,6 +25,7 @@ pub use respond::rejection_body;
 
 use crate::config::Policy;
 use crate::stages::admission::Wait;
+use crate::stages::retry::{self, FailedAttempt};
 use crate::stages::route::{Priority, Route, RouteTable};
 use crate::stages::{payload, Rejection};
 use crate::state::State;
@@ -83,6 +84,9 @@ impl ProxyHttp for SloGuard {
         let route = policy.routes.get(ctx.route);
         let verdict = payload::check_declared_length(route, declared_content_length(req));
         let priority = route.priority;
+        ctx.idempotent =
+            route.retry_idempotent || matches!(req.method, http::Method::GET | http::Method::HEAD);
+        self.state.retry_budget.deposit(&policy.retry);
         let budget = self.queue_budget(&policy, route);
         let mode = policy.guard;
         ctx.policy = Some(policy);
@@ -123,7 +127,7 @@ impl ProxyHttp for SloGuard {
             _ => {
                 let workers = self.state.workers();
                 workers
-                    .acquire(policy.guard, ctx.tried, false, Some(&self.state.admission))
+                    .acquire(policy.guard, ctx.tried, None, Some(&self.state.admission))
                     .ok_or_else(|| {
                         Error::explain(
                             ErrorType::ConnectNoRoute,
@@ -135,12 +139,18 @@ impl ProxyHttp for SloGuard {
         let up = &policy.upstream;
         let mut peer = HttpPeer::new(lease.worker().addr, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
+        let route = policy.routes.get(ctx.route);
+        peer.options.read_timeout = Some(
+            route
+                .per_try_timeout
+                .map_or(up.read_timeout, |t| t.min(up.read_timeout)),
+        );
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(up.idle_timeout);
         ctx.attempts += 1;
         ctx.worker_id = Some(lease.worker().id);
         ctx.dispatched = Some(Instant::now());
+        ctx.response_seen = false;
         ctx.lease = Some(lease);
         Ok(Box::new(peer))
     }
@@ -168,6 +178,61 @@ impl ProxyHttp for SloGuard {
             (1u64 << all) - 1
         };
         e.set_retry(ctx.tried & all_tried != all_tried);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("worker {peer}"));
+        // A stale pooled connection that broke at once: the request never reached the
+        // worker, so an idempotent one may go again on a fresh connection (Pingora's rule).
+        if matches!(e.retry, pingora::RetryType::ReusedOnly) && client_reused && ctx.idempotent {
+            e.set_retry(true);
+            return e;
+        }
+        let Some(policy) = ctx.policy.clone() else {
+            e.set_retry(false);
+            return e;
+        };
+        let route = policy.routes.get(ctx.route);
+        let attempt = FailedAttempt {
+            idempotent: ctx.idempotent,
+            retries: ctx.retries,
+            response_started: session.response_written().is_some(),
+            body_not_replayable: session.as_ref().retry_buffer_truncated(),
+            elapsed: ctx.started.elapsed(),
+            deadline: route.slo.and_then(|s| s.p99.or(s.p95)),
+            expected_service: ctx
+                .lease
+                .as_ref()
+                .map(|l| l.worker().latency())
+                .unwrap_or_default(),
+        };
+        let retry = retry::refusal(&attempt).is_none() && self.state.retry_budget.try_withdraw();
+        if !ctx.response_seen {
+            let status = if matches!(e.etype(), ErrorType::ReadTimedout) {
+                504
+            } else {
+                502
+            };
+            ctx.record_outcome(status, None);
+        }
+        if retry {
+            ctx.retries += 1;
+            if let Some(lease) = &ctx.lease {
+                if lease.index() < 64 {
+                    ctx.tried |= 1 << lease.index();
+                }
+            }
+            tracing::debug!(request_id = %ctx.request_id, error = %e, "retrying on another worker");
+        }
+        e.set_retry(retry);
         e
     }
 
@@ -310,7 +375,12 @@ impl SloGuard {
         loop {
             if woken || !admission.must_queue() {
                 let workers = self.state.workers();
-                if let Some(lease) = workers.acquire(GuardMode::Enforce, 0, true, Some(admission)) {
+                if let Some(lease) = workers.acquire(
+                    GuardMode::Enforce,
+                    0,
+                    Some(priority.limit_share()),
+                    Some(admission),
+                ) {
                     if !woken {
                         admission.on_admitted_directly(Instant::now());
                     }

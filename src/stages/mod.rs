@@ -4,9 +4,11 @@
 //! - [`route`]: which route (SLO, priority, caps) a request belongs to.
 //! - [`payload`]: body-size caps, answered before the backend sees a byte.
 //! - [`admission`]: wait for a worker slot within the route's deadline, or be shed.
+//! - [`retry`]: whether a failed attempt goes to another worker, within a budget.
 
 pub mod admission;
 pub mod payload;
+pub mod retry;
 pub mod route;
 
 /// A stage refused the request. `proxy::respond` turns it into a JSON 4xx/5xx.

@@ -14,6 +14,18 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Share of each worker's concurrency limit this class may fill: the rest is kept for
+    /// higher classes, so a burst of cheap-to-drop traffic cannot take every slot (and, on
+    /// an event loop, every loop) from critical requests. Critical 100%, normal 50%,
+    /// sheddable 25%; an idle worker always takes one request of any class.
+    pub fn limit_share(self) -> f64 {
+        match self {
+            Priority::Critical => 1.0,
+            Priority::Normal => 0.5,
+            Priority::Sheddable => 0.25,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::Critical => "critical",
@@ -60,6 +72,11 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// Longest wait for a worker slot, when set explicitly.
     pub queue_budget: Option<Duration>,
+    /// Longest wait for one attempt's response; an idempotent request is then retried once
+    /// on another worker (Envoy's per-try timeout). `None` = the upstream read timeout.
+    pub per_try_timeout: Option<Duration>,
+    /// Requests of this route may be retried whatever their method.
+    pub retry_idempotent: bool,
 }
 
 impl Route {
@@ -73,6 +90,8 @@ impl Route {
             priority: Priority::Normal,
             max_body_bytes: None,
             queue_budget: None,
+            per_try_timeout: None,
+            retry_idempotent: false,
         }
     }
 }

@@ -275,12 +275,13 @@ impl WorkerSet {
     /// `tried` has a bit per worker index this request already failed on. With the guard
     /// off (or in shadow), the choice is fewest in flight, ties at random. Enforced, it is
     /// power of two choices on [`Worker::cost`] among workers that are not ejected and are
-    /// under their concurrency limit (`respect_limits`).
+    /// under `limit_share` of their concurrency limit (`None`: limits ignored, for retries;
+    /// at least one slot of an idle worker is always usable).
     pub fn acquire(
         &self,
         mode: GuardMode,
         tried: u64,
-        respect_limits: bool,
+        limit_share: Option<f64>,
         admission: Option<&Arc<Admission>>,
     ) -> Option<WorkerLease> {
         let entropy = rand::random::<u64>();
@@ -292,7 +293,10 @@ impl WorkerSet {
                 let eligible = |i: usize, w: &Worker| {
                     (i >= 64 || tried & (1 << i) == 0)
                         && w.state() != HealthState::Ejected
-                        && (!respect_limits || (w.in_flight() as u32) < w.limit())
+                        && limit_share.is_none_or(|share| {
+                            let cap = ((f64::from(w.limit()) * share) as u32).max(1);
+                            (w.in_flight() as u32) < cap
+                        })
                 };
                 let mut costs = [(0usize, 0f64); 64];
                 let mut n = 0;
@@ -402,8 +406,8 @@ mod tests {
     #[test]
     fn leases_count_in_flight_and_release_on_drop() {
         let s = set(2);
-        let a = s.acquire(GuardMode::Off, 0, false, None).unwrap();
-        let b = s.acquire(GuardMode::Off, 0, false, None).unwrap();
+        let a = s.acquire(GuardMode::Off, 0, None, None).unwrap();
+        let b = s.acquire(GuardMode::Off, 0, None, None).unwrap();
         // With one request on a worker, the next goes to the other one.
         assert_ne!(a.index(), b.index());
         assert_eq!(s.iter().map(|w| w.in_flight()).sum::<usize>(), 2);
@@ -417,10 +421,13 @@ mod tests {
     fn tried_workers_are_skipped_until_none_is_left() {
         for mode in [GuardMode::Off, GuardMode::Enforce] {
             let s = set(3);
-            let first = s.acquire(mode, 0, true, None).unwrap().index();
-            let second = s.acquire(mode, 1 << first, true, None).unwrap().index();
+            let first = s.acquire(mode, 0, Some(1.0), None).unwrap().index();
+            let second = s
+                .acquire(mode, 1 << first, Some(1.0), None)
+                .unwrap()
+                .index();
             assert_ne!(first, second);
-            assert!(s.acquire(mode, 0b111, true, None).is_none());
+            assert!(s.acquire(mode, 0b111, Some(1.0), None).is_none());
         }
     }
 
@@ -439,24 +446,23 @@ mod tests {
         ));
         let mut leases = vec![];
         // Two workers left, each with the initial limit of 8.
-        while let Some(l) = s.acquire(GuardMode::Enforce, 0, true, None) {
+        while let Some(l) = s.acquire(GuardMode::Enforce, 0, Some(1.0), None) {
             assert_ne!(l.index(), 0, "an ejected worker got a request");
             leases.push(l);
             assert!(leases.len() <= 16);
         }
         assert_eq!(leases.len(), 16);
         assert!(!s.has_room());
+        // A lower class's share of a full worker is used up too.
+        assert!(s.acquire(GuardMode::Enforce, 0, Some(0.5), None).is_none());
         // Without limits (a retry), a full worker can still be chosen; the ejected one not.
         assert_ne!(
-            s.acquire(GuardMode::Enforce, 0, false, None)
+            s.acquire(GuardMode::Enforce, 0, None, None)
                 .unwrap()
                 .index(),
             0
         );
         // With the guard off, the ejected worker is just another worker.
-        assert_eq!(
-            s.acquire(GuardMode::Off, 0, false, None).unwrap().index(),
-            0
-        );
+        assert_eq!(s.acquire(GuardMode::Off, 0, None, None).unwrap().index(), 0);
     }
 }

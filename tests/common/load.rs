@@ -21,7 +21,19 @@ pub struct Outcome {
     pub kind: Kind,
     pub status: u16,
     pub latency: Duration,
+    /// sloguard's `x-sloguard-reason`, when it answered itself.
+    pub reason: Option<&'static str>,
 }
+
+/// The reasons sloguard may give (so an outcome stays `Copy`).
+const REASONS: [&str; 6] = [
+    "deadline_unreachable",
+    "queue_timeout",
+    "queue_full",
+    "evicted",
+    "priority",
+    "body_too_large",
+];
 
 /// The load: `rate` requests per second for `duration`, `ingest_share` of them POSTed
 /// events, the rest metric queries.
@@ -80,18 +92,24 @@ pub async fn run(base: &str, load: &Load) -> Vec<Outcome> {
                     i % 50
                 )),
             };
-            let status = match req.send().await {
+            let (status, reason) = match req.send().await {
                 Ok(r) => {
                     let s = r.status().as_u16();
+                    let reason = r
+                        .headers()
+                        .get("x-sloguard-reason")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| REASONS.iter().find(|x| **x == v).copied());
                     let _ = r.bytes().await;
-                    s
+                    (s, reason)
                 }
-                Err(_) => 0,
+                Err(_) => (0, None),
             };
             outcomes.lock().await.push(Outcome {
                 kind,
                 status,
                 latency: intended.elapsed(),
+                reason,
             });
         }));
     }
@@ -129,6 +147,15 @@ fn pct(sorted: &[Duration], q: f64) -> Duration {
         return Duration::ZERO;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// How many answers carried each sloguard reason.
+pub fn reasons(outcomes: &[Outcome]) -> std::collections::BTreeMap<&'static str, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in outcomes.iter().filter_map(|o| o.reason) {
+        *m.entry(r).or_insert(0) += 1;
+    }
+    m
 }
 
 pub fn report(outcomes: &[Outcome], duration: Duration) -> Report {

@@ -29,6 +29,11 @@ pub struct SheddingConfig {
     pub max_queue: usize,
     /// Queue budget for routes without an SLO or `queue_budget_ms`. Default 100 ms.
     pub default_queue_budget: Duration,
+    /// Longest expected queueing accepted on arrival, whatever the budget. Default 50 ms.
+    /// A queue only needs to be long enough to keep the workers busy; a longer one adds
+    /// latency to every admitted request and leaves no slack when the drain rate dips, so
+    /// requests would be shed late, after waiting, instead of at once.
+    pub target_queue_delay: Duration,
     /// CoDel target: a standing queue whose shortest wait stays above this... Default 5 ms.
     pub lifo_target: Duration,
     /// ...for a whole interval switches lanes to newest-first, if `adaptive_lifo`. Default 100 ms.
@@ -44,6 +49,7 @@ impl Default for SheddingConfig {
         SheddingConfig {
             max_queue: 1024,
             default_queue_budget: Duration::from_millis(100),
+            target_queue_delay: Duration::from_millis(50),
             lifo_target: Duration::from_millis(5),
             lifo_interval: Duration::from_millis(100),
             adaptive_lifo: false,
@@ -62,6 +68,8 @@ pub enum ShedReason {
     QueueFull,
     /// A higher-priority request took its place in a full queue.
     Evicted,
+    /// Sustained overload with higher-priority requests waiting: lower classes go first.
+    Priority,
 }
 
 impl ShedReason {
@@ -71,6 +79,7 @@ impl ShedReason {
             ShedReason::DeadlineUnreachable => "deadline_unreachable",
             ShedReason::QueueFull => "queue_full",
             ShedReason::Evicted => "evicted",
+            ShedReason::Priority => "priority",
         }
     }
 
@@ -88,6 +97,9 @@ impl ShedReason {
             ShedReason::QueueFull => "shed: the admission queue is full".to_string(),
             ShedReason::Evicted => {
                 "shed: a higher-priority request took this one's place".to_string()
+            }
+            ShedReason::Priority => {
+                "shed: sustained overload, and higher-priority requests are waiting".to_string()
             }
         };
         Rejection {
@@ -190,10 +202,10 @@ impl Admission {
     /// How long the backlog ahead of a `priority` request takes to drain, at the current rate.
     pub fn expected_wait(&self, ahead: usize) -> Duration {
         let rate = self.drain_rate();
-        if ahead == 0 {
+        if ahead == 0 || rate <= 1.0 {
+            // No backlog, or no rate measured yet (the first 100 ms): no early verdict;
+            // the deadline still bounds the wait.
             Duration::ZERO
-        } else if rate <= 1.0 {
-            Duration::from_secs(1)
         } else {
             Duration::from_secs_f64(ahead as f64 / rate)
         }
@@ -256,9 +268,15 @@ impl Admission {
                 inner.queue.push_front(priority, deadline, since, tx)
             } else {
                 let ahead = inner.queue.ahead_of(priority);
+                // Lower classes are shed first: a request that would wait behind higher-priority
+                // ones is not worth queueing (those keep arriving ahead of it). Below capacity
+                // nobody waits, so this sheds nothing there.
+                if inner.queue.higher_than(priority) > 0 {
+                    return Wait::Shed(ShedReason::Priority);
+                }
                 // The drain-time estimate is an average; a 25% margin keeps requests admitted to
                 // the queue from timing out in it (a late shed is the worst outcome).
-                if self.expected_wait(ahead).mul_f64(1.25) > budget {
+                if self.expected_wait(ahead).mul_f64(1.25) > budget.min(cfg.target_queue_delay) {
                     return Wait::Shed(ShedReason::DeadlineUnreachable);
                 }
                 if inner.queue.len() >= cfg.max_queue {
@@ -406,7 +424,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_backlog_that_cannot_drain_in_time_is_shed_at_once() {
-        let a = Arc::new(Admission::new(SheddingConfig::default()));
+        let a = Arc::new(Admission::new(SheddingConfig {
+            target_queue_delay: Duration::from_secs(60),
+            ..SheddingConfig::default()
+        }));
         a.set_drain_rate(100.0); // 10 ms per request
         let far = Instant::now() + Duration::from_secs(60);
         let mut waiters = vec![];
@@ -431,5 +452,60 @@ mod tests {
         for w in waiters {
             w.abort();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_holds_no_more_than_its_target_delay_whatever_the_budget() {
+        let a = Arc::new(Admission::new(SheddingConfig::default())); // target 50 ms
+        a.set_drain_rate(100.0); // 10 ms per request
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut queued = vec![];
+        loop {
+            let a2 = a.clone();
+            let w = tokio::spawn(async move {
+                a2.wait(Priority::Critical, Duration::from_secs(60), far)
+                    .await
+            });
+            tokio::task::yield_now().await;
+            if w.is_finished() {
+                assert_eq!(
+                    w.await.unwrap(),
+                    Wait::Shed(ShedReason::DeadlineUnreachable)
+                );
+                break;
+            }
+            queued.push(w);
+            assert!(queued.len() < 10, "the queue grew past its target");
+        }
+        // A newcomer with 4 ahead expects 40 ms (x1.25 = 50, at the target): admitted; with
+        // 5 ahead, 62.5 ms: shed on arrival.
+        assert_eq!(queued.len(), 5);
+        for w in queued {
+            w.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_class_is_shed_at_once_while_a_higher_one_waits() {
+        let a = adm();
+        let far = Instant::now() + Duration::from_secs(60);
+        let a2 = a.clone();
+        let crit = tokio::spawn(async move {
+            a2.wait(Priority::Critical, Duration::from_secs(60), far)
+                .await
+        });
+        tokio::task::yield_now().await;
+        let r = a.wait(Priority::Normal, Duration::from_secs(60), far).await;
+        assert_eq!(r, Wait::Shed(ShedReason::Priority));
+        // Another critical request still queues.
+        let a3 = a.clone();
+        let crit2 = tokio::spawn(async move {
+            a3.wait(Priority::Critical, Duration::from_secs(60), far)
+                .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(a.waiting(), 2);
+        crit.abort();
+        crit2.abort();
     }
 }

@@ -60,6 +60,11 @@ impl<T> WaitQueue<T> {
         self.lanes[lane(p)..].iter().map(VecDeque::len).sum()
     }
 
+    /// Waiting requests of a strictly higher priority than `p`.
+    pub fn higher_than(&self, p: Priority) -> usize {
+        self.lanes[lane(p) + 1..].iter().map(VecDeque::len).sum()
+    }
+
     /// Adds a request; returns its id.
     pub fn push(&mut self, priority: Priority, deadline: Instant, now: Instant, payload: T) -> u64 {
         let id = self.next_id;
@@ -240,6 +245,8 @@ mod tests {
         assert_eq!(q.ahead_of(Priority::Critical), 1);
         assert_eq!(q.ahead_of(Priority::Normal), 2);
         assert_eq!(q.ahead_of(Priority::Sheddable), 3);
+        assert_eq!(q.higher_than(Priority::Sheddable), 2);
+        assert_eq!(q.higher_than(Priority::Critical), 0);
         assert_eq!(q.evict_below(Priority::Critical).unwrap().id, s);
         assert_eq!(q.evict_below(Priority::Critical).unwrap().payload, 1);
         assert!(q.evict_below(Priority::Critical).is_none());
