@@ -7,6 +7,7 @@
 pub mod error;
 pub mod file;
 mod file_guard;
+pub mod locate;
 pub mod policy;
 
 pub use error::{Location, PolicyError};

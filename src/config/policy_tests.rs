@@ -1,6 +1,7 @@
 //! Unit tests for policy parsing and validation (no files, no sockets).
 
 use super::*;
+use crate::config::locate::key_path_at;
 use crate::stages::admission::SheddingConfig;
 use crate::workers::{GuardMode, LimiterConfig};
 

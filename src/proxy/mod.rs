@@ -7,30 +7,28 @@
 //! elsewhere) → `upstream_response_filter` (latency, lag and status feed the worker's health
 //! and limiter) → `logging` (outcome, lease released).
 
+mod admit;
 mod ctx;
 mod respond;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorType, Result};
 
 pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 
-use crate::config::Policy;
-use crate::stages::admission::Wait;
+use crate::stages::payload;
 use crate::stages::retry::{self, FailedAttempt};
-use crate::stages::route::{Priority, Route, RouteTable};
-use crate::stages::{payload, Rejection};
 use crate::state::State;
 use crate::workers::probe::parse_lag_ms;
-use crate::workers::{GuardMode, HealthState};
+use crate::workers::GuardMode;
 
 /// The sloguard proxy: one per process, shared by every request.
 pub struct SloGuard {
@@ -299,7 +297,7 @@ impl ProxyHttp for SloGuard {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let rejection = upstream_failure(e);
+        let rejection = respond::upstream_failure(e);
         let code = match rejection {
             Some(r) => {
                 let status = r.status;
@@ -343,133 +341,4 @@ impl ProxyHttp for SloGuard {
             total_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
         );
     }
-}
-
-impl SloGuard {
-    /// The queue budget of `route` now: see [`RouteTable::queue_budget`]. The expected
-    /// service time is the slowest serving worker's latency estimate (conservative: the
-    /// request may land on it).
-    fn queue_budget(&self, policy: &Policy, route: &Route) -> Duration {
-        let expected = self
-            .state
-            .workers()
-            .iter()
-            .filter(|w| w.state() != HealthState::Ejected)
-            .map(|w| w.latency())
-            .max()
-            .unwrap_or_default();
-        RouteTable::queue_budget(route, expected, policy.shedding.default_queue_budget)
-    }
-
-    /// Admission: take a worker slot now, or wait for one in priority order until the
-    /// route's deadline, or be shed (`Err`, a 503 with `Retry-After`).
-    async fn admit(
-        &self,
-        ctx: &mut RequestCtx,
-        priority: Priority,
-        budget: Duration,
-    ) -> std::result::Result<(), Rejection> {
-        let admission = &self.state.admission;
-        let deadline = ctx.started + budget;
-        let mut woken = false;
-        loop {
-            if woken || !admission.must_queue() {
-                let workers = self.state.workers();
-                if let Some(lease) = workers.acquire(
-                    GuardMode::Enforce,
-                    0,
-                    Some(priority.limit_share()),
-                    Some(admission),
-                ) {
-                    if !woken {
-                        admission.on_admitted_directly(Instant::now());
-                    }
-                    ctx.lease = Some(lease);
-                    ctx.queued = ctx.started.elapsed();
-                    return Ok(());
-                }
-            }
-            let outcome = if woken {
-                admission
-                    .wait_again(priority, budget, deadline, ctx.started)
-                    .await
-            } else {
-                admission.wait(priority, budget, deadline).await
-            };
-            match outcome {
-                Wait::Woken { .. } => woken = true,
-                Wait::Shed(reason) => {
-                    ctx.queued = ctx.started.elapsed();
-                    let mut rejection = reason.rejection(budget);
-                    rejection.retry_after = Some(admission.retry_after_secs());
-                    return Err(rejection);
-                }
-            }
-        }
-    }
-
-    async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        rejection: Rejection,
-    ) -> Result<()> {
-        respond::write_rejection(session, &rejection, ctx.route_name(), &ctx.request_id).await?;
-        ctx.rejection = Some(rejection);
-        Ok(())
-    }
-}
-
-/// Maps a proxy failure to our JSON answer; `None` when the client side is gone.
-fn upstream_failure(e: &Error) -> Option<Rejection> {
-    let (status, reason, message) = match (e.esource(), e.etype()) {
-        (_, ErrorType::HTTPStatus(code)) => (
-            *code,
-            "http_error",
-            format!("request failed with status {code}"),
-        ),
-        (
-            ErrorSource::Downstream,
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-        ) => return None,
-        (ErrorSource::Downstream, _) => (
-            400,
-            "bad_request",
-            "the request could not be read".to_string(),
-        ),
-        (
-            _,
-            ErrorType::ConnectNoRoute
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectTimedout
-            | ErrorType::ConnectError,
-        ) => (
-            502,
-            "upstream_unavailable",
-            "no worker accepted the connection".to_string(),
-        ),
-        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => (
-            504,
-            "upstream_timeout",
-            "the worker did not answer in time".to_string(),
-        ),
-        (ErrorSource::Upstream, _) => (
-            502,
-            "upstream_error",
-            "the worker's answer failed mid-way".to_string(),
-        ),
-        _ => (
-            500,
-            "internal_error",
-            "sloguard failed to proxy the request".to_string(),
-        ),
-    };
-    Some(Rejection {
-        status,
-        reason,
-        message,
-        limit: None,
-        value: None,
-        retry_after: None,
-    })
 }

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use serde_json::json;
 
 use crate::stages::Rejection;
@@ -52,6 +52,60 @@ pub async fn write_rejection(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Maps a proxy failure to our JSON answer; `None` when the client side is gone.
+pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
+    let (status, reason, message) = match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(code)) => (
+            *code,
+            "http_error",
+            format!("request failed with status {code}"),
+        ),
+        (
+            ErrorSource::Downstream,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+        ) => return None,
+        (ErrorSource::Downstream, _) => (
+            400,
+            "bad_request",
+            "the request could not be read".to_string(),
+        ),
+        (
+            _,
+            ErrorType::ConnectNoRoute
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectError,
+        ) => (
+            502,
+            "upstream_unavailable",
+            "no worker accepted the connection".to_string(),
+        ),
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => (
+            504,
+            "upstream_timeout",
+            "the worker did not answer in time".to_string(),
+        ),
+        (ErrorSource::Upstream, _) => (
+            502,
+            "upstream_error",
+            "the worker's answer failed mid-way".to_string(),
+        ),
+        _ => (
+            500,
+            "internal_error",
+            "sloguard failed to proxy the request".to_string(),
+        ),
+    };
+    Some(Rejection {
+        status,
+        reason,
+        message,
+        limit: None,
+        value: None,
+        retry_after: None,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,90 @@
+//! The admission step of `request_filter`: a worker slot now, a wait in priority order until
+//! the route's deadline, or a 503 with `Retry-After` (the decisions are in
+//! `stages::admission`; this only sequences them and keeps the request's bookkeeping).
+
+use std::time::{Duration, Instant};
+
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::{respond, RequestCtx, SloGuard};
+use crate::config::Policy;
+use crate::stages::admission::Wait;
+use crate::stages::route::{Priority, Route, RouteTable};
+use crate::stages::Rejection;
+use crate::workers::{GuardMode, HealthState};
+
+impl SloGuard {
+    /// The queue budget of `route` now: see [`RouteTable::queue_budget`]. The expected
+    /// service time is the slowest serving worker's latency estimate (conservative: the
+    /// request may land on it).
+    pub(super) fn queue_budget(&self, policy: &Policy, route: &Route) -> Duration {
+        let expected = self
+            .state
+            .workers()
+            .iter()
+            .filter(|w| w.state() != HealthState::Ejected)
+            .map(|w| w.latency())
+            .max()
+            .unwrap_or_default();
+        RouteTable::queue_budget(route, expected, policy.shedding.default_queue_budget)
+    }
+
+    /// Admission: take a worker slot now, or wait for one in priority order until the
+    /// route's deadline, or be shed (`Err`, a 503 with `Retry-After`).
+    pub(super) async fn admit(
+        &self,
+        ctx: &mut RequestCtx,
+        priority: Priority,
+        budget: Duration,
+    ) -> std::result::Result<(), Rejection> {
+        let admission = &self.state.admission;
+        let deadline = ctx.started + budget;
+        let mut woken = false;
+        loop {
+            if woken || !admission.must_queue() {
+                let workers = self.state.workers();
+                if let Some(lease) = workers.acquire(
+                    GuardMode::Enforce,
+                    0,
+                    Some(priority.limit_share()),
+                    Some(admission),
+                ) {
+                    if !woken {
+                        admission.on_admitted_directly(Instant::now());
+                    }
+                    ctx.lease = Some(lease);
+                    ctx.queued = ctx.started.elapsed();
+                    return Ok(());
+                }
+            }
+            let outcome = if woken {
+                admission
+                    .wait_again(priority, budget, deadline, ctx.started)
+                    .await
+            } else {
+                admission.wait(priority, budget, deadline).await
+            };
+            match outcome {
+                Wait::Woken { .. } => woken = true,
+                Wait::Shed(reason) => {
+                    ctx.queued = ctx.started.elapsed();
+                    let mut rejection = reason.rejection(budget);
+                    rejection.retry_after = Some(admission.retry_after_secs());
+                    return Err(rejection);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+    ) -> Result<()> {
+        respond::write_rejection(session, &rejection, ctx.route_name(), &ctx.request_id).await?;
+        ctx.rejection = Some(rejection);
+        Ok(())
+    }
+}
