@@ -172,3 +172,38 @@ async fn under_overload_critical_ingest_keeps_succeeding_while_queries_are_shed(
         ingest_off.goodput
     );
 }
+
+/// Below capacity the guard sheds nothing: at 70% of what the workers can serve, every
+/// request is admitted (false shedding under 0.01%) and within its SLO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_seventy_percent_of_capacity_nothing_is_shed() {
+    let _serial = SERIAL.lock().await;
+    let slow = FaultSpec {
+        block: Some(Duration::from_millis(4)),
+        every: 1,
+        ..FaultSpec::default()
+    };
+    let faults = (1..=4).map(|w| (w, slow.clone())).collect::<Vec<_>>();
+    let be = backend_with_faults(4, faults);
+    let sg = Sloguard::spawn(&be.addrs(), &guard("enforce"));
+    let load = Load {
+        rate: 700.0,
+        duration: Duration::from_secs(5),
+        ingest_share: 1.0,
+    };
+    let outcomes = load::run(&format!("http://{}", sg.proxy), &load).await;
+    let r = load::report(&outcomes, load.duration);
+    println!(
+        "{r:?} {:?}\n{}",
+        load::reasons(&outcomes),
+        status(&sg).await["workers"]
+    );
+    assert!(
+        r.shed * 10_000 <= r.sent,
+        "false shedding: {} of {}",
+        r.shed,
+        r.sent
+    );
+    assert_eq!(r.ok, r.sent - r.shed);
+    assert!(r.over_slo <= 0.001, "{r:?}");
+}
