@@ -147,6 +147,11 @@ async fn with_the_guard_off_a_refused_connection_is_retried_on_another_worker() 
         "the dead worker was tried and counted: {status}"
     );
     assert_eq!(status["workers"][0]["connect_failures"], 0);
+    // The two live workers answered all 30, all successfully.
+    let ok = status["workers"][0]["successes"].as_u64().unwrap()
+        + status["workers"][2]["successes"].as_u64().unwrap();
+    assert_eq!(ok, 30, "{status}");
+    assert_eq!(status["workers"][0]["failures"], 0);
 }
 
 #[tokio::test]

@@ -67,6 +67,8 @@ impl AdminApp {
                         None => json!(null),
                     },
                     "requests": w.requests(),
+                    "successes": w.successes(),
+                    "failures": w.failures(),
                     "connect_failures": w.connect_failures(),
                 })
             })

@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use super::ewma::PeakEwma;
+use super::signals::{StallDetector, Streak};
 
 /// Detection and ejection settings (`[upstream.health]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,12 +127,9 @@ pub struct WorkerHealth {
     pub ejections: u64,
     /// When probation (slow start) began.
     readmitted_at: Option<Instant>,
-    /// When the worker went from idle to busy (in flight 0 -> 1).
-    busy_since: Option<Instant>,
-    /// Last response or probe completion.
-    last_completion: Instant,
-    consecutive_connect_failures: u32,
-    consecutive_5xx: u32,
+    stall: StallDetector,
+    connect_failures: Streak,
+    server_errors: Streak,
     latency: PeakEwma,
     last_lag: Option<Duration>,
     last_probe: Option<Result<Duration, ()>>,
@@ -151,10 +149,9 @@ impl WorkerHealth {
             last_strike_at: now,
             ejections: 0,
             readmitted_at: None,
-            busy_since: None,
-            last_completion: now,
-            consecutive_connect_failures: 0,
-            consecutive_5xx: 0,
+            stall: StallDetector::new(now),
+            connect_failures: Streak::default(),
+            server_errors: Streak::default(),
             latency: PeakEwma::new(cfg.latency_decay, Duration::from_millis(1), now),
             last_lag: None,
             last_probe: None,
@@ -203,9 +200,7 @@ impl WorkerHealth {
 
     /// A request was sent; `in_flight_before` is the count before it.
     pub fn on_dispatch(&mut self, in_flight_before: usize, now: Instant) {
-        if in_flight_before == 0 {
-            self.busy_since = Some(now);
-        }
+        self.stall.on_dispatch(in_flight_before, now);
     }
 
     /// A response arrived: its status, time to response headers and reported loop lag.
@@ -217,34 +212,26 @@ impl WorkerHealth {
         lag: Option<Duration>,
         now: Instant,
     ) {
-        self.last_completion = now;
-        self.consecutive_connect_failures = 0;
+        self.stall.on_completion(now);
+        self.connect_failures.reset();
         self.latency.observe(rtt, now);
         if status >= 500 {
-            self.consecutive_5xx += 1;
-            if self.consecutive_5xx >= cfg.consecutive_failures {
-                self.pending
-                    .get_or_insert(EjectReason::ServerErrors(self.consecutive_5xx));
+            let n = self.server_errors.hit();
+            if n >= cfg.consecutive_failures {
+                self.pending.get_or_insert(EjectReason::ServerErrors(n));
             }
         } else {
-            self.consecutive_5xx = 0;
+            self.server_errors.reset();
         }
         if let Some(lag) = lag {
             self.note_lag(cfg, lag);
         }
     }
 
-    /// Nothing more in flight on this worker.
-    pub fn on_idle(&mut self) {
-        self.busy_since = None;
-    }
-
     pub fn on_connect_failure(&mut self, cfg: &HealthConfig) {
-        self.consecutive_connect_failures += 1;
-        if self.consecutive_connect_failures >= cfg.consecutive_failures {
-            self.pending.get_or_insert(EjectReason::ConnectFailures(
-                self.consecutive_connect_failures,
-            ));
+        let n = self.connect_failures.hit();
+        if n >= cfg.consecutive_failures {
+            self.pending.get_or_insert(EjectReason::ConnectFailures(n));
         }
     }
 
@@ -257,7 +244,7 @@ impl WorkerHealth {
     ) {
         match result {
             Ok((latency, lag)) => {
-                self.last_completion = now;
+                self.stall.on_completion(now);
                 // A probe is a request too: its latency keeps the estimate of an idle or
                 // ejected worker current, so a recovered worker is not shunned forever.
                 self.latency.observe(latency, now);
@@ -271,7 +258,7 @@ impl WorkerHealth {
                     self.pending.get_or_insert(EjectReason::SlowProbe(latency));
                 } else if lag_ok {
                     self.probe_ok_since_ejection = true;
-                    self.consecutive_connect_failures = 0;
+                    self.connect_failures.reset();
                 }
             }
             Err(()) => {
@@ -300,15 +287,7 @@ impl WorkerHealth {
         may_eject: bool,
         now: Instant,
     ) -> Option<Transition> {
-        if in_flight == 0 {
-            self.busy_since = None;
-        }
-        let stalled_for = match self.busy_since {
-            Some(since) if in_flight > 0 => {
-                now.saturating_duration_since(since.max(self.last_completion))
-            }
-            _ => Duration::ZERO,
-        };
+        let stalled_for = self.stall.stalled_for(in_flight, now);
         let reason = if stalled_for >= cfg.stall_after {
             Some(EjectReason::Stalled(stalled_for))
         } else {
@@ -324,8 +303,8 @@ impl WorkerHealth {
                 {
                     self.state = HealthState::Suspect;
                     self.readmitted_at = Some(now);
-                    self.consecutive_5xx = 0;
-                    self.consecutive_connect_failures = 0;
+                    self.server_errors.reset();
+                    self.connect_failures.reset();
                     return Some(Transition::Readmitted);
                 }
                 None

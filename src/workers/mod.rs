@@ -11,6 +11,7 @@ pub mod health;
 pub mod limiter;
 mod pick;
 pub mod probe;
+pub mod signals;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -72,6 +73,9 @@ pub struct Worker {
     in_flight: AtomicUsize,
     requests: AtomicU64,
     connect_failures: AtomicU64,
+    /// Answers under 500 / answers of 500 and up (or broken off), since start.
+    successes: AtomicU64,
+    failures: AtomicU64,
     // Hot-path snapshot of `health` and `limiter`.
     state: AtomicU8,
     limit: AtomicU32,
@@ -105,6 +109,8 @@ impl Worker {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             state: AtomicU8::new(0),
             limit: AtomicU32::new(limiter.limit()),
             latency_ns: AtomicU64::new(1_000_000),
@@ -124,6 +130,14 @@ impl Worker {
 
     pub fn connect_failures(&self) -> u64 {
         self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     pub fn state(&self) -> HealthState {
@@ -182,6 +196,12 @@ impl Worker {
         sample: Sample,
         now: Instant,
     ) {
+        let counter = if status < 500 {
+            &self.successes
+        } else {
+            &self.failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         {
             let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
             h.on_response(&cfg.health, status, sample.rtt, sample.lag, now);
