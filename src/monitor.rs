@@ -90,6 +90,20 @@ impl Monitor {
         }
     }
 
+    /// Closes the Redis breaker when Redis is back (checked every 100 ms while open) and
+    /// forgets replenished local keys every second.
+    async fn ratelimit_loop(state: Arc<State>) {
+        let mut n = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state.ratelimiter.health_check().await;
+            n += 1;
+            if n.is_multiple_of(10) {
+                state.ratelimiter.sweep();
+            }
+        }
+    }
+
     async fn drain_rate_loop(state: Arc<State>) {
         let mut last = (Instant::now(), state.admission.completions());
         let mut rate = 0.0;
@@ -116,6 +130,7 @@ impl BackgroundService for Monitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let probes = tokio::spawn(Monitor::probe_loop(self.state.clone()));
         let rates = tokio::spawn(Monitor::drain_rate_loop(self.state.clone()));
+        let limits = tokio::spawn(Monitor::ratelimit_loop(self.state.clone()));
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -129,5 +144,6 @@ impl BackgroundService for Monitor {
         }
         probes.abort();
         rates.abort();
+        limits.abort();
     }
 }

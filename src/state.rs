@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Policy;
 use crate::stages::admission::Admission;
+use crate::stages::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
 use crate::workers::WorkerSet;
 
@@ -21,6 +22,7 @@ pub struct State {
     pub admission: Arc<Admission>,
     /// Retries allowed after a worker was reached, shared by all requests.
     pub retry_budget: RetryBudget,
+    pub ratelimiter: RateLimiter,
     /// When this process started serving.
     pub started: Instant,
 }
@@ -29,11 +31,17 @@ impl State {
     pub fn new(policy: Policy) -> State {
         let workers = WorkerSet::new(&policy.upstream, &policy.concurrency);
         let admission = Arc::new(Admission::new(policy.shedding.clone()));
+        // The URL was checked when the policy was validated.
+        let ratelimiter = RateLimiter::new(&policy.ratelimit).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "rate limits: cannot use the redis url; limiting in-process");
+            RateLimiter::new(&RateLimitConfig::default()).expect("no url, no error")
+        });
         State {
             policy: ArcSwap::from_pointee(policy),
             workers: ArcSwap::from_pointee(workers),
             admission,
             retry_budget: RetryBudget::default(),
+            ratelimiter,
             started: Instant::now(),
         }
     }

@@ -90,6 +90,7 @@ impl AdminApp {
         json!({
             "policy": {"file": policy.source.display().to_string(), "version": policy.version},
             "guard": policy.guard.as_str(),
+            "ratelimit": self.state.ratelimiter.snapshot(&policy.ratelimit),
             "retries": {
                 "granted": self.state.retry_budget.granted(),
                 "budget_tokens": (self.state.retry_budget.tokens() * 10.0).round() / 10.0,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use super::file_guard::*;
+pub use super::file_ratelimit::*;
 
 /// The whole policy file.
 #[derive(Debug, Deserialize)]
@@ -26,6 +27,8 @@ pub struct PolicyFile {
     pub shedding: SheddingFile,
     #[serde(default)]
     pub retry: RetryFile,
+    #[serde(default)]
+    pub ratelimit: RateLimitFile,
 }
 
 /// `[listen]`: where sloguard accepts traffic.

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod file;
 mod file_guard;
+mod file_ratelimit;
 pub mod locate;
 pub mod policy;
 

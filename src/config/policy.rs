@@ -15,12 +15,15 @@ use super::error::{Location, PolicyError};
 use super::file::{PolicyFile, PriorityFile, RouteFile};
 use super::locate::{fingerprint, key_path_at};
 use crate::stages::admission::SheddingConfig;
+use crate::stages::ratelimit::RateLimitConfig;
 use crate::stages::retry::RetryConfig;
 use crate::stages::route::{Priority, Route, RouteMatch, RouteTable, Slo};
 use crate::workers::{GuardMode, LimiterConfig, UpstreamConfig};
 
 #[path = "policy_guard.rs"]
 mod guard;
+#[path = "policy_ratelimit.rs"]
+mod ratelimit;
 
 /// Most workers one sidecar guards: retry bookkeeping keeps one bit per worker.
 pub const MAX_WORKERS: usize = 64;
@@ -41,6 +44,7 @@ pub struct Policy {
     pub concurrency: LimiterConfig,
     pub shedding: SheddingConfig,
     pub retry: RetryConfig,
+    pub ratelimit: RateLimitConfig,
 }
 
 /// `[listen]`, validated.
@@ -71,6 +75,7 @@ impl Policy {
         let listen = v.listen(&raw)?;
         let upstream = v.upstream(&raw)?;
         let routes = v.routes(&raw.routes)?;
+        let ratelimit = v.ratelimit(&raw.ratelimit, &routes)?;
         Ok(Policy {
             source: file.to_path_buf(),
             version: fingerprint(src.as_bytes()),
@@ -81,6 +86,7 @@ impl Policy {
             concurrency: v.concurrency(&raw.concurrency)?,
             shedding: v.shedding(&raw.shedding)?,
             retry: v.retry(&raw.retry)?,
+            ratelimit,
         })
     }
 }

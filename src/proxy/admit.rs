@@ -10,6 +10,7 @@ use pingora::Result;
 use super::{respond, RequestCtx, SloGuard};
 use crate::config::Policy;
 use crate::stages::admission::Wait;
+use crate::stages::ratelimit::KeySource;
 use crate::stages::route::{Priority, Route, RouteTable};
 use crate::stages::Rejection;
 use crate::workers::{GuardMode, HealthState};
@@ -83,8 +84,41 @@ impl SloGuard {
         ctx: &mut RequestCtx,
         rejection: Rejection,
     ) -> Result<()> {
-        respond::write_rejection(session, &rejection, ctx.route_name(), &ctx.request_id).await?;
+        let cx = respond::Context {
+            route: ctx.route_name(),
+            request_id: &ctx.request_id,
+            rule: ctx.limited_by.as_deref(),
+            rate_headers: ctx.rate_headers.as_ref(),
+        };
+        respond::write_rejection(session, &rejection, &cx).await?;
         ctx.rejection = Some(rejection);
         Ok(())
+    }
+
+    /// The rate-limit stage: `Some(rejection)` when a rule refuses the request. Allowed
+    /// requests keep their `RateLimit` headers for the response.
+    pub(super) async fn rate_limit(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<Rejection> {
+        let policy = ctx.policy.clone()?;
+        if policy.ratelimit.rules.is_empty() {
+            return None;
+        }
+        let req = session.req_header();
+        let src = KeySource {
+            route: &policy.routes.get(ctx.route).name,
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            headers: &req.headers,
+        };
+        let verdict = self.state.ratelimiter.check(&policy.ratelimit, &src).await;
+        ctx.rate_headers = verdict.headers;
+        let rejection = verdict.outcome.rejection()?;
+        ctx.limited_by = verdict.outcome.rule().map(std::sync::Arc::from);
+        Some(rejection)
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Policy;
+use crate::stages::ratelimit::RateHeaders;
 use crate::stages::route::RouteId;
 use crate::stages::Rejection;
 use crate::workers::{Sample, WorkerLease};
@@ -38,6 +39,10 @@ pub struct RequestCtx {
     pub idempotent: bool,
     /// Retries made after a worker was reached (timeouts, broken answers).
     pub retries: u32,
+    /// `RateLimit-Policy` / `RateLimit` values for the response.
+    pub rate_headers: Option<RateHeaders>,
+    /// The rate-limit rule that refused the request.
+    pub limited_by: Option<std::sync::Arc<str>>,
 }
 
 impl RequestCtx {
@@ -57,6 +62,8 @@ impl RequestCtx {
             response_seen: false,
             idempotent: false,
             retries: 0,
+            rate_headers: None,
+            limited_by: None,
         }
     }
 

@@ -92,6 +92,10 @@ impl ProxyHttp for SloGuard {
             self.reject(session, ctx, rejection).await?;
             return Ok(true);
         }
+        if let Some(rejection) = self.rate_limit(session, ctx).await {
+            self.reject(session, ctx, rejection).await?;
+            return Ok(true);
+        }
         match mode {
             GuardMode::Enforce => {
                 if let Err(rejection) = self.admit(ctx, priority, budget).await {
@@ -287,6 +291,10 @@ impl ProxyHttp for SloGuard {
     ) -> Result<()> {
         if !response.headers.contains_key("x-request-id") {
             response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        }
+        if let Some(h) = &ctx.rate_headers {
+            response.insert_header("ratelimit-policy", h.policy.as_str())?;
+            response.insert_header("ratelimit", h.limit.as_str())?;
         }
         Ok(())
     }

@@ -9,21 +9,37 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use serde_json::json;
 
+use crate::stages::ratelimit::RateHeaders;
 use crate::stages::Rejection;
 
+/// What a rejection says beyond its status and reason: the route, the request id, and for
+/// rate limits the rule and the `RateLimit` headers.
+pub struct Context<'a> {
+    pub route: &'a str,
+    pub request_id: &'a str,
+    pub rule: Option<&'a str>,
+    pub rate_headers: Option<&'a RateHeaders>,
+}
+
 /// The JSON body of a rejection.
-pub fn rejection_body(rejection: &Rejection, route: &str, request_id: &str) -> Bytes {
+pub fn rejection_body(rejection: &Rejection, cx: &Context<'_>) -> Bytes {
     let mut body = json!({
         "error": rejection.message,
         "reason": rejection.reason,
-        "route": route,
-        "request_id": request_id,
+        "route": cx.route,
+        "request_id": cx.request_id,
     });
     if let Some(limit) = rejection.limit {
         body["limit"] = json!(limit);
     }
     if let Some(value) = rejection.value {
         body["value"] = json!(value);
+    }
+    if let Some(rule) = cx.rule {
+        body["rule"] = json!(rule);
+    }
+    if let Some(secs) = rejection.retry_after {
+        body["retry_after_s"] = json!(secs);
     }
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
@@ -33,17 +49,20 @@ pub fn rejection_body(rejection: &Rejection, route: &str, request_id: &str) -> B
 pub async fn write_rejection(
     session: &mut Session,
     rejection: &Rejection,
-    route: &str,
-    request_id: &str,
+    cx: &Context<'_>,
 ) -> Result<()> {
-    let body = rejection_body(rejection, route, request_id);
-    let mut header = ResponseHeader::build(rejection.status, Some(4))?;
+    let body = rejection_body(rejection, cx);
+    let mut header = ResponseHeader::build(rejection.status, Some(6))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header("x-request-id", request_id)?;
+    header.insert_header("x-request-id", cx.request_id)?;
     header.insert_header("x-sloguard-reason", rejection.reason)?;
     if let Some(secs) = rejection.retry_after {
         header.insert_header("retry-after", secs.to_string())?;
+    }
+    if let Some(h) = cx.rate_headers {
+        header.insert_header("ratelimit-policy", h.policy.as_str())?;
+        header.insert_header("ratelimit", h.limit.as_str())?;
     }
     if !session.is_body_empty() {
         session.set_keepalive(None);
@@ -122,12 +141,21 @@ mod tests {
             value: Some(70000),
             retry_after: None,
         };
-        let v: serde_json::Value =
-            serde_json::from_slice(&rejection_body(&r, "ingest", "abc")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&rejection_body(
+            &r,
+            &Context {
+                route: "ingest",
+                request_id: "abc",
+                rule: Some("per-tenant"),
+                rate_headers: None,
+            },
+        ))
+        .unwrap();
         assert_eq!(v["limit"], "max_body_bytes");
         assert_eq!(v["value"], 70000);
         assert_eq!(v["route"], "ingest");
         assert_eq!(v["reason"], "body_too_large");
         assert_eq!(v["request_id"], "abc");
+        assert_eq!(v["rule"], "per-tenant");
     }
 }

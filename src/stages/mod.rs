@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod payload;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 

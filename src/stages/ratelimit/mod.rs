@@ -1,0 +1,418 @@
+//! Per-tenant rate limits shared by every replica through Redis, with a local fallback.
+//!
+//! - [`rules`]: the validated rules and the key a request is counted under;
+//! - [`gcra`]: the limiter math, and the in-process store used without Redis or while it is
+//!   down (at `rate / replicas_hint`);
+//! - [`redis`]: the same math in one Lua script, one round trip per request;
+//! - [`breaker`]: after a few Redis failures, stop asking until a health check says it is back.
+//!
+//! A key known to be over its limit is remembered until its retry time, so an abusive tenant
+//! costs no Redis round trips. A request that got within 20% of a limit is counted as
+//! "near limit" and logged at debug with its rule and key, so operators see who is next.
+
+pub mod breaker;
+pub mod gcra;
+pub mod redis;
+pub mod rules;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use rules::{KeyPart, KeySource, MissingKey, OnRedisError, RateLimitConfig, Rule, RuleMode};
+
+use self::breaker::{Breaker, BreakerChange};
+use self::gcra::{GcraDecision, LocalStore};
+use self::redis::RedisStore;
+use self::rules::{rule_key, RuleKey};
+use super::Rejection;
+
+/// Microseconds on a process-wide monotonic clock (local state only; Redis uses its own).
+fn now_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// The verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateOutcome {
+    Allow,
+    /// Over an enforced rule's limit: 429.
+    Limited {
+        rule: Arc<str>,
+        retry_after: Duration,
+    },
+    /// The rule's key could not be built and `missing_key = "deny"`: 400.
+    MissingKey {
+        rule: Arc<str>,
+        part: String,
+    },
+    /// Redis is down and `on_redis_error = "deny"`: 503.
+    Unavailable {
+        rule: Arc<str>,
+    },
+}
+
+impl RateOutcome {
+    /// The answer for a refused request; `None` for `Allow`.
+    pub fn rejection(&self) -> Option<Rejection> {
+        let (status, reason, message, retry_after) = match self {
+            RateOutcome::Allow => return None,
+            RateOutcome::Limited { rule, retry_after } => (
+                429,
+                "rate_limited",
+                format!("rate limit `{rule}` exceeded; retry in {} ms", retry_after.as_millis()),
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ),
+            RateOutcome::MissingKey { rule, part } => (
+                400,
+                "missing_rate_limit_key",
+                format!("rate limit `{rule}` needs the request's {part}"),
+                None,
+            ),
+            RateOutcome::Unavailable { rule } => (
+                503,
+                "rate_limit_unavailable",
+                format!("rate limit `{rule}` cannot be checked (its store is down) and the policy refuses unchecked requests"),
+                Some(1),
+            ),
+        };
+        Some(Rejection {
+            status,
+            reason,
+            message,
+            limit: Some("ratelimit.rule"),
+            value: None,
+            retry_after,
+        })
+    }
+
+    /// The rule that refused, for the JSON body.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            RateOutcome::Allow => None,
+            RateOutcome::Limited { rule, .. }
+            | RateOutcome::MissingKey { rule, .. }
+            | RateOutcome::Unavailable { rule } => Some(rule),
+        }
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` header values (draft-ietf-httpapi-ratelimit-headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub policy: String,
+    pub limit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateVerdict {
+    pub outcome: RateOutcome,
+    pub headers: Option<RateHeaders>,
+}
+
+/// Counters for the status page and logs.
+#[derive(Debug, Default)]
+pub struct RateStats {
+    pub allowed: AtomicU64,
+    pub limited: AtomicU64,
+    pub limited_from_cache: AtomicU64,
+    pub shadow_denied: AtomicU64,
+    pub near_limit: AtomicU64,
+    pub redis_calls: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub fallback_decisions: AtomicU64,
+}
+
+/// The rate-limit stage's live state.
+pub struct RateLimiter {
+    redis_url: Option<String>,
+    redis_timeout: Duration,
+    /// Made on first use, inside a Tokio runtime (the connection manager spawns its driver
+    /// there; the process builds this before Pingora's runtimes exist).
+    redis: OnceLock<Option<RedisStore>>,
+    breaker: Breaker,
+    local: LocalStore,
+    /// Keys known to be over an enforced limit, until their retry time.
+    denied: LocalStore,
+    pub stats: RateStats,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl RateLimiter {
+    /// Builds the limiter; Redis is connected lazily (a Redis down at start is a fallback).
+    pub fn new(cfg: &RateLimitConfig) -> Result<RateLimiter, ::redis::RedisError> {
+        if let Some(url) = &cfg.redis_url {
+            ::redis::Client::open(url.as_str())?;
+        }
+        Ok(RateLimiter {
+            redis_url: cfg.redis_url.clone(),
+            redis_timeout: cfg.timeout,
+            redis: OnceLock::new(),
+            breaker: Breaker::new(cfg.failures_to_open),
+            local: LocalStore::default(),
+            denied: LocalStore::default(),
+            stats: RateStats::default(),
+        })
+    }
+
+    /// `redis`, `fallback` (Redis configured but the breaker is open) or `local`.
+    pub fn mode(&self) -> &'static str {
+        match (&self.redis_url, self.breaker.is_open()) {
+            (None, _) => "local",
+            (Some(_), false) => "redis",
+            (Some(_), true) => "fallback",
+        }
+    }
+
+    /// The Redis handle, made on first use (must be called inside a Tokio runtime).
+    fn redis(&self) -> Option<&RedisStore> {
+        self.redis
+            .get_or_init(|| {
+                let url = self.redis_url.as_ref()?;
+                RedisStore::new(url, self.redis_timeout)
+                    .map_err(|e| tracing::error!(error = %e, "rate limits: cannot use redis; limiting in-process"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Decides one request against every rule of its route.
+    pub async fn check(&self, cfg: &RateLimitConfig, src: &KeySource<'_>) -> RateVerdict {
+        let mut applicable: Vec<(&Rule, String)> = Vec::new();
+        for rule in cfg.rules.iter().filter(|r| r.applies_to(src.route)) {
+            match rule_key(&cfg.key_prefix, rule, src) {
+                RuleKey::Key(k) => applicable.push((rule, k)),
+                RuleKey::Exempt => {}
+                RuleKey::Missing(part) if rule.mode == RuleMode::Enforce => {
+                    return RateVerdict {
+                        outcome: RateOutcome::MissingKey {
+                            rule: rule.name.clone(),
+                            part,
+                        },
+                        headers: None,
+                    }
+                }
+                RuleKey::Missing(_) => bump(&self.stats.shadow_denied),
+            }
+        }
+        if applicable.is_empty() {
+            return RateVerdict {
+                outcome: RateOutcome::Allow,
+                headers: None,
+            };
+        }
+        let now = now_us();
+        // Known over the limit: answer without a round trip.
+        for (rule, key) in applicable
+            .iter()
+            .filter(|(r, _)| r.mode == RuleMode::Enforce)
+        {
+            if let Some(until) = self.denied.get(key, now) {
+                bump(&self.stats.limited);
+                bump(&self.stats.limited_from_cache);
+                return RateVerdict {
+                    outcome: RateOutcome::Limited {
+                        rule: rule.name.clone(),
+                        retry_after: Duration::from_micros(until - now),
+                    },
+                    headers: Some(headers_for(rule, 0, until - now)),
+                };
+            }
+        }
+        let decisions = match self.shared_decisions(cfg, &applicable).await {
+            Some(d) => d,
+            None => match cfg.on_redis_error {
+                OnRedisError::Local => {
+                    bump(&self.stats.fallback_decisions);
+                    self.local_decisions(&applicable, now, true)
+                }
+                OnRedisError::Allow => {
+                    bump(&self.stats.fallback_decisions);
+                    return RateVerdict {
+                        outcome: RateOutcome::Allow,
+                        headers: None,
+                    };
+                }
+                OnRedisError::Deny => {
+                    return RateVerdict {
+                        outcome: RateOutcome::Unavailable {
+                            rule: applicable[0].0.name.clone(),
+                        },
+                        headers: None,
+                    }
+                }
+            },
+        };
+        self.judge(&applicable, &decisions, now)
+    }
+
+    /// Asks Redis, or the local store when no Redis is configured; `None` when Redis is
+    /// configured but could not answer (the caller falls back).
+    async fn shared_decisions(
+        &self,
+        cfg: &RateLimitConfig,
+        applicable: &[(&Rule, String)],
+    ) -> Option<Vec<GcraDecision>> {
+        let Some(redis) = self.redis() else {
+            return Some(self.local_decisions(applicable, now_us(), false));
+        };
+        if self.breaker.is_open() {
+            return None;
+        }
+        let keys: Vec<String> = applicable.iter().map(|(_, k)| k.clone()).collect();
+        let params: Vec<_> = applicable
+            .iter()
+            .map(|(r, _)| (r.gcra, r.mode == RuleMode::Enforce))
+            .collect();
+        bump(&self.stats.redis_calls);
+        match redis.decide(&keys, &params).await {
+            Ok(d) => {
+                self.breaker.on_success();
+                Some(d)
+            }
+            Err(e) => {
+                bump(&self.stats.redis_errors);
+                if self.breaker.on_failure() == Some(BreakerChange::Opened) {
+                    tracing::warn!(error = %e, fallback = cfg.on_redis_error.as_str(), "rate limits: redis failing, breaker open, using the fallback");
+                } else {
+                    tracing::debug!(error = %e, "rate limits: redis call failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// In-process decisions, stopping at the first enforced denial (so it does not use up
+    /// the rules after it; rules before it were counted, a small over-count that fails safe).
+    fn local_decisions(
+        &self,
+        applicable: &[(&Rule, String)],
+        now: u64,
+        fallback: bool,
+    ) -> Vec<GcraDecision> {
+        let mut out = Vec::with_capacity(applicable.len());
+        for (rule, key) in applicable {
+            let gcra = if fallback {
+                &rule.local_gcra
+            } else {
+                &rule.gcra
+            };
+            let d = self.local.decide(key, gcra, now);
+            let stop = !d.allowed && rule.mode == RuleMode::Enforce;
+            out.push(d);
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+
+    fn judge(
+        &self,
+        applicable: &[(&Rule, String)],
+        decisions: &[GcraDecision],
+        now: u64,
+    ) -> RateVerdict {
+        let mut limited: Option<(&Rule, u64)> = None;
+        let mut tightest: Option<(&Rule, &GcraDecision)> = None;
+        for ((rule, key), d) in applicable.iter().zip(decisions) {
+            if tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
+                tightest = Some((rule, d));
+            }
+            if d.allowed {
+                if d.remaining * 5 <= rule.gcra.capacity() {
+                    bump(&self.stats.near_limit);
+                    tracing::debug!(rule = %rule.name, key = %key, remaining = d.remaining, "near rate limit");
+                }
+            } else if rule.mode == RuleMode::Shadow {
+                bump(&self.stats.shadow_denied);
+                tracing::debug!(rule = %rule.name, key = %key, "shadow rate limit would deny");
+            } else {
+                self.denied.set(key, now + d.retry_after_us, now);
+                if limited.is_none_or(|(_, r)| d.retry_after_us > r) {
+                    limited = Some((rule, d.retry_after_us));
+                }
+            }
+        }
+        let headers = tightest.map(|(r, d)| headers_for(r, d.remaining, d.reset_us));
+        match limited {
+            Some((rule, retry_us)) => {
+                bump(&self.stats.limited);
+                RateVerdict {
+                    outcome: RateOutcome::Limited {
+                        rule: rule.name.clone(),
+                        retry_after: Duration::from_micros(retry_us),
+                    },
+                    headers,
+                }
+            }
+            None => {
+                bump(&self.stats.allowed);
+                RateVerdict {
+                    outcome: RateOutcome::Allow,
+                    headers,
+                }
+            }
+        }
+    }
+
+    /// While the breaker is open, asks Redis whether it is back; closes it if so.
+    pub async fn health_check(&self) {
+        if let (true, Some(redis)) = (self.breaker.is_open(), self.redis()) {
+            if self.breaker.on_health_check(redis.ping().await) == Some(BreakerChange::Closed) {
+                tracing::info!("rate limits: redis is back, shared limiting resumes");
+            }
+        }
+    }
+
+    /// Mode, rules and counters, for the status page.
+    pub fn snapshot(&self, cfg: &RateLimitConfig) -> serde_json::Value {
+        let s = &self.stats;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "mode": self.mode(),
+            "rules": cfg.rules.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
+            "on_redis_error": cfg.on_redis_error.as_str(),
+            "allowed": n(&s.allowed),
+            "limited": n(&s.limited),
+            "limited_from_cache": n(&s.limited_from_cache),
+            "shadow_denied": n(&s.shadow_denied),
+            "near_limit": n(&s.near_limit),
+            "redis_calls": n(&s.redis_calls),
+            "redis_errors": n(&s.redis_errors),
+            "fallback_decisions": n(&s.fallback_decisions),
+        })
+    }
+
+    /// Drops replenished local keys and expired denials.
+    pub fn sweep(&self) {
+        let now = now_us();
+        self.local.sweep(now);
+        self.denied.sweep(now);
+    }
+}
+
+fn headers_for(rule: &Rule, remaining: u64, reset_us: u64) -> RateHeaders {
+    RateHeaders {
+        policy: format!(
+            "\"{}\";q={};w={}",
+            rule.name,
+            rule.gcra.capacity(),
+            rule.period.as_secs().max(1)
+        ),
+        limit: format!(
+            "\"{}\";r={};t={}",
+            rule.name,
+            remaining,
+            Duration::from_micros(reset_us).as_secs_f64().ceil() as u64
+        ),
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

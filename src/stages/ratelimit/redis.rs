@@ -1,0 +1,138 @@
+//! The shared limiter: GCRA in Redis, by one Lua script per request (all of a request's
+//! rules in one EVALSHA, so one round trip), with time from Redis itself (`TIME`) so replicas
+//! with skewed clocks agree. Keys carry a prefix and expire when replenished.
+//!
+//! The script checks every rule first and only then records the request, and only if no
+//! enforced rule denied it: a request refused by one rule does not use up the others.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::gcra::{Gcra, GcraDecision};
+
+/// KEYS: one per rule. ARGV: per rule, interval_us, tau_us, enforce (1/0).
+/// Returns per rule: allowed (1/0), remaining, retry_after_us, reset_us.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out, tats, blocked = {}, {}, false
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local tau = tonumber(ARGV[3 * i - 1])
+  local enforce = ARGV[3 * i] == '1'
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - (tau + interval)
+  if now < allow_at then
+    out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = 0, 0, allow_at - now, tat - now
+    tats[i] = false
+    if enforce then blocked = true end
+  else
+    out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] =
+      1, math.floor((now - allow_at) / interval), 0, new_tat - now
+    tats[i] = new_tat
+  end
+end
+if not blocked then
+  for i = 1, #KEYS do
+    if tats[i] then
+      redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+    end
+  end
+end
+return out
+"#;
+
+/// Why a Redis call did not give a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisCallError {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis returned {0} values for {1} rules")]
+    Shape(usize, usize),
+}
+
+/// A handle on the shared limiter (cheap to clone: the connection is multiplexed).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    script: redis::Script,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily: a Redis that is down at start is a fallback, not a failure to start.
+    /// Reconnection backs off from 10 ms up to 1 s.
+    pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(usize::MAX)
+            .set_connection_timeout(Some(Duration::from_millis(250)))
+            .set_response_timeout(Some(timeout.max(Duration::from_millis(1))));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisStore {
+            conn,
+            script: redis::Script::new(SCRIPT),
+            timeout,
+        })
+    }
+
+    /// Decides one request for `keys[i]` under `rules[i]` (gcra, enforce); one round trip.
+    pub async fn decide(
+        &self,
+        keys: &[String],
+        rules: &[(Gcra, bool)],
+    ) -> Result<Vec<GcraDecision>, RedisCallError> {
+        let mut invocation = self.script.prepare_invoke();
+        for (key, (gcra, enforce)) in keys.iter().zip(rules) {
+            invocation.key(key);
+            invocation
+                .arg(gcra.interval_us)
+                .arg(gcra.tau_us)
+                .arg(u8::from(*enforce));
+        }
+        let mut conn = self.conn.clone();
+        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        let values = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| RedisCallError::Timeout(self.timeout))??;
+        if values.len() != keys.len() * 4 {
+            return Err(RedisCallError::Shape(values.len(), keys.len()));
+        }
+        Ok(values
+            .chunks(4)
+            .map(|v| GcraDecision {
+                allowed: v[0] == 1,
+                remaining: v[1].max(0) as u64,
+                retry_after_us: v[2].max(0) as u64,
+                reset_us: v[3].max(0) as u64,
+                tat_us: 0,
+            })
+            .collect())
+    }
+
+    /// Whether Redis answers a PING within the timeout (the breaker's health check).
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        matches!(
+            tokio::time::timeout(self.timeout.max(Duration::from_millis(50)), ping).await,
+            Ok(Ok(_))
+        )
+    }
+}

@@ -1,0 +1,163 @@
+//! The rate-limit stage without Redis (in-process) and with a Redis that is not there.
+
+use super::gcra::Gcra;
+use super::*;
+use http::HeaderMap;
+
+fn rule(name: &str, rate: f64, burst: u64, mode: RuleMode) -> Rule {
+    Rule {
+        name: Arc::from(name),
+        routes: vec![],
+        key: vec![KeyPart::parse("header:x-tenant").unwrap()],
+        rate,
+        period: Duration::from_secs(1),
+        burst,
+        mode,
+        missing_key: MissingKey::Deny,
+        gcra: Gcra::new(rate, 1_000_000, burst),
+        local_gcra: Gcra::new(rate / 2.0, 1_000_000, burst),
+    }
+}
+
+fn tenant(t: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("x-tenant", t.parse().unwrap());
+    h
+}
+
+fn src<'a>(h: &'a HeaderMap) -> KeySource<'a> {
+    KeySource {
+        route: "ingest",
+        client_ip: None,
+        headers: h,
+    }
+}
+
+#[tokio::test]
+async fn local_limits_allow_the_burst_then_refuse_with_retry_after_and_headers() {
+    let cfg = RateLimitConfig {
+        rules: vec![rule("t", 1.0, 2, RuleMode::Enforce)],
+        ..RateLimitConfig::default()
+    };
+    let rl = RateLimiter::new(&cfg).unwrap();
+    assert_eq!(rl.mode(), "local");
+    let h = tenant("acme");
+    for i in 0..3 {
+        let v = rl.check(&cfg, &src(&h)).await;
+        assert_eq!(v.outcome, RateOutcome::Allow, "request {i}");
+        assert_eq!(v.headers.as_ref().unwrap().policy, "\"t\";q=3;w=1");
+    }
+    let v = rl.check(&cfg, &src(&h)).await;
+    match &v.outcome {
+        RateOutcome::Limited { rule, retry_after } => {
+            assert_eq!(&**rule, "t");
+            assert!(*retry_after > Duration::from_millis(900));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(v.headers.unwrap().limit.starts_with("\"t\";r=0;"));
+    let rej = v.outcome.rejection().unwrap();
+    assert_eq!(
+        (rej.status, rej.reason, rej.retry_after),
+        (429, "rate_limited", Some(1))
+    );
+    // Known over the limit: the next one is refused from the cache.
+    rl.check(&cfg, &src(&h)).await;
+    assert_eq!(rl.stats.limited_from_cache.load(Ordering::Relaxed), 1);
+    // Another tenant is independent.
+    assert_eq!(
+        rl.check(&cfg, &src(&tenant("other"))).await.outcome,
+        RateOutcome::Allow
+    );
+}
+
+#[tokio::test]
+async fn shadow_rules_count_but_never_refuse_and_missing_keys_follow_the_rule() {
+    let cfg = RateLimitConfig {
+        rules: vec![rule("s", 1.0, 0, RuleMode::Shadow)],
+        ..RateLimitConfig::default()
+    };
+    let rl = RateLimiter::new(&cfg).unwrap();
+    let h = tenant("acme");
+    for _ in 0..5 {
+        assert_eq!(rl.check(&cfg, &src(&h)).await.outcome, RateOutcome::Allow);
+    }
+    assert_eq!(rl.stats.shadow_denied.load(Ordering::Relaxed), 4);
+
+    let cfg = RateLimitConfig {
+        rules: vec![rule("t", 1.0, 0, RuleMode::Enforce)],
+        ..RateLimitConfig::default()
+    };
+    let rl = RateLimiter::new(&cfg).unwrap();
+    let none = HeaderMap::new();
+    let v = rl.check(&cfg, &src(&none)).await;
+    assert_eq!(v.outcome.rejection().unwrap().status, 400);
+    assert_eq!(v.outcome.rule(), Some("t"));
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_falls_back_at_the_local_share_and_opens_the_breaker() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = RateLimitConfig {
+        redis_url: Some(format!("redis://127.0.0.1:{port}")),
+        timeout: Duration::from_millis(20),
+        rules: vec![rule("t", 10.0, 0, RuleMode::Enforce)],
+        ..RateLimitConfig::default()
+    };
+    let rl = RateLimiter::new(&cfg).unwrap();
+    assert_eq!(rl.mode(), "redis");
+    let started = Instant::now();
+    // Distinct tenants, so none is answered from the over-limit cache: each needs Redis
+    // until the breaker opens.
+    for i in 0..20 {
+        let t = Instant::now();
+        let h = tenant(&format!("t{i}"));
+        assert_eq!(rl.check(&cfg, &src(&h)).await.outcome, RateOutcome::Allow);
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "a request waited {:?}",
+            t.elapsed()
+        );
+    }
+    let calls = rl.stats.redis_calls.load(Ordering::Relaxed);
+    assert_eq!(rl.mode(), "fallback");
+    assert_eq!(
+        calls, 3,
+        "the breaker opened after 3 failures and stopped the calls"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The local share: 10/s over 2 replicas = 5/s, burst 0: one at once.
+    let h = tenant("acme");
+    let mut allowed = 0;
+    for _ in 0..5 {
+        if rl.check(&cfg, &src(&h)).await.outcome == RateOutcome::Allow {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 1);
+    let deny = RateLimitConfig {
+        on_redis_error: OnRedisError::Deny,
+        ..cfg.clone()
+    };
+    assert_eq!(
+        rl.check(&deny, &src(&tenant("new")))
+            .await
+            .outcome
+            .rejection()
+            .unwrap()
+            .status,
+        503
+    );
+    let allow = RateLimitConfig {
+        on_redis_error: OnRedisError::Allow,
+        ..cfg
+    };
+    assert_eq!(
+        rl.check(&allow, &src(&tenant("new2"))).await.outcome,
+        RateOutcome::Allow
+    );
+}

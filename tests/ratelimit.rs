@@ -1,0 +1,281 @@
+//! Rate limits against a real `redis-server` started on a free port, through the real proxy
+//! and backend: accuracy, independence of keys, one limit shared by two replicas, and a Redis
+//! killed and restarted under load.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn limits(redis: Option<&RedisServer>, rate: u32, burst: u32, extra: &str) -> String {
+    let url = redis
+        .map(|r| format!("redis_url = \"{}\"\n", r.url()))
+        .unwrap_or_default();
+    format!(
+        r#"{ROUTES}
+[ratelimit]
+{url}timeout_ms = 20
+{extra}
+
+[[ratelimit.rule]]
+name = "per-tenant"
+routes = ["ingest"]
+key = "header:x-tenant"
+rate = {rate}
+burst = {burst}
+"#
+    )
+}
+
+/// Sends `n` events for `tenant` at `per_second` through `urls` in turn; returns
+/// (status counts, slowest answer).
+async fn send(
+    urls: &[String],
+    tenant: &str,
+    n: u32,
+    per_second: f64,
+) -> (std::collections::BTreeMap<u16, u32>, Duration) {
+    let http = client();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+    let mut counts = std::collections::BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..n {
+        tick.tick().await;
+        let t = Instant::now();
+        let r = http
+            .post(format!("{}/v1/events", urls[i as usize % urls.len()]))
+            .header("x-tenant", tenant)
+            .json(&event(tenant, "e", 1_700_000_000_000 + u64::from(i), 1.0))
+            .send()
+            .await
+            .unwrap();
+        slowest = slowest.max(t.elapsed());
+        *counts.entry(r.status().as_u16()).or_insert(0) += 1;
+    }
+    (counts, slowest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_three_times_its_rate_gets_rate_times_seconds_plus_burst() {
+    let redis = RedisServer::spawn();
+    let be = backend(2);
+    let sg = Sloguard::spawn(&be.addrs(), &limits(Some(&redis), 20, 5, ""));
+    let urls = [format!("http://{}", sg.proxy)];
+    let (fast, quiet) = tokio::join!(
+        send(&urls, "greedy", 180, 60.0),
+        send(&urls, "quiet", 30, 10.0)
+    );
+    let allowed = fast.0.get(&202).copied().unwrap_or(0);
+    println!("greedy {:?} quiet {:?}", fast.0, quiet.0);
+    // 3 s at 20/s plus a burst of 5 (+1): 66; allow 10% for timing at the window's edges.
+    assert!((60..=73).contains(&allowed), "allowed {allowed} of 180");
+    assert_eq!(fast.0.get(&429).copied().unwrap_or(0) + allowed, 180);
+    assert_eq!(
+        quiet.0.get(&202),
+        Some(&30),
+        "another tenant is not limited by the first"
+    );
+    assert_eq!(
+        be.store().total_events(),
+        u64::from(allowed) + 30,
+        "limited requests never reached the backend"
+    );
+
+    // A limited answer names the rule and says when to retry; every answer carries the
+    // RateLimit headers.
+    let http = client();
+    let r = http
+        .post(sg.url("/v1/events"))
+        .header("x-tenant", "greedy")
+        .json(&event("greedy", "e", 1, 1.0))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 429 {
+        assert!(r.headers().contains_key("retry-after"));
+        assert!(r.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"per-tenant\";r=0;"));
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            (body["reason"].as_str(), body["rule"].as_str()),
+            (Some("rate_limited"), Some("per-tenant"))
+        );
+    }
+    let r = http
+        .post(sg.url("/v1/events"))
+        .header("x-tenant", "fresh")
+        .json(&event("fresh", "e", 1, 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"per-tenant\";q=6;w=1");
+    assert_eq!(r.headers()["ratelimit"], "\"per-tenant\";r=5;t=1");
+    // No tenant header: missing_key defaults to deny.
+    let r = http
+        .post(sg.url("/v1/events"))
+        .json(&event("x", "e", 1, 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "missing_rate_limit_key");
+    // Queries are not under the rule.
+    let r = http
+        .get(sg.url("/v1/metrics?customer=a&event=b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("ratelimit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_enforce_one_limit_not_two() {
+    let redis = RedisServer::spawn();
+    let be = backend(2);
+    let policy = limits(Some(&redis), 20, 2, "");
+    let a = Sloguard::spawn(&be.addrs(), &policy);
+    let b = Sloguard::spawn(&be.addrs(), &policy);
+    let urls = [format!("http://{}", a.proxy), format!("http://{}", b.proxy)];
+    let (counts, _) = send(&urls, "shared", 120, 40.0).await;
+    let allowed = counts.get(&202).copied().unwrap_or(0);
+    println!("{counts:?}");
+    // 3 s at 20/s plus a burst of 2 (+1): 63 for the fleet; two independent limits would
+    // allow about 120.
+    assert!((57..=69).contains(&allowed), "allowed {allowed} of 120");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_url_limits_run_in_process() {
+    let be = backend(2);
+    let sg = Sloguard::spawn(&be.addrs(), &limits(None, 10, 2, ""));
+    let (counts, _) = send(&[format!("http://{}", sg.proxy)], "t", 60, 30.0).await;
+    let allowed = counts.get(&202).copied().unwrap_or(0);
+    // 2 s at 10/s plus a burst of 2 (+1): 23.
+    assert!(
+        (20..=26).contains(&allowed),
+        "allowed {allowed} of 60 at 10/s for 2 s"
+    );
+    let st: Value = client()
+        .get(sg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["ratelimit"]["mode"], "local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_falls_back_without_stalls_and_comes_back_by_itself() {
+    let mut redis = RedisServer::spawn();
+    let be = backend(2);
+    let sg = Sloguard::spawn(
+        &be.addrs(),
+        &limits(Some(&redis), 1000, 100, "replicas_hint = 1"),
+    );
+    let http = client();
+    let status = || async {
+        let st: Value = client()
+            .get(sg.admin_url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        st["ratelimit"].clone()
+    };
+    let mut slowest = Duration::ZERO;
+    let mut failed = 0;
+    let started = Instant::now();
+    let mut killed = false;
+    let mut restarted = false;
+    let mut saw_fallback = false;
+    let mut i = 0u64;
+    while started.elapsed() < Duration::from_secs(5) {
+        if !killed && started.elapsed() > Duration::from_secs(1) {
+            redis.kill();
+            killed = true;
+        }
+        if !restarted && started.elapsed() > Duration::from_millis(2500) {
+            saw_fallback = status().await["mode"] == "fallback";
+            redis.restart();
+            restarted = true;
+        }
+        let t = Instant::now();
+        let r = http
+            .post(sg.url("/v1/events"))
+            .header("x-tenant", format!("t{}", i % 20))
+            .json(&event("k", "e", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        slowest = slowest.max(t.elapsed());
+        if r.status() != 202 {
+            failed += 1;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("{i} requests, {failed} refused, slowest {slowest:?}");
+    assert!(saw_fallback, "the breaker opened while redis was down");
+    assert_eq!(
+        failed, 0,
+        "the local fallback (same generous rule) refused nothing"
+    );
+    // timeout_ms = 20: no request waits on a dead Redis much longer than that.
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a request took {slowest:?}"
+    );
+    // Back to shared limiting by itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rl = status().await;
+        if rl["mode"] == "redis" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never went back to redis: {rl}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_redis_error_deny_a_dead_redis_refuses_limited_routes_with_503() {
+    let mut redis = RedisServer::spawn();
+    let be = backend(1);
+    let sg = Sloguard::spawn(
+        &be.addrs(),
+        &limits(Some(&redis), 100, 10, "on_redis_error = \"deny\""),
+    );
+    redis.kill();
+    let http = client();
+    let mut statuses = vec![];
+    for i in 0..5u64 {
+        let r = http
+            .post(sg.url("/v1/events"))
+            .header("x-tenant", "t")
+            .json(&event("k", "e", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    // Routes without a rule are not affected.
+    let r = http
+        .get(sg.url("/v1/metrics?customer=a&event=b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(be.store().total_events(), 0);
+}
