@@ -29,6 +29,8 @@ pub struct PolicyFile {
     pub retry: RetryFile,
     #[serde(default)]
     pub ratelimit: RateLimitFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 /// `[listen]`: where sloguard accepts traffic.

@@ -88,6 +88,15 @@ pub enum AlgorithmFile {
     Aimd,
 }
 
+/// `[limits]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_url_bytes: Option<Spanned<u64>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub body_read_timeout_ms: Option<Spanned<u64>>,
+}
+
 /// `[retry]`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

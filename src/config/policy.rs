@@ -15,6 +15,7 @@ use super::error::{Location, PolicyError};
 use super::file::{PolicyFile, PriorityFile, RouteFile};
 use super::locate::{fingerprint, key_path_at};
 use crate::stages::admission::SheddingConfig;
+use crate::stages::payload::HeadLimits;
 use crate::stages::ratelimit::RateLimitConfig;
 use crate::stages::retry::RetryConfig;
 use crate::stages::route::{Priority, Route, RouteMatch, RouteTable, Slo};
@@ -45,6 +46,8 @@ pub struct Policy {
     pub shedding: SheddingConfig,
     pub retry: RetryConfig,
     pub ratelimit: RateLimitConfig,
+    /// `[limits]`: URL, header and body-timeout limits for every request.
+    pub limits: HeadLimits,
 }
 
 /// `[listen]`, validated.
@@ -87,6 +90,7 @@ impl Policy {
             shedding: v.shedding(&raw.shedding)?,
             retry: v.retry(&raw.retry)?,
             ratelimit,
+            limits: v.limits(&raw.limits)?,
         })
     }
 }

@@ -6,10 +6,12 @@ use toml::Spanned;
 
 use super::Validator;
 use crate::config::error::PolicyError;
+use crate::config::file::LimitsFile;
 use crate::config::file::{
     AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, RetryFile, SheddingFile,
 };
 use crate::stages::admission::SheddingConfig;
+use crate::stages::payload::HeadLimits;
 use crate::stages::retry::RetryConfig;
 use crate::workers::{Algorithm, GuardMode, HealthConfig, LimiterConfig, ProbeConfig};
 
@@ -203,6 +205,29 @@ impl Validator<'_> {
             smoothing: self.ratio_or(&c.smoothing, &k("smoothing"), d.smoothing, (0.01, 1.0))?,
             window: self.ms_or(&c.window_ms, &k("window_ms"), d.window)?,
             ..d
+        })
+    }
+
+    pub(super) fn limits(&self, l: &LimitsFile) -> Result<HeadLimits, PolicyError> {
+        let d = HeadLimits::default();
+        Ok(HeadLimits {
+            max_url_bytes: self.count_or(
+                &l.max_url_bytes,
+                "limits.max_url_bytes",
+                d.max_url_bytes as u64,
+                1 << 20,
+            )? as usize,
+            max_header_bytes: self.count_or(
+                &l.max_header_bytes,
+                "limits.max_header_bytes",
+                d.max_header_bytes as u64,
+                1 << 20,
+            )? as usize,
+            body_read_timeout: self.ms_or(
+                &l.body_read_timeout_ms,
+                "limits.body_read_timeout_ms",
+                d.body_read_timeout,
+            )?,
         })
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Policy;
+use crate::stages::payload::BodyCounter;
 use crate::stages::ratelimit::RateHeaders;
 use crate::stages::route::RouteId;
 use crate::stages::Rejection;
@@ -43,6 +44,12 @@ pub struct RequestCtx {
     pub rate_headers: Option<RateHeaders>,
     /// The rate-limit rule that refused the request.
     pub limited_by: Option<std::sync::Arc<str>>,
+    /// Body bytes seen so far against the route's cap (streamed bodies).
+    pub body: BodyCounter,
+    /// The body was read and checked whole before proxying (Pingora replays it).
+    pub body_checked: bool,
+    /// A refusal decided mid-stream (body over its cap): `fail_to_proxy` writes it.
+    pub pending_rejection: Option<Rejection>,
 }
 
 impl RequestCtx {
@@ -64,6 +71,9 @@ impl RequestCtx {
             retries: 0,
             rate_headers: None,
             limited_by: None,
+            body: BodyCounter::new(None),
+            body_checked: false,
+            pending_rejection: None,
         }
     }
 

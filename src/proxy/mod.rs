@@ -8,6 +8,7 @@
 //! and limiter) → `logging` (outcome, lease released).
 
 mod admit;
+mod body;
 mod ctx;
 mod respond;
 
@@ -58,7 +59,7 @@ fn request_id_of(req: &RequestHeader) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-fn declared_content_length(req: &RequestHeader) -> Option<u64> {
+pub(super) fn declared_content_length(req: &RequestHeader) -> Option<u64> {
     req.headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -80,7 +81,14 @@ impl ProxyHttp for SloGuard {
         ctx.request_id = request_id_of(req);
         ctx.route = policy.routes.match_request(&req.method, req.uri.path());
         let route = policy.routes.get(ctx.route);
-        let verdict = payload::check_declared_length(route, declared_content_length(req));
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        let url_bytes = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        let verdict = payload::check_head(&policy.limits, url_bytes, header_bytes)
+            .and_then(|()| payload::check_declared_length(route, declared_content_length(req)));
         let priority = route.priority;
         ctx.idempotent =
             route.retry_idempotent || matches!(req.method, http::Method::GET | http::Method::HEAD);
@@ -93,6 +101,14 @@ impl ProxyHttp for SloGuard {
             return Ok(true);
         }
         if let Some(rejection) = self.rate_limit(session, ctx).await {
+            self.reject(session, ctx, rejection).await?;
+            return Ok(true);
+        }
+        // Slow clients: every read of the body must make progress within this.
+        session
+            .as_mut()
+            .set_read_timeout(Some(self.state.policy().limits.body_read_timeout));
+        if let Some(rejection) = self.check_body(session, ctx).await? {
             self.reject(session, ctx, rejection).await?;
             return Ok(true);
         }
@@ -192,6 +208,11 @@ impl ProxyHttp for SloGuard {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("worker {peer}"));
+        // We cut the request off ourselves (its body broke a limit): never retry it.
+        if ctx.pending_rejection.is_some() {
+            e.set_retry(false);
+            return e;
+        }
         // A stale pooled connection that broke at once: the request never reached the
         // worker, so an idempotent one may go again on a fresh connection (Pingora's rule).
         if matches!(e.retry, pingora::RetryType::ReusedOnly) && client_reused && ctx.idempotent {
@@ -236,6 +257,16 @@ impl ProxyHttp for SloGuard {
         }
         e.set_retry(retry);
         e
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.stream_body(body, end_of_stream, ctx)
     }
 
     async fn upstream_request_filter(
@@ -305,7 +336,10 @@ impl ProxyHttp for SloGuard {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let rejection = respond::upstream_failure(e);
+        let rejection = ctx
+            .pending_rejection
+            .take()
+            .or_else(|| respond::upstream_failure(e));
         let code = match rejection {
             Some(r) => {
                 let status = r.status;

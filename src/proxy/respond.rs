@@ -85,6 +85,11 @@ pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
             ErrorSource::Downstream,
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
         ) => return None,
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => (
+            408,
+            "body_timeout",
+            "the request body stalled past the body read timeout".to_string(),
+        ),
         (ErrorSource::Downstream, _) => (
             400,
             "bad_request",

@@ -286,3 +286,38 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Requests the backend's workers have answered (from their own Prometheus counters), not
+/// counting scrapes and health probes: proof of what reached the backend.
+pub async fn backend_seen(be: &Backend) -> u64 {
+    let http = client();
+    let mut total = 0;
+    for addr in be.addrs() {
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("analytics_requests_total{"))
+            .filter(|l| !l.contains("route=\"prometheus\"") && !l.contains("route=\"healthz\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// Sends raw bytes on a fresh connection and returns what came back until the server closed
+/// the connection or `wait` passed.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
