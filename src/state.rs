@@ -5,7 +5,8 @@
 //! flight keep the snapshot they started with (a request loads the policy once, in
 //! `request_filter`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -23,6 +24,8 @@ pub struct State {
     /// Retries allowed after a worker was reached, shared by all requests.
     pub retry_budget: RetryBudget,
     pub ratelimiter: RateLimiter,
+    /// sloguard's own refusals by (route, reason): bounded by routes x reasons.
+    pub rejections: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
     /// When this process started serving.
     pub started: Instant,
 }
@@ -42,6 +45,7 @@ impl State {
             admission,
             retry_budget: RetryBudget::default(),
             ratelimiter,
+            rejections: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
     }
@@ -53,5 +57,11 @@ impl State {
 
     pub fn workers(&self) -> Arc<WorkerSet> {
         self.workers.load_full()
+    }
+
+    /// Counts one refusal (a lock per refusal only, never per accepted request).
+    pub fn count_rejection(&self, route: &Arc<str>, reason: &'static str) {
+        let mut m = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((route.clone(), reason)).or_insert(0) += 1;
     }
 }

@@ -91,6 +91,11 @@ impl AdminApp {
             "policy": {"file": policy.source.display().to_string(), "version": policy.version},
             "guard": policy.guard.as_str(),
             "ratelimit": self.state.ratelimiter.snapshot(&policy.ratelimit),
+            "rejections": self.state.rejections.lock().map(|m| {
+                let mut rows: Vec<_> = m.iter().map(|((route, reason), n)| json!({"route": &**route, "reason": reason, "count": n})).collect();
+                rows.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
+                rows
+            }).unwrap_or_default(),
             "retries": {
                 "granted": self.state.retry_budget.granted(),
                 "budget_tokens": (self.state.retry_budget.tokens() * 10.0).round() / 10.0,
