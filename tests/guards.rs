@@ -71,6 +71,21 @@ async fn a_chunked_body_over_a_small_cap_is_refused_before_the_backend_sees_anyt
         1,
         "the backend saw only the accepted request"
     );
+    // The refusal is counted by route and reason.
+    let st: Value = client()
+        .get(sg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = st["rejections"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["route"] == "ingest" && r["reason"] == "body_too_large" && r["count"] == 1),
+        "{rows:?}"
+    );
 }
 
 #[tokio::test]
