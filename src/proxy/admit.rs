@@ -91,7 +91,8 @@ impl SloGuard {
             rate_headers: ctx.rate_headers.as_ref(),
         };
         if let Some(policy) = &ctx.policy {
-            self.state.count_rejection(&policy.routes.get(ctx.route).name, rejection.reason);
+            self.state
+                .count_rejection(&policy.routes.get(ctx.route).name, rejection.reason);
         }
         respond::write_rejection(session, &rejection, &cx).await?;
         ctx.rejection = Some(rejection);
