@@ -14,7 +14,7 @@ use pingora::services::background::BackgroundService;
 use crate::state::State;
 use crate::workers::health::may_eject;
 use crate::workers::probe::probe_once;
-use crate::workers::{GuardMode, Transition};
+use crate::workers::{GuardMode, HealthState, Transition};
 
 /// How often health is evaluated: well under the default `stall_after` of 100 ms.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -104,6 +104,55 @@ impl Monitor {
         }
     }
 
+    /// Refreshes the gauges (worker state, in flight, limits, lag...) four times a second,
+    /// and runs the exporter's upkeep so histogram memory stays flat without scrapes.
+    async fn metrics_loop(state: Arc<State>) {
+        let mut n = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let metrics = state.metrics.load();
+            for (w, m) in state.workers().iter().zip(&metrics.worker) {
+                let h = w.health();
+                for (gauge, s) in m.state.iter().zip([
+                    HealthState::Healthy,
+                    HealthState::Suspect,
+                    HealthState::Ejected,
+                ]) {
+                    gauge.set(if w.state() == s { 1.0 } else { 0.0 });
+                }
+                m.in_flight.set(w.in_flight() as f64);
+                m.limit.set(f64::from(w.limit()));
+                m.latency.set(h.latency().as_secs_f64());
+                if let Some(lag) = h.last_lag() {
+                    m.lag.set(lag.as_secs_f64());
+                }
+                if let Some(Ok(p)) = h.last_probe() {
+                    m.probe.set(p.as_secs_f64());
+                }
+                m.ejections.absolute(h.ejections);
+            }
+            metrics.queue_depth.set(state.admission.waiting() as f64);
+            metrics.retries.absolute(state.retry_budget.granted());
+            let stats = &state.ratelimiter.stats;
+            metrics.redis_errors.absolute(
+                stats
+                    .redis_errors
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            metrics
+                .fallback_active
+                .set(if state.ratelimiter.mode() == "fallback" {
+                    1.0
+                } else {
+                    0.0
+                });
+            n += 1;
+            if n.is_multiple_of(20) {
+                metrics.upkeep();
+            }
+        }
+    }
+
     async fn drain_rate_loop(state: Arc<State>) {
         let mut last = (Instant::now(), state.admission.completions());
         let mut rate = 0.0;
@@ -131,6 +180,7 @@ impl BackgroundService for Monitor {
         let probes = tokio::spawn(Monitor::probe_loop(self.state.clone()));
         let rates = tokio::spawn(Monitor::drain_rate_loop(self.state.clone()));
         let limits = tokio::spawn(Monitor::ratelimit_loop(self.state.clone()));
+        let gauges = tokio::spawn(Monitor::metrics_loop(self.state.clone()));
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -145,5 +195,6 @@ impl BackgroundService for Monitor {
         probes.abort();
         rates.abort();
         limits.abort();
+        gauges.abort();
     }
 }

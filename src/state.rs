@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::admin::metrics::Metrics;
 use crate::config::Policy;
 use crate::stages::admission::Admission;
 use crate::stages::ratelimit::{RateLimitConfig, RateLimiter};
@@ -24,6 +25,8 @@ pub struct State {
     /// Retries allowed after a worker was reached, shared by all requests.
     pub retry_budget: RetryBudget,
     pub ratelimiter: RateLimiter,
+    /// Prometheus handles for the current policy (rebound on reload).
+    pub metrics: ArcSwap<Metrics>,
     /// sloguard's own refusals by (route, reason): bounded by routes x reasons.
     pub rejections: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
     /// When this process started serving.
@@ -39,11 +42,13 @@ impl State {
             tracing::error!(error = %e, "rate limits: cannot use the redis url; limiting in-process");
             RateLimiter::new(&RateLimitConfig::default()).expect("no url, no error")
         });
+        let metrics = ArcSwap::from_pointee(Metrics::new(&policy));
         State {
             policy: ArcSwap::from_pointee(policy),
             workers: ArcSwap::from_pointee(workers),
             admission,
             retry_budget: RetryBudget::default(),
+            metrics,
             ratelimiter,
             rejections: Mutex::new(HashMap::new()),
             started: Instant::now(),

@@ -3,6 +3,8 @@
 //! Served by its own Pingora service on its own port, so a saturated proxy listener never
 //! hides the health and status endpoints.
 
+pub mod metrics;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -121,6 +123,15 @@ fn ms(d: std::time::Duration) -> f64 {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.uri.path() == "/metrics" && matches!(req.method.as_str(), "GET" | "HEAD") {
+            let text = self.state.metrics.load().render().into_bytes();
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain; version=0.0.4")
+                .header("content-length", text.len())
+                .body(text)
+                .unwrap_or_default();
+        }
         let (status, body) = self.route(&req.method, req.uri.path());
         let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
         Response::builder()

@@ -56,6 +56,13 @@ impl SloGuard {
                     }
                     ctx.lease = Some(lease);
                     ctx.queued = ctx.started.elapsed();
+                    if woken {
+                        self.state
+                            .metrics
+                            .load()
+                            .queue_wait
+                            .record(ctx.queued.as_secs_f64());
+                    }
                     return Ok(());
                 }
             }
@@ -93,6 +100,10 @@ impl SloGuard {
         if let Some(policy) = &ctx.policy {
             self.state
                 .count_rejection(&policy.routes.get(ctx.route).name, rejection.reason);
+            self.state
+                .metrics
+                .load()
+                .record_refusal(ctx.route, rejection.reason);
         }
         respond::write_rejection(session, &rejection, &cx).await?;
         ctx.rejection = Some(rejection);
@@ -120,6 +131,10 @@ impl SloGuard {
             headers: &req.headers,
         };
         let verdict = self.state.ratelimiter.check(&policy.ratelimit, &src).await;
+        let metrics = self.state.metrics.load();
+        for (rule, result) in &verdict.results {
+            metrics.record_rate(*rule, result);
+        }
         ctx.rate_headers = verdict.headers;
         let rejection = verdict.outcome.rejection()?;
         ctx.limited_by = verdict.outcome.rule().map(std::sync::Arc::from);

@@ -25,6 +25,7 @@ use pingora::{Error, ErrorType, Result};
 pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 
+use crate::admin::metrics::{Outcome, SHED_REASONS};
 use crate::stages::payload;
 use crate::stages::retry::{self, FailedAttempt};
 use crate::state::State;
@@ -367,6 +368,22 @@ impl ProxyHttp for SloGuard {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let outcome = match (&ctx.rejection, status) {
+            (Some(r), _) if SHED_REASONS.contains(&r.reason) => Outcome::Shed,
+            (Some(r), _) if r.status == 429 => Outcome::Limited,
+            (Some(r), _) if r.status < 500 => Outcome::Rejected,
+            (_, s) if s >= 500 || s == 0 || e.is_some() => Outcome::Error,
+            _ => Outcome::Ok,
+        };
+        // The worker label is the worker that answered; "none" when sloguard did.
+        let worker = ctx.worker_id.filter(|_| ctx.response_seen);
+        self.state.metrics.load().record_request(
+            ctx.route,
+            status,
+            worker,
+            outcome,
+            ctx.started.elapsed().as_secs_f64(),
+        );
         let req = session.req_header();
         tracing::debug!(
             target: "sloguard::access",

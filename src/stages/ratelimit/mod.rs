@@ -34,8 +34,9 @@ fn now_us() -> u64 {
 }
 
 /// The verdict on one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RateOutcome {
+    #[default]
     Allow,
     /// Over an enforced rule's limit: 429.
     Limited {
@@ -105,11 +106,15 @@ pub struct RateHeaders {
     pub limit: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RateVerdict {
     pub outcome: RateOutcome,
     pub headers: Option<RateHeaders>,
+    /// Per rule that judged the request: (its index in the policy, `allowed` / `limited` /
+    /// `shadow_denied` / `near_limit`), for the metrics.
+    pub results: Vec<(usize, &'static str)>,
 }
+
 
 /// Counters for the status page and logs.
 #[derive(Debug, Default)]
@@ -194,6 +199,7 @@ impl RateLimiter {
                             part,
                         },
                         headers: None,
+                        results: vec![],
                     }
                 }
                 RuleKey::Missing(_) => bump(&self.stats.shadow_denied),
@@ -203,6 +209,7 @@ impl RateLimiter {
             return RateVerdict {
                 outcome: RateOutcome::Allow,
                 headers: None,
+                results: vec![],
             };
         }
         let now = now_us();
@@ -220,6 +227,7 @@ impl RateLimiter {
                         retry_after: Duration::from_micros(until - now),
                     },
                     headers: Some(headers_for(rule, 0, until - now)),
+                    results: vec![(rule_index(cfg, rule), "limited")],
                 };
             }
         }
@@ -235,6 +243,7 @@ impl RateLimiter {
                     return RateVerdict {
                         outcome: RateOutcome::Allow,
                         headers: None,
+                        results: vec![],
                     };
                 }
                 OnRedisError::Deny => {
@@ -243,11 +252,26 @@ impl RateLimiter {
                             rule: applicable[0].0.name.clone(),
                         },
                         headers: None,
+                        results: vec![],
                     }
                 }
             },
         };
-        self.judge(&applicable, &decisions, now)
+        let mut verdict = self.judge(&applicable, &decisions, now);
+        verdict.results = applicable
+            .iter()
+            .zip(&decisions)
+            .map(|((rule, _), d)| {
+                let result = match (d.allowed, rule.mode) {
+                    (true, _) if d.remaining * 5 <= rule.gcra.capacity() => "near_limit",
+                    (true, _) => "allowed",
+                    (false, RuleMode::Shadow) => "shadow_denied",
+                    (false, RuleMode::Enforce) => "limited",
+                };
+                (rule_index(cfg, rule), result)
+            })
+            .collect();
+        verdict
     }
 
     /// Asks Redis, or the local store when no Redis is configured; `None` when Redis is
@@ -348,6 +372,7 @@ impl RateLimiter {
                         retry_after: Duration::from_micros(retry_us),
                     },
                     headers,
+                    results: vec![],
                 }
             }
             None => {
@@ -355,6 +380,7 @@ impl RateLimiter {
                 RateVerdict {
                     outcome: RateOutcome::Allow,
                     headers,
+                    results: vec![],
                 }
             }
         }
@@ -394,6 +420,14 @@ impl RateLimiter {
         self.local.sweep(now);
         self.denied.sweep(now);
     }
+}
+
+/// A rule's position in the policy (rules are few; this runs only for judged requests).
+fn rule_index(cfg: &RateLimitConfig, rule: &Rule) -> usize {
+    cfg.rules
+        .iter()
+        .position(|r| std::ptr::eq(r, rule))
+        .unwrap_or(usize::MAX)
 }
 
 fn headers_for(rule: &Rule, remaining: u64, reset_us: u64) -> RateHeaders {

@@ -1,0 +1,104 @@
+//! What on-call reads: Prometheus metrics on the admin listener, with the outcome of every
+//! request (sloguard's own refusals included) and each worker's state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The value of the series whose line starts with `prefix` (labels included), if present.
+fn value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_outcomes_refusals_and_worker_state() {
+    let be = backend(2);
+    let sg = Sloguard::spawn(&be.addrs(), ROUTES);
+    let http = client();
+    for i in 0..10u64 {
+        let r = http
+            .post(sg.url("/v1/events"))
+            .json(&event("c", "e", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let big = "x".repeat(5000);
+    let r = http
+        .post(sg.url("/v1/events"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Worker 2's loop stops: its probes go unanswered, it is ejected.
+    be.set_fault(
+        2,
+        FaultSpec {
+            stall: Some(Duration::from_secs(2)),
+            ..FaultSpec::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await; // detection, then a gauge refresh
+    let r = http.get(sg.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = r.text().await.unwrap();
+    let ok: f64 = ["1", "2"]
+        .iter()
+        .filter_map(|w| value(&text, &format!("sloguard_requests_total{{route=\"ingest\",status_class=\"2xx\",worker=\"{w}\"}}")))
+        .sum();
+    assert_eq!(ok, 10.0, "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "sloguard_requests_total{route=\"ingest\",status_class=\"4xx\",worker=\"none\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "sloguard_rejections_total{route=\"ingest\",reason=\"body_too_large\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "sloguard_request_duration_seconds_count{route=\"ingest\",outcome=\"ok\"}"
+        ),
+        Some(10.0)
+    );
+    assert!(text.contains(
+        "sloguard_request_duration_seconds_bucket{route=\"ingest\",outcome=\"ok\",le=\"0.15\"}"
+    ));
+    // Worker 2 is ejected.
+    assert_eq!(
+        value(
+            &text,
+            "sloguard_worker_state{worker=\"2\",state=\"ejected\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "sloguard_worker_state{worker=\"1\",state=\"healthy\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(value(&text, "sloguard_worker_ejections_total{worker=\"2\"}").unwrap() >= 1.0);
+    assert!(value(&text, "sloguard_worker_loop_lag_seconds{worker=\"1\"}").is_some());
+    assert!(text.contains("sloguard_config_info{version=\""));
+    let series = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    assert!(series < 1500, "{series} series");
+}
