@@ -10,7 +10,8 @@
 //! - [`workers`] choose the upstream worker and hold in-flight leases.
 //! - [`monitor`] runs health evaluation, probes and drain-rate estimates in the background.
 //! - [`admin`] serves `/healthz` and `/status`.
-//! - [`config`] reads and validates the TOML policy; [`state`] holds the live snapshot.
+//! - [`config`] reads and validates the TOML policy; [`state`] holds the live snapshot;
+//!   [`reload`] swaps in a changed policy (file change, SIGHUP, `POST /reload`).
 //! - [`demo`] runs the analytics backend and sloguard together for a newcomer.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod monitor;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod stages;
 pub mod state;

@@ -58,6 +58,33 @@ impl Monitor {
         while admission.waiting() > 0 && workers.has_room() && admission.wake_next(now) {}
     }
 
+    /// SIGTERM: Pingora has stopped accepting. Report not ready, wait until nothing is in
+    /// flight (or the drain timeout), then exit 0: in-flight requests are answered, and the
+    /// process does not linger for the whole timeout when it is idle.
+    async fn drain(&self) -> ! {
+        self.state.draining.store(true, Ordering::Relaxed);
+        let timeout = self.state.policy().listen.drain_timeout;
+        let started = Instant::now();
+        tracing::info!(
+            in_flight = self.state.requests_in_flight(),
+            timeout_ms = timeout.as_millis() as u64,
+            "SIGTERM: draining"
+        );
+        while self.state.requests_in_flight() > 0 && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.state.requests_in_flight();
+        if left > 0 {
+            tracing::warn!(left, "drain timeout: exiting with requests still in flight");
+        } else {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "drained; exiting"
+            );
+        }
+        std::process::exit(0)
+    }
+
     async fn probe_loop(state: Arc<State>) {
         let mut in_flight: Vec<Arc<AtomicBool>> = Vec::new();
         loop {
@@ -96,10 +123,10 @@ impl Monitor {
         let mut n = 0u32;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            state.ratelimiter.health_check().await;
+            state.ratelimiter().health_check().await;
             n += 1;
             if n.is_multiple_of(10) {
-                state.ratelimiter.sweep();
+                state.ratelimiter().sweep();
             }
         }
     }
@@ -133,7 +160,8 @@ impl Monitor {
             }
             metrics.queue_depth.set(state.admission.waiting() as f64);
             metrics.retries.absolute(state.retry_budget.granted());
-            let stats = &state.ratelimiter.stats;
+            let limiter = state.ratelimiter();
+            let stats = &limiter.stats;
             metrics.redis_errors.absolute(
                 stats
                     .redis_errors
@@ -141,7 +169,7 @@ impl Monitor {
             );
             metrics
                 .fallback_active
-                .set(if state.ratelimiter.mode() == "fallback" {
+                .set(if state.ratelimiter().mode() == "fallback" {
                     1.0
                 } else {
                     0.0
@@ -177,24 +205,28 @@ impl Monitor {
 #[async_trait]
 impl BackgroundService for Monitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let probes = tokio::spawn(Monitor::probe_loop(self.state.clone()));
-        let rates = tokio::spawn(Monitor::drain_rate_loop(self.state.clone()));
-        let limits = tokio::spawn(Monitor::ratelimit_loop(self.state.clone()));
-        let gauges = tokio::spawn(Monitor::metrics_loop(self.state.clone()));
+        // These run for the life of the process (which ends in `drain`).
+        tokio::spawn(Monitor::probe_loop(self.state.clone()));
+        tokio::spawn(Monitor::drain_rate_loop(self.state.clone()));
+        tokio::spawn(Monitor::ratelimit_loop(self.state.clone()));
+        tokio::spawn(Monitor::metrics_loop(self.state.clone()));
+        tokio::spawn(crate::reload::watch(
+            self.state.clone(),
+            self.state.policy().source.clone(),
+        ));
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if *shutdown.borrow() {
+                self.drain().await;
+            }
             tokio::select! {
                 _ = ticker.tick() => {
                     self.tick(Instant::now());
                     self.state.retry_budget.refill(&self.state.policy().retry, TICK);
                 }
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {}
             }
         }
-        probes.abort();
-        rates.abort();
-        limits.abort();
-        gauges.abort();
     }
 }

@@ -26,8 +26,11 @@ pub fn build_server(policy: Policy) -> Built {
         // Retries only go to workers not yet tried, so one try per worker is the bound.
         max_retries: policy.upstream.workers.len(),
         upstream_keepalive_pool_size: policy.upstream.keepalive_pool_size,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(policy.listen.drain_timeout.as_secs().max(1)),
+        // On SIGTERM Pingora stops accepting, then waits this long before tearing its
+        // runtimes down (which drops whatever is still running). The monitor exits the
+        // process as soon as nothing is in flight, so this is the drain timeout's upper bound.
+        grace_period_seconds: Some(policy.listen.drain_timeout.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     // No pid file or upgrade socket in /tmp shared by parallel test processes.

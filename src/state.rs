@@ -6,6 +6,7 @@
 //! `request_filter`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Policy;
+use crate::reload::ReloadRecord;
 use crate::stages::admission::Admission;
 use crate::stages::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
@@ -24,11 +26,17 @@ pub struct State {
     pub admission: Arc<Admission>,
     /// Retries allowed after a worker was reached, shared by all requests.
     pub retry_budget: RetryBudget,
-    pub ratelimiter: RateLimiter,
+    ratelimiter: ArcSwap<RateLimiter>,
+    /// The outcome of the last reload attempt, for the status page.
+    pub last_reload: Mutex<Option<ReloadRecord>>,
     /// Prometheus handles for the current policy (rebound on reload).
     pub metrics: ArcSwap<Metrics>,
     /// sloguard's own refusals by (route, reason): bounded by routes x reasons.
     pub rejections: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
+    /// Requests between `new_ctx` and the end of `logging` (held by [`RequestGuard`]).
+    in_flight: Arc<AtomicUsize>,
+    /// SIGTERM received: not ready, draining.
+    pub draining: AtomicBool,
     /// When this process started serving.
     pub started: Instant,
 }
@@ -49,7 +57,10 @@ impl State {
             admission,
             retry_budget: RetryBudget::default(),
             metrics,
-            ratelimiter,
+            ratelimiter: ArcSwap::from_pointee(ratelimiter),
+            last_reload: Mutex::new(None),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            draining: AtomicBool::new(false),
             rejections: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
@@ -64,9 +75,71 @@ impl State {
         self.workers.load_full()
     }
 
+    /// Counts a request in flight until the returned guard drops.
+    pub fn request_started(&self) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.in_flight.clone())
+    }
+
+    /// Requests in flight in sloguard (queued, proxying or being answered).
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn ratelimiter(&self) -> Arc<RateLimiter> {
+        self.ratelimiter.load_full()
+    }
+
+    /// Swaps in a validated policy. Requests in flight keep the snapshot they started with.
+    /// Per-worker state (health, limits, latency) survives when the worker list is the same;
+    /// rate-limit state survives when the Redis settings are. Listeners cannot move while
+    /// serving: a changed `[listen]` is kept as it was, and the returned notes say so.
+    pub fn apply(&self, mut new: Policy) -> Vec<String> {
+        let old = self.policy();
+        let mut notes = Vec::new();
+        if new.listen != old.listen {
+            notes.push(
+                "[listen] changes take effect at the next restart; the listeners stay as they are"
+                    .to_string(),
+            );
+            new.listen = old.listen.clone();
+        }
+        if new.upstream.workers != old.upstream.workers {
+            self.workers
+                .store(Arc::new(WorkerSet::new(&new.upstream, &new.concurrency)));
+            notes.push("the worker list changed: per-worker state starts afresh".to_string());
+        }
+        let redis_same = new.ratelimit.redis_url == old.ratelimit.redis_url
+            && new.ratelimit.timeout == old.ratelimit.timeout
+            && new.ratelimit.failures_to_open == old.ratelimit.failures_to_open;
+        if !redis_same {
+            match RateLimiter::new(&new.ratelimit) {
+                Ok(r) => self.ratelimiter.store(Arc::new(r)),
+                Err(e) => notes.push(format!(
+                    "rate limits: cannot use the new redis url ({e}); keeping the old one"
+                )),
+            }
+        }
+        self.admission.reconfigure(new.shedding.clone());
+        self.metrics
+            .store(Arc::new(self.metrics.load().rebound(&new)));
+        self.policy.store(Arc::new(new));
+        notes
+    }
+
     /// Counts one refusal (a lock per refusal only, never per accepted request).
     pub fn count_rejection(&self, route: &Arc<str>, reason: &'static str) {
         let mut m = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((route.clone(), reason)).or_insert(0) += 1;
+    }
+}
+
+/// One request's place in [`State::requests_in_flight`], released on drop.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<AtomicUsize>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,6 +6,8 @@
 //! outcomes, routes x reasons, rules x results, workers x states. No tenant, path or key is
 //! ever a label. Names follow Prometheus conventions (`sloguard_` prefix, base units).
 
+use std::sync::Arc;
+
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -80,7 +82,8 @@ pub struct WorkerMetrics {
 /// The registered handles for one policy.
 pub struct Metrics {
     handle: PrometheusHandle,
-    recorder: PrometheusRecorder,
+    /// Shared by every rebinding, so series (and their counts) survive a reload.
+    recorder: Arc<PrometheusRecorder>,
     routes: usize,
     workers: usize,
     /// [route][class][worker 0 = none, 1..=N]
@@ -163,7 +166,32 @@ impl Metrics {
                 ),
                 &meta(),
             ),
-            recorder,
+            recorder: Arc::new(recorder),
+        };
+        m.bind(policy);
+        m
+    }
+
+    /// Handles for a reloaded policy on the same recorder.
+    pub fn rebound(&self, policy: &Policy) -> Metrics {
+        let mut m = Metrics {
+            handle: self.handle.clone(),
+            recorder: self.recorder.clone(),
+            routes: 0,
+            workers: 0,
+            requests: vec![],
+            durations: vec![],
+            shed: vec![],
+            rejections: vec![],
+            ratelimit: vec![],
+            worker: vec![],
+            queue_depth: self.queue_depth.clone(),
+            queue_wait: self.queue_wait.clone(),
+            retries: self.retries.clone(),
+            redis_errors: self.redis_errors.clone(),
+            fallback_active: self.fallback_active.clone(),
+            reloads_ok: self.reloads_ok.clone(),
+            reloads_error: self.reloads_error.clone(),
         };
         m.bind(policy);
         m

@@ -24,12 +24,26 @@ impl AdminApp {
         AdminApp { state }
     }
 
-    /// The answer for a method and path; pure apart from reading the state.
+    /// The answer for a method and path (`POST /reload` reloads the policy file).
     pub fn route(&self, method: &http::Method, path: &str) -> (StatusCode, serde_json::Value) {
         match (method.as_str(), path) {
             ("GET" | "HEAD", "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
+            ("GET" | "HEAD", "/readyz") => self.readiness(),
             ("GET" | "HEAD", "/status") => (StatusCode::OK, self.status()),
-            (_, "/healthz" | "/status") => (
+            ("POST", "/reload") => {
+                let path = self.state.policy().source.clone();
+                match crate::reload::reload(&self.state, &path, "admin") {
+                    Ok(a) => (
+                        StatusCode::OK,
+                        json!({"result": if a.unchanged { "unchanged" } else { "reloaded" }, "version": a.version, "notes": a.notes}),
+                    ),
+                    Err(e) => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({"result": "refused", "error": e.to_string(), "file": e.file().display().to_string(), "line": e.line(), "key": e.key(), "running_version": self.state.policy().version}),
+                    ),
+                }
+            }
+            (_, "/healthz" | "/readyz" | "/status" | "/reload") => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": format!("{method} is not allowed on {path}")}),
             ),
@@ -37,6 +51,34 @@ impl AdminApp {
                 StatusCode::NOT_FOUND,
                 json!({"error": format!("no admin endpoint at {path}")}),
             ),
+        }
+    }
+
+    /// Ready when a policy is loaded (always, once serving) and at least one worker is not
+    /// ejected: a pod whose every worker is stalled should leave the Service's endpoints.
+    pub fn readiness(&self) -> (StatusCode, serde_json::Value) {
+        if self
+            .state
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"ready": false, "reason": "draining (SIGTERM)"}),
+            );
+        }
+        let workers = self.state.workers();
+        let serving = workers.len() - workers.ejected();
+        if serving > 0 {
+            (
+                StatusCode::OK,
+                json!({"ready": true, "workers_serving": serving}),
+            )
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"ready": false, "reason": "every worker is ejected"}),
+            )
         }
     }
 
@@ -91,8 +133,16 @@ impl AdminApp {
         let admission = &self.state.admission;
         json!({
             "policy": {"file": policy.source.display().to_string(), "version": policy.version},
+            "last_reload": self.state.last_reload.lock().ok().and_then(|r| r.clone()).map(|r| json!({
+                "at_unix_s": r.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "trigger": r.trigger,
+                "ok": r.result.is_ok(),
+                "version": r.result.as_ref().ok().map(|a| a.version.clone()),
+                "notes": r.result.as_ref().ok().map(|a| a.notes.clone()),
+                "error": r.result.as_ref().err(),
+            })),
             "guard": policy.guard.as_str(),
-            "ratelimit": self.state.ratelimiter.snapshot(&policy.ratelimit),
+            "ratelimit": self.state.ratelimiter().snapshot(&policy.ratelimit),
             "rejections": self.state.rejections.lock().map(|m| {
                 let mut rows: Vec<_> = m.iter().map(|((route, reason), n)| json!({"route": &**route, "reason": reason, "count": n})).collect();
                 rows.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));

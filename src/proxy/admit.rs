@@ -130,7 +130,11 @@ impl SloGuard {
                 .map(|a| a.ip()),
             headers: &req.headers,
         };
-        let verdict = self.state.ratelimiter.check(&policy.ratelimit, &src).await;
+        let verdict = self
+            .state
+            .ratelimiter()
+            .check(&policy.ratelimit, &src)
+            .await;
         let metrics = self.state.metrics.load();
         for (rule, result) in &verdict.results {
             metrics.record_rate(*rule, result);

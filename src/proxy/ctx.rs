@@ -8,6 +8,7 @@ use crate::stages::payload::BodyCounter;
 use crate::stages::ratelimit::RateHeaders;
 use crate::stages::route::RouteId;
 use crate::stages::Rejection;
+use crate::state::RequestGuard;
 use crate::workers::{Sample, WorkerLease};
 
 /// What one request has learned and holds. Dropped when the request ends, which releases the
@@ -50,6 +51,8 @@ pub struct RequestCtx {
     pub body_checked: bool,
     /// A refusal decided mid-stream (body over its cap): `fail_to_proxy` writes it.
     pub pending_rejection: Option<Rejection>,
+    /// Counts this request in flight for graceful drain; released with the context.
+    pub guard: Option<RequestGuard>,
 }
 
 impl RequestCtx {
@@ -74,6 +77,7 @@ impl RequestCtx {
             body: BodyCounter::new(None),
             body_checked: false,
             pending_rejection: None,
+            guard: None,
         }
     }
 

@@ -72,7 +72,9 @@ impl ProxyHttp for SloGuard {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.guard = Some(self.state.request_started());
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

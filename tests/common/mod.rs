@@ -131,6 +131,29 @@ impl Sloguard {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// Sends a signal (`TERM`, `HUP`, ...) to the sloguard process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits up to `within` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// What sloguard wrote on stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("sloguard.log")).unwrap_or_default()

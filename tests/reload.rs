@@ -1,0 +1,255 @@
+//! Policy hot reload and lifecycle, on the real process: a valid change applies under load
+//! without failing a request; a broken file is refused with file, line and key while the
+//! old policy keeps serving; a ConfigMap-style symlink swap is seen; SIGTERM drains.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn routes(cap: u32) -> String {
+    format!(
+        r#"
+[[route]]
+name = "ingest"
+match = {{ method = "POST", path_prefix = "/v1/events" }}
+max_body_bytes = {cap}
+"#
+    )
+}
+
+/// Rewrites the policy file the way an editor does: a new file renamed over the old one.
+fn rewrite(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn status(sg: &Sloguard) -> Value {
+    client()
+        .get(sg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_for(sg: &Sloguard, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = status(sg).await;
+        if pred(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends events in a loop until stopped; counts the answers that were not 202.
+fn background_load(
+    url: String,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (s, n, f) = (stop.clone(), sent.clone(), failed.clone());
+    let task = tokio::spawn(async move {
+        let http = client();
+        let mut i = 0u64;
+        while !s.load(Ordering::Relaxed) && i < 20_000 {
+            let r = http
+                .post(format!("{url}/v1/events"))
+                .json(&event("c", "e", i, 1.0))
+                .send()
+                .await;
+            n.fetch_add(1, Ordering::Relaxed);
+            if !matches!(r, Ok(ref r) if r.status() == 202) {
+                f.fetch_add(1, Ordering::Relaxed);
+            }
+            i += 1;
+        }
+    });
+    (stop, sent, failed, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_change_applies_under_load_and_a_broken_file_is_refused_while_the_old_policy_serves(
+) {
+    let be = backend(2);
+    let sg = Sloguard::spawn(&be.addrs(), &routes(4096));
+    let (stop, sent, failed, task) = background_load(format!("http://{}", sg.proxy));
+    let http = client();
+    let small_enough = "x".repeat(1000);
+    assert_eq!(
+        http.post(sg.url("/v1/events"))
+            .body(small_enough.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    // A valid change: the cap drops to 500 bytes.
+    let text = std::fs::read_to_string(&sg.policy_path).unwrap();
+    rewrite(
+        &sg.policy_path,
+        &text.replace("max_body_bytes = 4096", "max_body_bytes = 500"),
+    );
+    let st = wait_for(&sg, "the reload", |st| {
+        st["routes"][0]["max_body_bytes"] == 500
+    })
+    .await;
+    assert_eq!(st["last_reload"]["ok"], true, "{st}");
+    assert_eq!(st["last_reload"]["trigger"], "file");
+    let r = http
+        .post(sg.url("/v1/events"))
+        .body(small_enough)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "the new cap applies");
+    // Worker state survived (same worker list): counters were not reset.
+    assert!(
+        st["workers"][0]["requests"].as_u64().unwrap()
+            + st["workers"][1]["requests"].as_u64().unwrap()
+            > 0
+    );
+
+    // Garbage over the live file: refused, named by file, line and key; the old policy stays.
+    let version = st["policy"]["version"].clone();
+    let broken = std::fs::read_to_string(&sg.policy_path)
+        .unwrap()
+        .replace("max_body_bytes = 500", "max_body_bytes = -1");
+    rewrite(&sg.policy_path, &broken);
+    let st = wait_for(&sg, "the refusal", |st| st["last_reload"]["ok"] == false).await;
+    let error = st["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("sloguard.toml:") && error.contains("route[0].max_body_bytes"),
+        "{error}"
+    );
+    assert_eq!(st["policy"]["version"], version, "the running policy stays");
+    let r = http.post(sg.url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "reload is on the admin listener only");
+    let r = http.post(sg.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["key"], "route[0].max_body_bytes");
+    assert!(body["line"].as_u64().is_some());
+
+    // A file truncated mid-write, then deleted: still serving the last good policy.
+    rewrite(&sg.policy_path, &broken[..broken.len() / 2]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    std::fs::remove_file(&sg.policy_path).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(status(&sg).await["policy"]["version"], version);
+
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("{sent} requests during the reloads, {failed} failed");
+    assert!(sent > 50);
+    assert_eq!(failed, 0, "no request failed because of a reload");
+    let metrics = client()
+        .get(sg.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sloguard_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("sloguard_config_reloads_total{result=\"error\"} 0"));
+}
+
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_seen() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(&be.addrs(), &routes(4096));
+    // Lay out the file as Kubernetes does: sloguard.toml -> ..data/sloguard.toml,
+    // ..data -> ..v1, and swap ..data to ..v2 with an atomic rename.
+    let dir = sg.policy_path.parent().unwrap().join("cm");
+    std::fs::create_dir_all(dir.join("..v1")).unwrap();
+    std::fs::create_dir_all(dir.join("..v2")).unwrap();
+    let text = std::fs::read_to_string(&sg.policy_path).unwrap();
+    std::fs::write(dir.join("..v1/sloguard.toml"), &text).unwrap();
+    std::fs::write(
+        dir.join("..v2/sloguard.toml"),
+        text.replace("max_body_bytes = 4096", "max_body_bytes = 123"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/sloguard.toml", dir.join("sloguard.toml")).unwrap();
+    // Point the running process at the ConfigMap layout by replacing its file with a link.
+    std::fs::remove_file(&sg.policy_path).unwrap();
+    std::os::unix::fs::symlink(dir.join("sloguard.toml"), &sg.policy_path).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    wait_for(&sg, "the swap", |st| {
+        st["routes"][0]["max_body_bytes"] == 123
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_request_in_flight_then_exits_zero() {
+    let slow = FaultSpec {
+        block: Some(Duration::from_millis(300)),
+        every: 1,
+        ..FaultSpec::default()
+    };
+    let be = backend_with_faults(2, vec![(1, slow.clone()), (2, slow)]);
+    let mut sg = Sloguard::spawn(
+        &be.addrs(),
+        &format!("{}\n[guard]\nmode = \"off\"\n", routes(4096)),
+    );
+    let url = sg.url("/v1/events");
+    // Eight requests in flight (each takes 300+ ms), then SIGTERM.
+    let tasks: Vec<_> = (0..8u64)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .json(&event("c", "e", i, 1.0))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sg.signal("TERM");
+    let mut answered = vec![];
+    for t in tasks {
+        answered.push(t.await.unwrap());
+    }
+    let exit = sg
+        .wait_exit(Duration::from_secs(10))
+        .expect("sloguard exits after draining");
+    println!("{answered:?} exit {exit:?}");
+    assert!(
+        answered.iter().all(|r| matches!(r, Ok(202))),
+        "{answered:?}"
+    );
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(be.store().total_events(), 8);
+}
