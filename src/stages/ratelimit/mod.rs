@@ -44,14 +44,9 @@ pub enum RateOutcome {
         retry_after: Duration,
     },
     /// The rule's key could not be built and `missing_key = "deny"`: 400.
-    MissingKey {
-        rule: Arc<str>,
-        part: String,
-    },
+    MissingKey { rule: Arc<str>, part: String },
     /// Redis is down and `on_redis_error = "deny"`: 503.
-    Unavailable {
-        rule: Arc<str>,
-    },
+    Unavailable { rule: Arc<str> },
 }
 
 impl RateOutcome {
@@ -114,7 +109,6 @@ pub struct RateVerdict {
     /// `shadow_denied` / `near_limit`), for the metrics.
     pub results: Vec<(usize, &'static str)>,
 }
-
 
 /// Counters for the status page and logs.
 #[derive(Debug, Default)]
