@@ -164,3 +164,148 @@ async fn long_urls_big_headers_and_stalled_bodies_get_414_431_and_408() {
     // the backend saw a broken request, which it did not store.)
     assert!(backend_seen(&be).await - before <= 1);
 }
+
+const JSON_GUARDED: &str = r#"
+[[route]]
+name = "ingest"
+match = { method = "POST", path_prefix = "/v1/events" }
+max_body_bytes = 4096
+json = { max_depth = 4, max_keys = 10, max_array_len = 5, max_string_bytes = 64 }
+
+[[route]]
+name = "bulk"
+match = { method = "POST", path_prefix = "/debug/echo" }
+max_body_bytes = 200000
+json = { max_depth = 8 }
+"#;
+
+#[tokio::test]
+async fn json_bodies_are_checked_before_the_backend_sees_them() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(&be.addrs(), JSON_GUARDED);
+    let before = backend_seen(&be).await;
+    let http = client();
+    let post = |body: String| {
+        http.post(sg.url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases = [
+        (
+            r#"{"customer_id":"c","event":"e","ts":1,"dimensions":{"a":{"b":{"c":{"d":1}}}}}"#
+                .to_string(),
+            422,
+            "json.max_depth",
+        ),
+        (
+            format!(
+                r#"{{"customer_id":"c","event":"e","ts":1,"value":1,{}}}"#,
+                (0..8)
+                    .map(|i| format!("\"k{i}\":1"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            422,
+            "json.max_keys",
+        ),
+        (
+            r#"{"customer_id":"c","event":"e","ts":1,"tags":[1,2,3,4,5,6]}"#.to_string(),
+            422,
+            "json.max_array_len",
+        ),
+        (
+            format!(
+                r#"{{"customer_id":"{}","event":"e","ts":1}}"#,
+                "c".repeat(100)
+            ),
+            422,
+            "json.max_string_bytes",
+        ),
+        (
+            r#"{"customer_id":"c","event":"e","ts":1,}"#.to_string(),
+            400,
+            "",
+        ),
+        ("{\"customer_id\":\"c\"".to_string(), 400, ""),
+        ("not json".to_string(), 400, ""),
+    ];
+    for (body, status, limit) in &cases {
+        let r = post(body.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), *status, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["route"], "ingest");
+        if *status == 422 {
+            assert_eq!(
+                (v["reason"].as_str(), v["limit"].as_str()),
+                (Some("json_limit"), Some(*limit)),
+                "{body}: {v}"
+            );
+        } else {
+            assert_eq!(v["reason"], "invalid_json", "{body}: {v}");
+        }
+    }
+    let ok = post(
+        r#"{"customer_id":"c","event":"e","ts":1700000000000,"dimensions":{"a":"b"}}"#.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 202);
+    assert_eq!(be.store().total_events(), 1);
+    assert_eq!(
+        backend_seen(&be).await - before,
+        1,
+        "the backend saw only the valid event"
+    );
+}
+
+#[tokio::test]
+async fn a_large_json_body_streams_through_when_valid_and_is_cut_off_when_not() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(&be.addrs(), JSON_GUARDED);
+    let http = client();
+    // About 100 KB: over the 64 KiB replay buffer, so it streams.
+    let items: Vec<String> = (0..5000)
+        .map(|i| format!("{{\"i\":{i},\"v\":\"abcdefgh\"}}"))
+        .collect();
+    let valid = format!("[{}]", items.join(","));
+    let r = http
+        .post(sg.url("/debug/echo"))
+        .body(valid.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["body_len"], valid.len());
+    // The same body with its last bracket missing: the scan sees it only at the end, after
+    // most bytes went upstream; the upstream request is aborted, the client gets the 400.
+    let broken = valid[..valid.len() - 1].to_string();
+    let r = http
+        .post(sg.url("/debug/echo"))
+        .body(broken)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["reason"], "invalid_json");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = client()
+        .get(format!("http://{}/metrics", be.addrs()[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let echoed: u64 = text
+        .lines()
+        .filter(|l| l.contains("route=\"not_found\",status=\"200\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        echoed, 1,
+        "only the valid body was answered by the backend: {text}"
+    );
+}

@@ -15,6 +15,10 @@ use serde_json::json;
 
 use crate::state::State;
 
+/// The on-call status page: one self-contained file built into the binary (no CDN, no build
+/// step); it polls `/status` and `/metrics` every second.
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
 pub struct AdminApp {
     state: Arc<State>,
 }
@@ -173,6 +177,15 @@ fn ms(d: std::time::Duration) -> f64 {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.uri.path() == "/" && matches!(req.method.as_str(), "GET" | "HEAD") {
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/html; charset=utf-8")
+                .header("content-length", STATUS_PAGE.len())
+                .header("cache-control", "no-store")
+                .body(STATUS_PAGE.as_bytes().to_vec())
+                .unwrap_or_default();
+        }
         if req.uri.path() == "/metrics" && matches!(req.method.as_str(), "GET" | "HEAD") {
             let text = self.state.metrics.load().render().into_bytes();
             return Response::builder()

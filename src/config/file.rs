@@ -117,6 +117,9 @@ pub struct RouteFile {
     /// Longest wait for a worker slot, ms. Default: p95 target minus the expected service
     /// time, or `[shedding] default_queue_ms` without an SLO.
     pub queue_budget_ms: Option<Spanned<u64>>,
+    /// JSON shape limits for the body: `json = { max_depth, max_keys, max_array_len,
+    /// max_string_bytes }`.
+    pub json: Option<Spanned<JsonFile>>,
     /// Per-attempt response timeout, ms; see `config/README.md`.
     pub per_try_timeout_ms: Option<Spanned<u64>>,
     /// Retry this route's requests whatever their method (they must be safe to repeat).
@@ -134,6 +137,16 @@ pub struct MatchFile {
     pub path_prefix: Option<String>,
     /// Exact path.
     pub path: Option<String>,
+}
+
+/// `json = { max_depth = 32, max_keys = 256, max_array_len = 1000, max_string_bytes = 4096 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonFile {
+    pub max_depth: Option<u64>,
+    pub max_keys: Option<u64>,
+    pub max_array_len: Option<u64>,
+    pub max_string_bytes: Option<u64>,
 }
 
 /// `slo = { p95_ms = 150, p99_ms = 400 }`.

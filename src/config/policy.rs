@@ -15,6 +15,7 @@ use super::error::{Location, PolicyError};
 use super::file::{PolicyFile, PriorityFile, RouteFile};
 use super::locate::{fingerprint, key_path_at};
 use crate::stages::admission::SheddingConfig;
+use crate::stages::json_guard::JsonLimits;
 use crate::stages::payload::HeadLimits;
 use crate::stages::ratelimit::RateLimitConfig;
 use crate::stages::retry::RetryConfig;
@@ -284,6 +285,10 @@ impl Validator<'_> {
                     Some(t) => Some(self.millis(t, &key("per_try_timeout_ms"))?),
                 },
                 retry_idempotent: r.retry_idempotent,
+                json: match &r.json {
+                    None => None,
+                    Some(j) => Some(self.json_limits(j, &key("json"))?),
+                },
             };
             if route.name.as_ref() == "default" {
                 default = Some(route);
@@ -337,6 +342,39 @@ impl Validator<'_> {
             path_prefix: inner.path_prefix.clone(),
             path: inner.path.clone(),
         })
+    }
+
+    fn json_limits(
+        &self,
+        j: &Spanned<super::file::JsonFile>,
+        key: &str,
+    ) -> Result<JsonLimits, PolicyError> {
+        let inner = j.get_ref();
+        let check = |v: Option<u64>, k: &str| match v {
+            None => Ok(None),
+            Some(0) => Err(self.invalid(j.span(), format!("{key}.{k}"), "must be greater than 0")),
+            Some(n) if n > u64::from(u32::MAX) => {
+                Err(self.invalid(j.span(), format!("{key}.{k}"), "is too large"))
+            }
+            Some(n) => Ok(Some(n as u32)),
+        };
+        let limits = JsonLimits {
+            max_depth: check(inner.max_depth, "max_depth")?,
+            max_keys: check(inner.max_keys, "max_keys")?,
+            max_array_len: check(inner.max_array_len, "max_array_len")?,
+            max_string_bytes: check(inner.max_string_bytes, "max_string_bytes")?,
+        };
+        if limits
+            .max_depth
+            .is_some_and(|d| d > crate::stages::json_guard::DEPTH_CAP)
+        {
+            return Err(self.invalid(
+                j.span(),
+                format!("{key}.max_depth"),
+                format!("must be at most {}", crate::stages::json_guard::DEPTH_CAP),
+            ));
+        }
+        Ok(limits)
     }
 
     fn slo(&self, s: &Spanned<super::file::SloFile>, key: &str) -> Result<Slo, PolicyError> {

@@ -1,16 +1,18 @@
-//! The body checks of the request path: byte caps (413) and body read timeouts (408).
+//! The body checks of the request path: byte caps (413), JSON shape (400/422) and body read
+//! timeouts (408).
 //!
-//! A body that must be judged whole, or must never reach the backend cut short, is read
-//! before a worker is chosen: a chunked body on a capped route, when its cap fits Pingora's
-//! 64 KiB replay buffer. The backend then never sees a refused body at all; an accepted one
-//! is replayed from the buffer. Any other body streams through and is counted on the way;
-//! over its cap, the upstream request is aborted mid-body, so the backend sees a broken
-//! request (never a shorter valid one) and the client gets the 413.
+//! A body that must be judged whole (a JSON-guarded route) or must never reach the backend
+//! cut short (a chunked body on a capped route) is read before a worker is chosen when it
+//! fits Pingora's 64 KiB replay buffer: the backend then never sees a refused body at all, and
+//! an accepted one is replayed intact. Any other body streams through and is checked on the
+//! way; when it breaks a limit, the upstream request is aborted mid-body, so the backend sees
+//! a broken request (never a shorter valid one) and the client gets the refusal.
 
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::{RequestCtx, SloGuard};
+use crate::stages::json_guard::{JsonScanner, JsonVerdict};
 use crate::stages::payload::{self, BodyCounter};
 use crate::stages::Rejection;
 
@@ -18,7 +20,8 @@ use crate::stages::Rejection;
 const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
 
 impl SloGuard {
-    /// Reads and checks the body up front when it has to be; `Some` when it is refused.
+    /// Sets up the body checks, and reads and checks the body up front when it has to be;
+    /// `Some` when it is refused.
     pub(super) async fn check_body(
         &self,
         session: &mut Session,
@@ -29,14 +32,16 @@ impl SloGuard {
         };
         let route = policy.routes.get(ctx.route);
         ctx.body = BodyCounter::new(route.max_body_bytes);
+        if session.is_body_empty() {
+            return Ok(None);
+        }
+        ctx.json = route.json.map(JsonScanner::new);
         let declared = super::declared_content_length(session.req_header());
         let bound = declared.or(route.max_body_bytes);
         let chunked_under_cap = declared.is_none() && route.max_body_bytes.is_some();
-        if !chunked_under_cap
-            || bound.is_none_or(|b| b > REPLAY_BUFFER_BYTES)
-            || session.is_body_empty()
-        {
-            return Ok(None);
+        let whole = ctx.json.is_some() || chunked_under_cap;
+        if !whole || bound.is_none_or(|b| b > REPLAY_BUFFER_BYTES) {
+            return Ok(None); // checked as it streams, in `stream_body`
         }
         session.as_mut().enable_retry_buffering();
         let timeout = policy.limits.body_read_timeout;
@@ -46,36 +51,64 @@ impl SloGuard {
                 Ok(read) => read?,
             };
             let Some(chunk) = chunk else { break };
-            if let Err(rejection) = ctx.body.add(chunk.len()) {
+            if let Some(rejection) = check_chunk(ctx, &chunk) {
                 return Ok(Some(rejection));
             }
+        }
+        if let Some(rejection) = finish_json(ctx) {
+            return Ok(Some(rejection));
         }
         ctx.body_checked = true;
         Ok(None)
     }
 
-    /// Counts a streamed body; over its cap, aborts the upstream request (the client gets
-    /// the 413 from `fail_to_proxy`).
+    /// Checks a streamed body chunk by chunk; on a refusal, aborts the upstream request
+    /// (the client gets the answer from `fail_to_proxy`).
     pub(super) fn stream_body(
         &self,
         body: &mut Option<bytes::Bytes>,
-        _end: bool,
+        end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.body_checked {
             return Ok(());
         }
-        if let Some(chunk) = body {
-            if let Err(rejection) = ctx.body.add(chunk.len()) {
+        let mut refusal = body.as_ref().and_then(|chunk| check_chunk(ctx, chunk));
+        if refusal.is_none() && end {
+            refusal = finish_json(ctx);
+        }
+        match refusal {
+            None => Ok(()),
+            Some(rejection) => {
                 *body = None;
                 let status = rejection.status;
                 ctx.pending_rejection = Some(rejection);
-                return Error::e_explain(
+                Error::e_explain(
                     ErrorType::HTTPStatus(status),
-                    "request body over its cap",
-                );
+                    "request body refused mid-stream",
+                )
             }
         }
-        Ok(())
     }
+}
+
+/// One more chunk against the cap and the JSON scanner.
+fn check_chunk(ctx: &mut RequestCtx, chunk: &[u8]) -> Option<Rejection> {
+    if let Err(rejection) = ctx.body.add(chunk.len()) {
+        return Some(rejection);
+    }
+    match ctx.json.as_mut().map(|s| s.feed(chunk)) {
+        Some(verdict @ (JsonVerdict::Invalid { .. } | JsonVerdict::OverLimit { .. })) => {
+            verdict.rejection()
+        }
+        _ => None,
+    }
+}
+
+/// End of body: the JSON document must be complete.
+fn finish_json(ctx: &mut RequestCtx) -> Option<Rejection> {
+    ctx.json
+        .as_mut()
+        .and_then(|s| s.finish().err())
+        .and_then(|v| v.rejection())
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Policy;
+use crate::stages::json_guard::JsonScanner;
 use crate::stages::payload::BodyCounter;
 use crate::stages::ratelimit::RateHeaders;
 use crate::stages::route::RouteId;
@@ -47,6 +48,8 @@ pub struct RequestCtx {
     pub limited_by: Option<std::sync::Arc<str>>,
     /// Body bytes seen so far against the route's cap (streamed bodies).
     pub body: BodyCounter,
+    /// The route's JSON guard, scanning this request's body.
+    pub json: Option<JsonScanner>,
     /// The body was read and checked whole before proxying (Pingora replays it).
     pub body_checked: bool,
     /// A refusal decided mid-stream (body over its cap): `fail_to_proxy` writes it.
@@ -76,6 +79,7 @@ impl RequestCtx {
             limited_by: None,
             body: BodyCounter::new(None),
             body_checked: false,
+            json: None,
             pending_rejection: None,
             guard: None,
         }

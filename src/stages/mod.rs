@@ -2,11 +2,15 @@
 //! the Pingora phases in `proxy` only sequence stages and write their answers.
 //!
 //! - [`route`]: which route (SLO, priority, caps) a request belongs to.
-//! - [`payload`]: body-size caps, answered before the backend sees a byte.
+//! - [`payload`]: URL, header and body-size limits, answered before the backend sees a byte.
+//! - [`json_guard`]: a streaming JSON scan with shape limits (depth, keys, array length,
+//!   string bytes), no DOM.
+//! - [`ratelimit`]: per-tenant limits shared through Redis, with a local fallback.
 //! - [`admission`]: wait for a worker slot within the route's deadline, or be shed.
 //! - [`retry`]: whether a failed attempt goes to another worker, within a budget.
 
 pub mod admission;
+pub mod json_guard;
 pub mod payload;
 pub mod ratelimit;
 pub mod retry;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::Method;
 
+use super::json_guard::JsonLimits;
+
 /// Shedding order under overload: `Sheddable` goes first, `Critical` last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
@@ -77,6 +79,8 @@ pub struct Route {
     pub per_try_timeout: Option<Duration>,
     /// Requests of this route may be retried whatever their method.
     pub retry_idempotent: bool,
+    /// The body must be JSON within these limits (checked as it streams).
+    pub json: Option<JsonLimits>,
 }
 
 impl Route {
@@ -92,6 +96,7 @@ impl Route {
             queue_budget: None,
             per_try_timeout: None,
             retry_idempotent: false,
+            json: None,
         }
     }
 }
