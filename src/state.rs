@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::admin::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
 use crate::config::Policy;
 use crate::reload::ReloadRecord;
@@ -35,6 +36,7 @@ pub struct State {
     pub rejections: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
     /// Requests between `new_ctx` and the end of `logging` (held by [`RequestGuard`]).
     in_flight: Arc<AtomicUsize>,
+    pub access_log: AccessLog,
     /// SIGTERM received: not ready, draining.
     pub draining: AtomicBool,
     /// When this process started serving.
@@ -61,6 +63,7 @@ impl State {
             last_reload: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
+            access_log: AccessLog::default(),
             rejections: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }

@@ -102,3 +102,53 @@ async fn metrics_count_outcomes_refusals_and_worker_state() {
         .count();
     assert!(series < 1500, "{series} series");
 }
+
+#[tokio::test]
+async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
+    let be = backend(1);
+    let sg = Sloguard::spawn_logging(
+        &be.addrs(),
+        &format!("{ROUTES}\n[log]\naccess = \"all\"\n"),
+        "warn,sloguard::access=info",
+    );
+    let http = client();
+    let r = http
+        .post(sg.url("/v1/events"))
+        .header("x-request-id", "ok-1")
+        .json(&event("c", "e", 1, 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = http
+        .post(sg.url("/v1/events"))
+        .header("x-request-id", "big-1")
+        .body("x".repeat(5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines: Vec<serde_json::Value> = sg
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "sloguard::access")
+        .collect();
+    let find = |id: &str| {
+        lines
+            .iter()
+            .find(|v| v["fields"]["request_id"] == id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ok = find("ok-1");
+    assert_eq!(ok["fields"]["decision"], "admitted", "{lines:?}");
+    assert_eq!(ok["fields"]["route"], "ingest");
+    assert_eq!(ok["fields"]["status"], 202);
+    assert!(ok["fields"]["worker"].as_u64().is_some());
+    let big = find("big-1");
+    assert_eq!(big["fields"]["decision"], "rejected", "{lines:?}");
+    assert_eq!(big["fields"]["reason"], "body_too_large");
+    assert_eq!(big["fields"]["status"], 413);
+}

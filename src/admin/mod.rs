@@ -3,6 +3,7 @@
 //! Served by its own Pingora service on its own port, so a saturated proxy listener never
 //! hides the health and status endpoints.
 
+pub mod access_log;
 pub mod metrics;
 
 use std::sync::Arc;

@@ -31,6 +31,8 @@ pub struct PolicyFile {
     pub ratelimit: RateLimitFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub log: LogFile,
 }
 
 /// `[listen]`: where sloguard accepts traffic.

@@ -88,6 +88,26 @@ pub enum AlgorithmFile {
     Aimd,
 }
 
+/// `[log]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `off`, `sampled` (default) or `all`.
+    #[serde(default)]
+    pub access: AccessModeFile,
+    pub sample: Option<Spanned<f64>>,
+    pub refusals_per_second: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessModeFile {
+    Off,
+    #[default]
+    Sampled,
+    All,
+}
+
 /// `[limits]`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

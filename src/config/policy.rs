@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::error::{Location, PolicyError};
 use super::file::{PolicyFile, PriorityFile, RouteFile};
 use super::locate::{fingerprint, key_path_at};
+use crate::admin::access_log::AccessLogConfig;
 use crate::stages::admission::SheddingConfig;
 use crate::stages::json_guard::JsonLimits;
 use crate::stages::payload::HeadLimits;
@@ -49,6 +50,8 @@ pub struct Policy {
     pub ratelimit: RateLimitConfig,
     /// `[limits]`: URL, header and body-timeout limits for every request.
     pub limits: HeadLimits,
+    /// `[log]`: the access log.
+    pub access_log: AccessLogConfig,
 }
 
 /// `[listen]`, validated.
@@ -92,6 +95,7 @@ impl Policy {
             retry: v.retry(&raw.retry)?,
             ratelimit,
             limits: v.limits(&raw.limits)?,
+            access_log: v.access_log(&raw.log)?,
         })
     }
 }

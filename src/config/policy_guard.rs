@@ -5,8 +5,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::Validator;
+use crate::admin::access_log::{AccessLogConfig, AccessMode};
 use crate::config::error::PolicyError;
-use crate::config::file::LimitsFile;
+use crate::config::file::{AccessModeFile, LimitsFile, LogFile};
 use crate::config::file::{
     AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, RetryFile, SheddingFile,
 };
@@ -205,6 +206,24 @@ impl Validator<'_> {
             smoothing: self.ratio_or(&c.smoothing, &k("smoothing"), d.smoothing, (0.01, 1.0))?,
             window: self.ms_or(&c.window_ms, &k("window_ms"), d.window)?,
             ..d
+        })
+    }
+
+    pub(super) fn access_log(&self, l: &LogFile) -> Result<AccessLogConfig, PolicyError> {
+        let d = AccessLogConfig::default();
+        Ok(AccessLogConfig {
+            mode: match l.access {
+                AccessModeFile::Off => AccessMode::Off,
+                AccessModeFile::Sampled => AccessMode::Sampled,
+                AccessModeFile::All => AccessMode::All,
+            },
+            sample: self.ratio_or(&l.sample, "log.sample", d.sample, (0.0, 1.0))?,
+            refusals_per_second: self.count_or(
+                &l.refusals_per_second,
+                "log.refusals_per_second",
+                d.refusals_per_second,
+                1_000_000,
+            )?,
         })
     }
 

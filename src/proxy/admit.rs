@@ -41,6 +41,7 @@ impl SloGuard {
     ) -> std::result::Result<(), Rejection> {
         let admission = &self.state.admission;
         let deadline = ctx.started + budget;
+        let arrived = Instant::now();
         let mut woken = false;
         loop {
             if woken || !admission.must_queue() {
@@ -55,8 +56,8 @@ impl SloGuard {
                         admission.on_admitted_directly(Instant::now());
                     }
                     ctx.lease = Some(lease);
-                    ctx.queued = ctx.started.elapsed();
                     if woken {
+                        ctx.queued = arrived.elapsed();
                         self.state
                             .metrics
                             .load()
@@ -76,7 +77,7 @@ impl SloGuard {
             match outcome {
                 Wait::Woken { .. } => woken = true,
                 Wait::Shed(reason) => {
-                    ctx.queued = ctx.started.elapsed();
+                    ctx.queued = arrived.elapsed();
                     let mut rejection = reason.rejection(budget);
                     rejection.retry_after = Some(admission.retry_after_secs());
                     return Err(rejection);

@@ -25,6 +25,7 @@ use pingora::{Error, ErrorType, Result};
 pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 
+use crate::admin::access_log;
 use crate::admin::metrics::{Outcome, SHED_REASONS};
 use crate::stages::payload;
 use crate::stages::retry::{self, FailedAttempt};
@@ -386,20 +387,41 @@ impl ProxyHttp for SloGuard {
             outcome,
             ctx.started.elapsed().as_secs_f64(),
         );
+        let refused = ctx.rejection.is_some();
+        let Some(policy) = ctx.policy.clone() else {
+            return;
+        };
+        let log = &self.state.access_log;
+        if !log.should_log(
+            &policy.access_log,
+            refused,
+            rand::random::<f64>(),
+            Instant::now(),
+        ) {
+            return;
+        }
         let req = session.req_header();
-        tracing::debug!(
+        let reason = ctx.rejection.as_ref().map(|r| r.reason);
+        let dropped = log.take_dropped();
+        tracing::info!(
             target: "sloguard::access",
             request_id = %ctx.request_id,
             method = %req.method,
             path = %req.uri.path(),
             route = ctx.route_name(),
+            decision = access_log::decision(reason, status, ctx.queued),
+            reason,
+            rule = ctx.limited_by.as_deref(),
             worker = ctx.worker_id,
             attempts = ctx.attempts,
-            queued_ms = ctx.queued.as_secs_f64() * 1e3,
+            retries = ctx.retries,
             status,
-            reason = ctx.rejection.as_ref().map(|r| r.reason),
-            error = e.map(|e| e.to_string()),
+            queue_ms = ctx.queued.as_secs_f64() * 1e3,
+            upstream_ms = ctx.dispatched.map(|d| d.elapsed().as_secs_f64() * 1e3),
             total_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            error = e.map(|e| e.to_string()),
+            refusal_lines_dropped = (dropped > 0).then_some(dropped),
+            "access"
         );
     }
 }

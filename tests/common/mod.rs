@@ -75,9 +75,14 @@ impl Sloguard {
     /// Starts sloguard in front of `workers` with `rest` appended to the policy, and waits
     /// until both listeners answer.
     pub fn spawn(workers: &[SocketAddr], rest: &str) -> Sloguard {
+        Sloguard::spawn_logging(workers, rest, "warn")
+    }
+
+    /// Like `spawn`, with JSON log lines at `filter` (a `RUST_LOG` value) in [`Sloguard::log`].
+    pub fn spawn_logging(workers: &[SocketAddr], rest: &str, filter: &str) -> Sloguard {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Sloguard::try_spawn(workers, rest) {
+            match Sloguard::try_spawn(workers, rest, filter) {
                 Ok(s) => return s,
                 Err(e) => last_err = e,
             }
@@ -85,7 +90,7 @@ impl Sloguard {
         panic!("sloguard did not start: {last_err}");
     }
 
-    fn try_spawn(workers: &[SocketAddr], rest: &str) -> Result<Sloguard, String> {
+    fn try_spawn(workers: &[SocketAddr], rest: &str, filter: &str) -> Result<Sloguard, String> {
         let dir = tempfile::tempdir().unwrap();
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -93,9 +98,9 @@ impl Sloguard {
         std::fs::write(&policy_path, policy_text(proxy, admin, workers, rest)).unwrap();
         let log = std::fs::File::create(dir.path().join("sloguard.log")).unwrap();
         let child = Command::new(sloguard_bin())
-            .args(["run", "--config"])
+            .args(["--log-format", "json", "run", "--config"])
             .arg(&policy_path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
