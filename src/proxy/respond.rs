@@ -64,7 +64,9 @@ pub async fn write_rejection(
         header.insert_header("ratelimit-policy", h.policy.as_str())?;
         header.insert_header("ratelimit", h.limit.as_str())?;
     }
-    if !session.is_body_empty() {
+    // Close the connection when a request body may be left unread (the next request on it
+    // could not be framed) and after any 400: the client's framing cannot be trusted.
+    if rejection.status == 400 || !session.is_body_empty() {
         session.set_keepalive(None);
     }
     session

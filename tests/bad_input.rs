@@ -1,0 +1,133 @@
+//! Malformed and hostile requests, request smuggling first: each gets its exact status, and
+//! the backend's own counters prove it saw none of them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// (name, raw request, expected status line prefix)
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "two different content-lengths",
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        "HTTP/1.1 400",
+    ),
+    (
+        "a non-numeric content-length",
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-length: 5x\r\n\r\nhello",
+        "HTTP/1.1 400",
+    ),
+    (
+        "transfer-encoding other than chunked",
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\nhello",
+        "HTTP/1.1 400",
+    ),
+    ("a malformed request line", "GARBAGE\r\n\r\n", "HTTP/1.1 400"),
+    ("a request line without a version", "GET /v1/metrics\r\nhost: x\r\n\r\n", "HTTP/1.1 400"),
+    (
+        "an obsolete line fold (header injection attempt)",
+        "GET /v1/metrics HTTP/1.1\r\nhost: x\r\nx-a: b\r\n x-injected: c\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
+        "a space before the colon",
+        "GET /v1/metrics HTTP/1.1\r\nhost: x\r\nx-a : b\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+];
+
+#[tokio::test]
+async fn hostile_requests_get_their_status_and_never_reach_the_backend() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(
+        &be.addrs(),
+        &format!("{ROUTES}\n[limits]\nmax_header_bytes = 8192\n"),
+    );
+    let before = backend_seen(&be).await;
+    let mut failures = vec![];
+    for (name, raw, expect) in CASES {
+        let got = raw_exchange(sg.proxy, raw.as_bytes(), Duration::from_secs(2)).await;
+        let line = got
+            .lines()
+            .next()
+            .unwrap_or("(connection closed without an answer)")
+            .to_string();
+        println!(
+            "{name}: {line} (backend saw {})",
+            backend_seen(&be).await - before
+        );
+        if !line.starts_with(expect) {
+            failures.push(format!("{name}: expected {expect}, got {line}"));
+        }
+    }
+    // Raw non-UTF-8 bytes in the path.
+    let got = raw_exchange(
+        sg.proxy,
+        b"GET /v1/\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    let line = got.lines().next().unwrap_or_default().to_string();
+    println!("non-UTF-8 path: {line}");
+    if !line.starts_with("HTTP/1.1 400") {
+        failures.push(format!("non-UTF-8 path: expected 400, got {line}"));
+    }
+    // Absurd header counts: 2000 small headers.
+    let many: String = (0..2000).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let got = raw_exchange(
+        sg.proxy,
+        format!("GET /v1/metrics HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    let line = got.lines().next().unwrap_or_default().to_string();
+    println!("2000 headers: {line}");
+    if !(line.starts_with("HTTP/1.1 431") || line.starts_with("HTTP/1.1 400")) {
+        failures.push(format!("2000 headers: expected 431 or 400, got {line}"));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        backend_seen(&be).await,
+        before,
+        "the backend saw a hostile request"
+    );
+    assert_eq!(be.store().total_events(), 0);
+}
+
+/// Content-Length and Transfer-Encoding together: the request is framed by
+/// Transfer-Encoding alone and the connection is closed after the answer (RFC 9112 6.1, as
+/// Pingora does), so the bytes after the chunked body (the smuggled "G...") never become a
+/// second request, on our side or the backend's.
+#[tokio::test]
+async fn a_cl_te_smuggling_attempt_cannot_desync_the_connection() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(&be.addrs(), ROUTES);
+    let before = backend_seen(&be).await;
+    let raw = "POST /debug/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+    let got = raw_exchange(sg.proxy, raw.as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(
+        got.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {got}"
+    );
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    let echo: serde_json::Value =
+        serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        echo["body_len"], 3,
+        "framed by the chunked encoding: {echo}"
+    );
+    assert!(echo["headers"].get("content-length").is_none(), "{echo}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        backend_seen(&be).await - before,
+        1,
+        "the smuggled GET never reached the backend"
+    );
+}
