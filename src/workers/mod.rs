@@ -8,6 +8,8 @@
 
 pub mod ewma;
 pub mod health;
+#[cfg(test)]
+mod health_props;
 pub mod limiter;
 mod pick;
 pub mod probe;
