@@ -86,6 +86,8 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     routes: usize,
     workers: usize,
+    /// The policy version these handles were bound to (its info gauge is 1).
+    version: String,
     /// [route][class][worker 0 = none, 1..=N]
     requests: Vec<Counter>,
     /// [route][outcome]
@@ -140,6 +142,7 @@ impl Metrics {
             handle,
             routes: 0,
             workers: 0,
+            version: String::new(),
             requests: vec![],
             durations: vec![],
             shed: vec![],
@@ -179,6 +182,7 @@ impl Metrics {
             recorder: self.recorder.clone(),
             routes: 0,
             workers: 0,
+            version: self.version.clone(),
             requests: vec![],
             durations: vec![],
             shed: vec![],
@@ -279,14 +283,16 @@ impl Metrics {
                 }
             })
             .collect();
-        r.register_gauge(
-            &key(
-                "sloguard_config_info",
-                &[("version", policy.version.clone())],
-            ),
-            &meta(),
-        )
-        .set(1.0);
+        // One version at 1: the one serving now.
+        if !self.version.is_empty() && self.version != policy.version {
+            let old = [("version", self.version.clone())];
+            r.register_gauge(&key("sloguard_config_info", &old), &meta())
+                .set(0.0);
+        }
+        let new = [("version", policy.version.clone())];
+        r.register_gauge(&key("sloguard_config_info", &new), &meta())
+            .set(1.0);
+        self.version = policy.version.clone();
         self.routes = routes.len();
         self.workers = workers;
         self.requests = requests;
