@@ -253,6 +253,9 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                // Tests make Redis slow on purpose with DEBUG SLEEP.
+                "--enable-debug-command",
+                "local",
             ])
             .arg("--dir")
             .arg(self.dir.path())
@@ -348,4 +351,19 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> S
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+impl RedisServer {
+    /// Sends one inline command (e.g. `DEBUG SLEEP 0.5`) without waiting for its answer.
+    pub fn send(&self, command: &str) {
+        use std::io::Write;
+        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200))
+            .expect("redis reachable");
+        s.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        // Keep the connection open long enough for the command to be read.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            drop(s);
+        });
+    }
 }

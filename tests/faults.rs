@@ -1,0 +1,136 @@
+//! More faults on real processes: a worker answering 5xx, Redis answering slowly. What the
+//! client sees, and that sloguard recovers by itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test]
+async fn a_worker_answering_5xx_is_ejected_after_a_few_and_the_rest_go_elsewhere() {
+    let failing = FaultSpec {
+        status: Some(503),
+        every: 1,
+        ..FaultSpec::default()
+    };
+    let be = backend_with_faults(2, vec![(2, failing)]);
+    let sg = Sloguard::spawn(&be.addrs(), ROUTES);
+    let http = client();
+    let mut errors = 0;
+    for i in 0..100u64 {
+        let r = http
+            .post(sg.url("/v1/events"))
+            .json(&event("c", "e", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 202 {
+            errors += 1;
+        }
+    }
+    let st: Value = http
+        .get(sg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!("{errors} errors; worker 2: {}", st["workers"][1]);
+    // The default consecutive_failures is 5: at most that many 503s reach clients before the
+    // worker is ejected (POSTs are never retried: the worker may have acted on them).
+    assert!(errors <= 5, "{errors} errors");
+    assert_eq!(st["workers"][1]["state"], "ejected");
+    assert!(
+        st["workers"][1]["reason"].as_str().unwrap().contains("5xx"),
+        "{}",
+        st["workers"][1]
+    );
+    assert_eq!(
+        be.store().total_events(),
+        100 - errors as u64,
+        "every 202 stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_costs_no_request_more_than_its_timeout() {
+    let redis = RedisServer::spawn();
+    let be = backend(1);
+    let policy = format!(
+        "{ROUTES}\n[ratelimit]\nredis_url = \"{}\"\ntimeout_ms = 20\n\n[[ratelimit.rule]]\nname = \"t\"\nroutes = [\"ingest\"]\nkey = \"header:x-tenant\"\nrate = 1000\nburst = 100\n",
+        redis.url()
+    );
+    let sg = Sloguard::spawn(&be.addrs(), &policy);
+    let http = client();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut refused = 0;
+    let mut slept = false;
+    let mut i = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        if !slept && started.elapsed() > Duration::from_millis(500) {
+            // Redis stops answering anyone for 1.5 s.
+            redis.send("DEBUG SLEEP 1.5");
+            slept = true;
+        }
+        let t = Instant::now();
+        let r = http
+            .post(sg.url("/v1/events"))
+            .header("x-tenant", format!("t{}", i % 10))
+            .json(&event("c", "e", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        slowest = slowest.max(t.elapsed());
+        if r.status() != 202 {
+            refused += 1;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let st: Value = http
+        .get(sg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!(
+        "{i} requests, {refused} refused, slowest {slowest:?}, {}",
+        st["ratelimit"]
+    );
+    assert_eq!(refused, 0);
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a request waited {slowest:?} on a sleeping Redis"
+    );
+    assert!(
+        st["ratelimit"]["redis_errors"].as_u64().unwrap() >= 1,
+        "the sleep was noticed"
+    );
+    // Redis is awake again: shared limiting resumes by itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st: Value = http
+            .get(sg.admin_url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if st["ratelimit"]["mode"] == "redis" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never back to redis: {}",
+            st["ratelimit"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
