@@ -113,6 +113,7 @@ impl State {
             notes.push("the worker list changed: per-worker state starts afresh".to_string());
         }
         let redis_same = new.ratelimit.redis_url == old.ratelimit.redis_url
+            && new.ratelimit.redis_cluster_nodes == old.ratelimit.redis_cluster_nodes
             && new.ratelimit.timeout == old.ratelimit.timeout
             && new.ratelimit.failures_to_open == old.ratelimit.failures_to_open;
         if !redis_same {

@@ -279,3 +279,53 @@ async fn with_on_redis_error_deny_a_dead_redis_refuses_limited_routes_with_503()
     assert_eq!(r.status(), 200);
     assert_eq!(be.store().total_events(), 0);
 }
+
+/// Scaling out: the same limits on a three-node Redis Cluster. Keys spread over the nodes
+/// (each key is one hash tag, so its state sits on one slot), and two replicas of sloguard
+/// still enforce one limit per tenant together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_limits_hold_on_a_redis_cluster() {
+    let cluster = RedisCluster::spawn();
+    let be = backend(2);
+    let policy = format!(
+        r#"{ROUTES}
+[ratelimit]
+redis_cluster_nodes = {}
+timeout_ms = 50
+
+[[ratelimit.rule]]
+name = "per-tenant"
+routes = ["ingest"]
+key = "header:x-tenant"
+rate = 20
+burst = 2
+"#,
+        cluster.nodes_toml()
+    );
+    let a = Sloguard::spawn(&be.addrs(), &policy);
+    let b = Sloguard::spawn(&be.addrs(), &policy);
+    let urls = [format!("http://{}", a.proxy), format!("http://{}", b.proxy)];
+    // Warm the cluster connections (the first call discovers the slots).
+    for t in 0..12 {
+        send(&urls, &format!("warm-{t}"), 2, 50.0).await;
+    }
+    let (counts, _) = send(&urls, "shared", 120, 40.0).await;
+    let allowed = counts.get(&202).copied().unwrap_or(0);
+    let calls = cluster.script_calls_per_node();
+    println!("{counts:?}; script calls per node {calls:?}");
+    // 3 s at 20/s plus a burst of 2 (+1) for the fleet: 63.
+    assert!((57..=69).contains(&allowed), "allowed {allowed} of 120");
+    assert!(
+        calls.iter().filter(|c| **c > 0).count() >= 2,
+        "every key on one node: {calls:?}"
+    );
+    let st: Value = client()
+        .get(a.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["ratelimit"]["mode"], "redis", "{}", st["ratelimit"]);
+}

@@ -9,6 +9,9 @@ use toml::Spanned;
 pub struct RateLimitFile {
     /// `redis://host:port[/db]`; absent = limits run in-process.
     pub redis_url: Option<Spanned<String>>,
+    /// Seed nodes of a Redis Cluster (`["redis://a:6379", ...]`), instead of `redis_url`.
+    #[serde(default)]
+    pub redis_cluster_nodes: Vec<Spanned<String>>,
     pub timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub on_redis_error: OnRedisErrorFile,

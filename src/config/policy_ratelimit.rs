@@ -32,6 +32,24 @@ impl Validator<'_> {
                 Some(u.get_ref().clone())
             }
         };
+        let mut redis_cluster_nodes = Vec::new();
+        for node in &r.redis_cluster_nodes {
+            if redis::Client::open(node.get_ref().as_str()).is_err() {
+                return Err(self.invalid(
+                    node.span(),
+                    "ratelimit.redis_cluster_nodes",
+                    format!("`{}` is not a Redis URL", node.get_ref()),
+                ));
+            }
+            redis_cluster_nodes.push(node.get_ref().clone());
+        }
+        if let (Some(u), false) = (&r.redis_url, redis_cluster_nodes.is_empty()) {
+            return Err(self.invalid(
+                u.span(),
+                "ratelimit.redis_url",
+                "give redis_url or redis_cluster_nodes, not both",
+            ));
+        }
         let replicas_hint = match &r.replicas_hint {
             None => 1,
             Some(v) => self.positive(v, "ratelimit.replicas_hint")?,
@@ -135,6 +153,7 @@ impl Validator<'_> {
         }
         Ok(RateLimitConfig {
             redis_url,
+            redis_cluster_nodes,
             timeout: match &r.timeout_ms {
                 None => d.timeout,
                 Some(t) => self.millis(t, "ratelimit.timeout_ms")?,

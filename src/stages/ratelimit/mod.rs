@@ -126,6 +126,7 @@ pub struct RateStats {
 /// The rate-limit stage's live state.
 pub struct RateLimiter {
     redis_url: Option<String>,
+    cluster_nodes: Vec<String>,
     redis_timeout: Duration,
     /// Made on first use, inside a Tokio runtime (the connection manager spawns its driver
     /// there; the process builds this before Pingora's runtimes exist).
@@ -147,8 +148,12 @@ impl RateLimiter {
         if let Some(url) = &cfg.redis_url {
             ::redis::Client::open(url.as_str())?;
         }
+        for node in &cfg.redis_cluster_nodes {
+            ::redis::Client::open(node.as_str())?;
+        }
         Ok(RateLimiter {
             redis_url: cfg.redis_url.clone(),
+            cluster_nodes: cfg.redis_cluster_nodes.clone(),
             redis_timeout: cfg.timeout,
             redis: OnceLock::new(),
             breaker: Breaker::new(cfg.failures_to_open),
@@ -160,10 +165,11 @@ impl RateLimiter {
 
     /// `redis`, `fallback` (Redis configured but the breaker is open) or `local`.
     pub fn mode(&self) -> &'static str {
-        match (&self.redis_url, self.breaker.is_open()) {
-            (None, _) => "local",
-            (Some(_), false) => "redis",
-            (Some(_), true) => "fallback",
+        let shared = self.redis_url.is_some() || !self.cluster_nodes.is_empty();
+        match (shared, self.breaker.is_open()) {
+            (false, _) => "local",
+            (true, false) => "redis",
+            (true, true) => "fallback",
         }
     }
 
@@ -171,8 +177,12 @@ impl RateLimiter {
     fn redis(&self) -> Option<&RedisStore> {
         self.redis
             .get_or_init(|| {
-                let url = self.redis_url.as_ref()?;
-                RedisStore::new(url, self.redis_timeout)
+                let store = if self.cluster_nodes.is_empty() {
+                    RedisStore::new(self.redis_url.as_ref()?, self.redis_timeout)
+                } else {
+                    RedisStore::cluster(&self.cluster_nodes, self.redis_timeout)
+                };
+                store
                     .map_err(|e| tracing::error!(error = %e, "rate limits: cannot use redis; limiting in-process"))
                     .ok()
             })

@@ -3,11 +3,17 @@
 //! with skewed clocks agree. Keys carry a prefix and expire when replenished.
 //!
 //! The script checks every rule first and only then records the request, and only if no
-//! enforced rule denied it: a request refused by one rule does not use up the others.
+//! enforced rule denied it: a request refused by one rule does not use up the others. On a
+//! Redis Cluster the rules' keys live on different slots, so each rule is decided by its own
+//! call (sent together): there, a request refused by one rule still counts against the others.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use tokio::sync::OnceCell;
 
 use super::gcra::{Gcra, GcraDecision};
 
@@ -56,10 +62,19 @@ pub enum RedisCallError {
     Shape(usize, usize),
 }
 
-/// A handle on the shared limiter (cheap to clone: the connection is multiplexed).
-#[derive(Clone)]
+/// Where the limiter's state lives.
+enum Conn {
+    /// One Redis (or a primary behind a proxy): all of a request's rules in one script call.
+    Single(ConnectionManager),
+    /// A Redis Cluster: keys live on different slots, so each rule is its own script call,
+    /// all sent at once (one round trip in time). A rule's key is one hash tag, so its state
+    /// stays on one slot. Connected on first use; the client follows slot moves itself.
+    Cluster(ClusterClient, Arc<OnceCell<ClusterConnection>>),
+}
+
+/// A handle on the shared limiter (the connection is multiplexed).
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     script: redis::Script,
     timeout: Duration,
 }
@@ -85,10 +100,33 @@ impl RedisStore {
             .set_response_timeout(Some(timeout.max(Duration::from_millis(1))));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(RedisStore {
-            conn,
+            conn: Conn::Single(conn),
             script: redis::Script::new(SCRIPT),
             timeout,
         })
+    }
+
+    /// A Redis Cluster from its seed nodes.
+    pub fn cluster(nodes: &[String], timeout: Duration) -> Result<RedisStore, redis::RedisError> {
+        let client = ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(Duration::from_millis(250))
+            .response_timeout(timeout.max(Duration::from_millis(1)))
+            .retries(1)
+            .build()?;
+        Ok(RedisStore {
+            conn: Conn::Cluster(client, Arc::new(OnceCell::new())),
+            script: redis::Script::new(SCRIPT),
+            timeout,
+        })
+    }
+
+    async fn cluster_conn(
+        client: &ClusterClient,
+        cell: &OnceCell<ClusterConnection>,
+    ) -> redis::RedisResult<ClusterConnection> {
+        cell.get_or_try_init(|| client.get_async_connection())
+            .await
+            .cloned()
     }
 
     /// Decides one request for `keys[i]` under `rules[i]` (gcra, enforce); one round trip.
@@ -97,16 +135,37 @@ impl RedisStore {
         keys: &[String],
         rules: &[(Gcra, bool)],
     ) -> Result<Vec<GcraDecision>, RedisCallError> {
-        let mut invocation = self.script.prepare_invoke();
-        for (key, (gcra, enforce)) in keys.iter().zip(rules) {
-            invocation.key(key);
-            invocation
-                .arg(gcra.interval_us)
-                .arg(gcra.tau_us)
-                .arg(u8::from(*enforce));
-        }
-        let mut conn = self.conn.clone();
-        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        let call = async {
+            match &self.conn {
+                Conn::Single(conn) => {
+                    let mut invocation = self.script.prepare_invoke();
+                    for (key, (gcra, enforce)) in keys.iter().zip(rules) {
+                        invocation.key(key);
+                        invocation
+                            .arg(gcra.interval_us)
+                            .arg(gcra.tau_us)
+                            .arg(u8::from(*enforce));
+                    }
+                    let mut conn = conn.clone();
+                    invocation.invoke_async::<Vec<i64>>(&mut conn).await
+                }
+                Conn::Cluster(client, cell) => {
+                    let conn = Self::cluster_conn(client, cell).await?;
+                    let calls = keys.iter().zip(rules).map(|(key, (gcra, enforce))| {
+                        let mut conn = conn.clone();
+                        let mut invocation = self.script.prepare_invoke();
+                        invocation.key(key);
+                        invocation
+                            .arg(gcra.interval_us)
+                            .arg(gcra.tau_us)
+                            .arg(u8::from(*enforce));
+                        async move { invocation.invoke_async::<Vec<i64>>(&mut conn).await }
+                    });
+                    let parts = futures_util::future::try_join_all(calls).await?;
+                    Ok(parts.into_iter().flatten().collect())
+                }
+            }
+        };
         let values = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| RedisCallError::Timeout(self.timeout))??;
@@ -127,12 +186,17 @@ impl RedisStore {
 
     /// Whether Redis answers a PING within the timeout (the breaker's health check).
     pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        matches!(
-            tokio::time::timeout(self.timeout.max(Duration::from_millis(50)), ping).await,
-            Ok(Ok(_))
-        )
+        let wait = self.timeout.max(Duration::from_millis(50));
+        let ping = async {
+            let cmd = redis::cmd("PING");
+            match &self.conn {
+                Conn::Single(conn) => cmd.query_async::<String>(&mut conn.clone()).await,
+                Conn::Cluster(client, cell) => {
+                    let mut conn = Self::cluster_conn(client, cell).await?;
+                    cmd.query_async::<String>(&mut conn).await
+                }
+            }
+        };
+        matches!(tokio::time::timeout(wait, ping).await, Ok(Ok(_)))
     }
 }

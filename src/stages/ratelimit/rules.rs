@@ -12,8 +12,10 @@ use super::gcra::Gcra;
 /// `[ratelimit]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
-    /// `None`: limits run in-process only.
+    /// `None` (and no cluster nodes): limits run in-process only.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster, instead of `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
     /// Longest wait on Redis for one request. Default 5 ms.
     pub timeout: Duration,
     pub on_redis_error: OnRedisError,
@@ -30,6 +32,7 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             redis_url: None,
+            redis_cluster_nodes: vec![],
             timeout: Duration::from_millis(5),
             on_redis_error: OnRedisError::Local,
             replicas_hint: 1,
