@@ -6,8 +6,9 @@
 #     metric, label and label value its queries use is in the metrics contract below (the
 #     same for the PrometheusRule; PromQL syntax too when the promql_parser module is
 #     installed); the contract's metrics are all registered in src/admin/metrics.rs;
-#   - the manifests agree with the policy (ports, config path, no subPath, grace period vs
-#     drain timeout, replicas_hint vs HPA, SLO thresholds in the alerts vs the routes' SLOs),
+#   - the manifests agree with the policy (sloguard a native sidecar: an init container with
+#     restartPolicy Always; ports, config path, no subPath, preStop and grace period vs drain
+#     timeout, replicas_hint vs HPA, SLO thresholds in the alerts vs the routes' SLOs),
 #     the policy uses only keys documented in config/README.md, and the shadow overlay's
 #     policy is the base policy with its modes set to "shadow";
 #   - with a sloguard binary as $1: `sloguard check` on both policies.
@@ -203,8 +204,10 @@ for path in sorted(glob.glob(os.path.join(K8S, "**/*.yaml"), recursive=True)):
     except yaml.YAMLError as e:
         fail(f"{rel(path)}: {e}")
         continue
+    # promtool's rule unit tests (monitoring/tests/) are not Kubernetes objects.
+    is_manifest = not os.path.relpath(path, K8S).startswith("monitoring/tests/")
     for d in loaded:
-        if not isinstance(d, dict) or "kind" not in d or "apiVersion" not in d:
+        if is_manifest and (not isinstance(d, dict) or "kind" not in d or "apiVersion" not in d):
             fail(f"{rel(path)}: a document without apiVersion and kind")
     docs[os.path.relpath(path, K8S)] = loaded
 ok(f"{len(docs)} YAML files parse")
@@ -219,8 +222,11 @@ def doc(name, kind):
 # --- Manifests vs policy ------------------------------------------------------------------
 dep = doc("base/deployment.yaml", "Deployment")
 pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+# sloguard is a native sidecar: an init container with restartPolicy Always (Kubernetes
+# >= 1.29), the app a regular container.
 containers = {c.get("name"): c for c in pod.get("containers", [])}
-sg, app = containers.get("sloguard"), containers.get("app")
+init_containers = {c.get("name"): c for c in pod.get("initContainers", [])}
+sg, app = init_containers.get("sloguard"), containers.get("app")
 cm_gen = doc("base/configmap.yaml", "ConfigMapGenerator")
 svc = doc("base/service.yaml", "Service")
 hpa = doc("base/hpa.yaml", "HorizontalPodAutoscaler")
@@ -234,8 +240,12 @@ def check(cond, msg):
     return cond
 
 failed_before = len(failures)
+if "sloguard" in containers:
+    fail("base/deployment.yaml: sloguard is under `containers`; it must be a native sidecar (under `initContainers`, restartPolicy: Always)")
+if sg is not None and sg.get("restartPolicy") != "Always":
+    fail("base/deployment.yaml: the sloguard init container needs `restartPolicy: Always` (a native sidecar); without it the pod waits for it to exit before starting the app")
 if sg is None or app is None:
-    fail("base/deployment.yaml: containers `app` and `sloguard` expected")
+    fail("base/deployment.yaml: the init container (native sidecar) `sloguard` and the container `app` expected")
 elif base:
     ports = {p.get("name"): p.get("containerPort") for p in sg.get("ports", [])}
     check(ports.get("proxy") == port_of(listen.get("proxy", ":0")), "sloguard container port `proxy` != listen.proxy port")
@@ -280,15 +290,31 @@ elif base:
     grace = pod.get("terminationGracePeriodSeconds", 30)
     check(prestop(sg) > 0, "sloguard: a preStop sleep expected (endpoints update before SIGTERM)")
     check(grace > prestop(sg) + drain_s, f"terminationGracePeriodSeconds {grace} must exceed sloguard's preStop {prestop(sg)} s + drain_timeout {drain_s} s")
-    check(prestop(app) > prestop(sg) + drain_s, "app preStop must outlast sloguard's preStop + drain (the workers must outlive the drain)")
+    # A native sidecar gets its SIGTERM only after the app has exited, so the app's preStop
+    # keeps the workers up through the endpoint-propagation window (sloguard's preStop) and
+    # the drain of what sloguard accepted in it; then sloguard's own drain must still fit.
+    check(prestop(app) > prestop(sg) + drain_s, f"app preStop {prestop(app)} s must outlast sloguard's preStop {prestop(sg)} s + drain_timeout {drain_s} s (the workers must outlive the drain)")
     check(grace > prestop(app), "terminationGracePeriodSeconds must exceed the app's preStop")
+    check(grace > prestop(app) + drain_s, f"terminationGracePeriodSeconds {grace} must exceed the app's preStop {prestop(app)} s + sloguard's drain_timeout {drain_s} s (the sidecar is signalled after the app exits)")
     app_text = json.dumps(app)
     for w in base.get("upstream", {}).get("workers", []):
         check(str(port_of(w)) in app_text, f"worker port {port_of(w)} (policy) does not appear in the app container")
+    # analytics-backend's flags, when the app is it: worker N on base-port + N - 1.
+    app_args = app.get("command", []) + app.get("args", [])
+    def flag(name):
+        return app_args[app_args.index(name) + 1] if name in app_args[:-1] else None
+    if flag("--base-port") is not None:
+        n, first = int(flag("--workers") or 4), int(flag("--base-port"))
+        want = [f"{flag('--bind') or '127.0.0.1'}:{first + i}" for i in range(n)]
+        check(want == base.get("upstream", {}).get("workers", []),
+              f"the app's workers ({', '.join(want)}) are not upstream.workers of the policy")
     ann = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
     check(ann.get("prometheus.io/port") in (None, str(ports.get("admin"))), "prometheus.io/port must be the admin port")
     tp = [p.get("targetPort") for p in svc.get("spec", {}).get("ports", [])]
     check(tp and all(t in ("proxy", ports.get("proxy")) for t in tp), "the Service must target sloguard's proxy port only")
+    # A named targetPort resolves against native sidecars (init containers) only from
+    # Kubernetes 1.32 (kubernetes/kubernetes#127958); before that the Service gets no endpoints.
+    check(all(t == ports.get("proxy") for t in tp), "the Service's targetPort must be the proxy port's number, not its name (sloguard is an init container)")
     hint = base.get("ratelimit", {}).get("replicas_hint", 1)
     check(hpa.get("spec", {}).get("minReplicas") == hint, f"hpa minReplicas != ratelimit.replicas_hint ({hint})")
     if "replicas" in dep.get("spec", {}):
