@@ -69,7 +69,7 @@ enum Conn {
     /// A Redis Cluster: keys live on different slots, so each rule is its own script call,
     /// all sent at once (one round trip in time). A rule's key is one hash tag, so its state
     /// stays on one slot. Connected on first use; the client follows slot moves itself.
-    Cluster(ClusterClient, Arc<OnceCell<ClusterConnection>>),
+    Cluster(Box<ClusterClient>, Arc<OnceCell<ClusterConnection>>),
 }
 
 /// A handle on the shared limiter (the connection is multiplexed).
@@ -114,7 +114,7 @@ impl RedisStore {
             .retries(1)
             .build()?;
         Ok(RedisStore {
-            conn: Conn::Cluster(client, Arc::new(OnceCell::new())),
+            conn: Conn::Cluster(Box::new(client), Arc::new(OnceCell::new())),
             script: redis::Script::new(SCRIPT),
             timeout,
         })

@@ -1,0 +1,121 @@
+//! How much CPU processes that are not ours used during a measurement: the noise detector.
+//! On a shared machine a compiler starting on the generator's core halves a closed-loop
+//! result; we would rather measure again than publish that.
+//!
+//! Sums user+system time, children's included (a short-lived process's time lands in its
+//! parent's when it is reaped), over every process outside our tree (this harness and its
+//! descendants) and outside the kernel's threads (their softirq work is our own traffic's).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// pid -> (parent pid, CPU ticks of the process and its reaped children).
+pub type ProcTable = HashMap<u32, (u32, u64)>;
+
+/// Parent pid and `utime + stime + cutime + cstime` from a /proc/PID/stat line.
+pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    let ppid = u32::try_from(num(1)?).ok()?;
+    Some((ppid, num(11)? + num(12)? + num(13)? + num(14)?))
+}
+
+/// Every process now.
+pub fn table() -> ProcTable {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return ProcTable::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, parse_stat(&s)?))
+        })
+        .collect()
+}
+
+/// Whether `pid` descends from `root` (or is it).
+fn descends(t: &ProcTable, mut pid: u32, root: u32) -> bool {
+    for _ in 0..64 {
+        if pid == root {
+            return true;
+        }
+        match t.get(&pid) {
+            Some(&(ppid, _)) if ppid != 0 && ppid != pid => pid = ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Ticks of every process that is neither in `me`'s tree nor a kernel thread (kthreadd,
+/// pid 2, and its children).
+pub fn foreign_ticks(t: &ProcTable, me: u32) -> u64 {
+    t.iter()
+        .filter(|(&pid, &(ppid, _))| pid != 2 && ppid != 2 && !descends(t, pid, me))
+        .map(|(_, &(_, ticks))| ticks)
+        .sum()
+}
+
+/// Clock ticks per second (USER_HZ).
+fn hz() -> f64 {
+    // SAFETY: sysconf has no memory preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 {
+        n as f64
+    } else {
+        100.0
+    }
+}
+
+/// A measurement window: [`Window::share`] is the foreign CPU used since it opened, in cores
+/// (0.1 = a tenth of one core).
+pub struct Window {
+    ticks: u64,
+    since: Instant,
+}
+
+impl Window {
+    pub fn open() -> Window {
+        Window {
+            ticks: foreign_ticks(&table(), std::process::id()),
+            since: Instant::now(),
+        }
+    }
+
+    pub fn share(&self) -> f64 {
+        let now = foreign_ticks(&table(), std::process::id());
+        let secs = self.since.elapsed().as_secs_f64().max(1e-3);
+        now.saturating_sub(self.ticks) as f64 / hz() / secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_times() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime cutime cstime ...
+        let s = "42 (rustc (x)) R 7 42 42 0 -1 0 1 2 3 4 100 20 5 1 20 0";
+        assert_eq!(parse_stat(s), Some((7, 126)));
+        assert_eq!(parse_stat("nonsense"), None);
+    }
+
+    #[test]
+    fn only_processes_outside_our_tree_and_the_kernel_count() {
+        let t: ProcTable = [
+            (1, (0, 1000)),   // init: foreign
+            (2, (0, 50)),     // kthreadd
+            (30, (2, 70)),    // a kernel thread
+            (100, (1, 5)),    // us
+            (101, (100, 40)), // our backend
+            (102, (101, 9)),  // its child
+            (200, (1, 300)),  // someone's cargo
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(foreign_ticks(&t, 100), 1300);
+    }
+}

@@ -1,0 +1,251 @@
+//! `sloguard-bench`: builds sloguard and the analytics backend, installs nginx and HAProxy if
+//! missing, runs the scenarios against every contender on 127.0.0.1, stops everything it
+//! started, and writes BENCHMARKS.md and bench/results.json. See BENCHMARKS.md.
+
+mod configs;
+mod foreign;
+mod loadgen;
+mod micro;
+mod procs;
+mod report;
+mod report_sections;
+mod scenarios;
+mod setup;
+mod stats;
+mod sysinfo;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use scenarios::{incident, overhead, overload, say, Env, Plan};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks sloguard against direct, nginx and HAProxy on this machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// A ~2 minute smoke run: one round, short stretches.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Do not pin (by default the generator runs on CPU 1, backend and proxies on CPU 0).
+    #[arg(long, global = true)]
+    no_pin: bool,
+    /// Use the binaries already in target/release instead of running cargo build.
+    #[arg(long, global = true)]
+    no_build: bool,
+    /// Never run apt-get; contenders whose proxy is missing are skipped.
+    #[arg(long, global = true)]
+    no_install: bool,
+    /// Skip the criterion micro-benchmarks (`all` only).
+    #[arg(long, global = true)]
+    no_micro: bool,
+    /// Keep the temp dir with the generated configs and every process's log.
+    #[arg(long, global = true)]
+    keep_temp: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+enum Cmd {
+    /// Every scenario and the micro-benchmarks; writes BENCHMARKS.md and bench/results.json.
+    All,
+    /// Scenario 1 only (prints its tables).
+    Overhead,
+    /// Scenario 2 only (prints its tables).
+    Incident,
+    /// Scenario 3 only (prints its tables).
+    Overload,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    let root = setup::workspace_root();
+    if !cli.no_build {
+        setup::build(&root)?;
+    }
+    let (nginx, haproxy) = setup::proxies(!cli.no_install);
+    let mut failures = Vec::new();
+    let micro = if cli.command == Cmd::All && !cli.no_micro {
+        micro::run(&root, cli.quick).unwrap_or_else(|e| {
+            failures.push(format!("micro-benchmarks: {e:#}"));
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+
+    // Described before pinning, which would make us see a single core.
+    let machine = sysinfo::describe(
+        nginx.as_deref().and_then(|p| p.to_str()),
+        haproxy.as_deref().and_then(|p| p.to_str()),
+    );
+    let cores = machine.nproc;
+    let pin = (!cli.no_pin && cores >= 2).then_some((0, 1));
+    let pinning = match pin {
+        Some((sut, gen)) => {
+            procs::pin_current_thread(gen).context("pinning the generator")?;
+            format!(
+                "load generator on CPU {gen}; backend and proxy on CPU {sut} (sched_setaffinity, \
+                 as `taskset -c`); every proxy runs 1 thread/process"
+            )
+        }
+        None => "none (--no-pin or a single core); every proxy runs 1 thread/process".into(),
+    };
+    let busy_before = busy_now();
+    if busy_before > 0.2 {
+        say(format!(
+            "warning: the CPUs were {:.0}% busy before we started anything: the machine is not \
+             quiet, numbers will be noisy",
+            busy_before * 100.0
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the generator runtime")?;
+    let target = setup::target_dir(&root).join("release");
+    let template = std::fs::read_to_string(root.join("config/sloguard.toml"))
+        .context("reading config/sloguard.toml")?;
+    let env = Env::new(
+        target.join("sloguard"),
+        target.join("analytics-backend"),
+        nginx.clone(),
+        haproxy.clone(),
+        template,
+        pin,
+        Plan::new(cli.quick),
+        rt,
+    )?;
+    say(format!("configs and logs in {}", env.dir.path().display()));
+
+    let want = |c: Cmd| cli.command == Cmd::All || cli.command == c;
+    let over = want(Cmd::Overhead)
+        .then(|| attempt("overhead", &mut failures, || overhead::run(&env)))
+        .flatten();
+    let inc = want(Cmd::Incident)
+        .then(|| attempt("stalled worker", &mut failures, || incident::run(&env)))
+        .flatten();
+    let ovl = want(Cmd::Overload)
+        .then(|| attempt("overload", &mut failures, || overload::run(&env)))
+        .flatten();
+    let mut memory = Vec::new();
+    memory.extend(over.iter().flat_map(|o| o.memory.clone()));
+    memory.extend(inc.iter().flat_map(|i| i.memory.clone()));
+    memory.extend(ovl.iter().flat_map(|o| o.memory.clone()));
+
+    let results = report::Results {
+        generated_at: now_utc(),
+        command: command_line(&cli),
+        plan: env.plan.clone(),
+        pinning,
+        machine,
+        busy_before,
+        total_secs: started.elapsed().as_secs_f64().round(),
+        overhead: over,
+        incident: inc,
+        overload: ovl,
+        memory,
+        micro,
+        failures,
+    };
+    let sections = report::sections(&results);
+    for (name, body) in &sections {
+        println!("\n## {name}\n\n{body}");
+    }
+    if cli.command == Cmd::All {
+        write_outputs(&root, &results, &sections)?;
+    }
+    if cli.keep_temp {
+        say(format!(
+            "configs and logs kept in {}",
+            env.dir.keep().display()
+        ));
+    }
+    say(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn write_outputs(
+    root: &std::path::Path,
+    results: &report::Results,
+    sections: &[(&str, String)],
+) -> anyhow::Result<()> {
+    let json_path = root.join("bench/results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path: PathBuf = root.join("BENCHMARKS.md");
+    let mut doc = std::fs::read_to_string(&md_path).unwrap_or_else(|_| report::SKELETON.into());
+    for (name, body) in sections {
+        match report::fill(&doc, name, body) {
+            Some(d) => doc = d,
+            None => say(format!(
+                "BENCHMARKS.md has no `<!-- bench:{name} -->` markers; section not written"
+            )),
+        }
+    }
+    std::fs::write(&md_path, doc).with_context(|| format!("writing {}", md_path.display()))?;
+    say(format!(
+        "wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    ));
+    Ok(())
+}
+
+/// Runs one part; a failure is reported and recorded, and the run goes on.
+fn attempt<T>(
+    name: &str,
+    failures: &mut Vec<String>,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> Option<T> {
+    match f() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            say(format!("{name} failed: {e:#}"));
+            failures.push(format!("{name}: {e:#}"));
+            None
+        }
+    }
+}
+
+/// Busy share of all CPUs over one second (/proc/stat).
+fn busy_now() -> f64 {
+    let before = sysinfo::cpu_times();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let shares = sysinfo::busy_shares(&before, &sysinfo::cpu_times());
+    shares.iter().sum::<f64>() / shares.len().max(1) as f64
+}
+
+fn command_line(cli: &Cli) -> String {
+    let mut s = String::from("cargo run --release -p sloguard-bench -- ");
+    s += match cli.command {
+        Cmd::All => "all",
+        Cmd::Overhead => "overhead",
+        Cmd::Incident => "incident",
+        Cmd::Overload => "overload",
+    };
+    for (on, flag) in [
+        (cli.quick, " --quick"),
+        (cli.no_pin, " --no-pin"),
+        (cli.no_build, " --no-build"),
+        (cli.no_install, " --no-install"),
+        (cli.no_micro, " --no-micro"),
+        (cli.keep_temp, " --keep-temp"),
+    ] {
+        if on {
+            s += flag;
+        }
+    }
+    s
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,143 @@
+//! Micro-benchmarks of the per-request decision paths: route match, worker choice, the
+//! concurrency limiter, the peak-EWMA estimate and the admission wait queue. Run with
+//! `cargo bench --bench decisions`; `sloguard-bench all` runs them with short times and
+//! copies the estimates into BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Method;
+use sloguard::stages::admission::queue::WaitQueue;
+use sloguard::stages::route::{Priority, Route, RouteMatch, RouteTable};
+use sloguard::workers::ewma::PeakEwma;
+use sloguard::workers::limiter::{ConcurrencyLimiter, LimiterConfig, Sample};
+use sloguard::workers::{pick_least_loaded, pick_p2c};
+
+/// The shipped policy's routes: ingest, query, then the default.
+fn routes() -> RouteTable {
+    let route = |name: &str, method: Method, prefix: &str, priority| Route {
+        name: Arc::from(name),
+        matcher: RouteMatch {
+            method: Some(method),
+            path_prefix: Some(prefix.into()),
+            path: None,
+        },
+        priority,
+        ..Route::implicit_default()
+    };
+    RouteTable::new(
+        vec![
+            route("ingest", Method::POST, "/v1/events", Priority::Critical),
+            route("query", Method::GET, "/v1/metrics", Priority::Normal),
+        ],
+        Route::implicit_default(),
+    )
+}
+
+fn route_match(c: &mut Criterion) {
+    let t = routes();
+    let mut g = c.benchmark_group("route_match");
+    g.bench_function("first_route", |b| {
+        b.iter(|| t.match_request(black_box(&Method::POST), black_box("/v1/events")))
+    });
+    g.bench_function("second_route", |b| {
+        b.iter(|| t.match_request(black_box(&Method::GET), black_box("/v1/metrics")))
+    });
+    g.bench_function("default", |b| {
+        b.iter(|| t.match_request(black_box(&Method::DELETE), black_box("/other/path")))
+    });
+    g.finish();
+}
+
+fn worker_choice(c: &mut Criterion) {
+    let mut g = c.benchmark_group("worker_choice");
+    let costs = [(0, 1.5), (1, 0.9), (2, 250.0), (3, 1.1)];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    g.bench_function("pick_p2c_4", |b| {
+        b.iter(|| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            pick_p2c(black_box(&costs), seed)
+        })
+    });
+    let loads = [3usize, 1, 7, 1];
+    g.bench_function("pick_least_loaded_4", |b| {
+        b.iter(|| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            pick_least_loaded(black_box(loads).into_iter(), black_box(0b0100), seed)
+        })
+    });
+    g.finish();
+}
+
+fn limiter(c: &mut Criterion) {
+    let cfg = LimiterConfig::default();
+    let start = Instant::now();
+    let mut lim = ConcurrencyLimiter::new(&cfg, start);
+    let mut n = 0u64;
+    c.bench_function("limiter_on_sample", |b| {
+        b.iter(|| {
+            // 1 ms apart, so a window closes (and the limit is recomputed) every 100 calls.
+            n += 1;
+            let s = Sample {
+                rtt: Duration::from_micros(800 + n % 400),
+                in_flight_before: (n % 6) as usize,
+                lag: Some(Duration::from_millis(n % 3)),
+            };
+            lim.on_sample(&cfg, black_box(s), start + Duration::from_millis(n))
+        })
+    });
+}
+
+fn ewma(c: &mut Criterion) {
+    let start = Instant::now();
+    let mut e = PeakEwma::new(Duration::from_secs(1), Duration::from_millis(1), start);
+    let mut n = 0u64;
+    c.bench_function("peak_ewma_observe", |b| {
+        b.iter(|| {
+            n += 1;
+            e.observe(
+                black_box(Duration::from_micros(500 + n % 1000)),
+                start + Duration::from_micros(n * 100),
+            );
+            e.estimate()
+        })
+    });
+}
+
+fn wait_queue(c: &mut Criterion) {
+    let start = Instant::now();
+    let mut q: WaitQueue<u64> = WaitQueue::default();
+    // A standing backlog of 32 waiters across the three priorities, far from their deadline.
+    let deadline = start + Duration::from_secs(3600);
+    let prio = |i: u64| match i % 3 {
+        0 => Priority::Critical,
+        1 => Priority::Normal,
+        _ => Priority::Sheddable,
+    };
+    for i in 0..32 {
+        q.push(prio(i), deadline, start, i);
+    }
+    let mut expired = Vec::new();
+    let mut n = 32u64;
+    c.bench_function("wait_queue_push_pop_32", |b| {
+        b.iter(|| {
+            n += 1;
+            q.push(prio(n), deadline, start, n);
+            let e = q.pop_next(start + Duration::from_millis(1), false, &mut expired);
+            expired.clear();
+            black_box(e.map(|e| e.payload))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    route_match,
+    worker_choice,
+    limiter,
+    ewma,
+    wait_queue
+);
+criterion_main!(benches);
