@@ -164,6 +164,11 @@ impl WorkerHealth {
         self.state
     }
 
+    /// A signal asked for an ejection that the next evaluation will decide on.
+    pub fn ejection_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
     pub fn last_reason(&self) -> Option<EjectReason> {
         self.last_reason
     }

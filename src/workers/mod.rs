@@ -16,7 +16,7 @@ pub mod probe;
 pub mod signals;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ pub struct Worker {
     state: AtomicU8,
     limit: AtomicU32,
     latency_ns: AtomicU64,
+    /// A signal asked for an ejection; the next health tick decides (see `refresh`).
+    ejection_pending: AtomicBool,
     /// Slow-start weight x 1000.
     weight_milli: AtomicU32,
     health: Mutex<WorkerHealth>,
@@ -116,6 +118,7 @@ impl Worker {
             state: AtomicU8::new(0),
             limit: AtomicU32::new(limiter.limit()),
             latency_ns: AtomicU64::new(1_000_000),
+            ejection_pending: AtomicBool::new(false),
             weight_milli: AtomicU32::new(1000),
             health: Mutex::new(WorkerHealth::new(health, now)),
             limiter: Mutex::new(limiter),
@@ -183,6 +186,10 @@ impl Worker {
 
     fn refresh(&self, h: &WorkerHealth, cfg: &HealthConfig, now: Instant) {
         self.state.store(state_code(h.state()), Ordering::Relaxed);
+        // Between a signal that asks for an ejection (say a 5th 5xx in a row) and the next
+        // tick that decides it, new requests stay away: at 1 ms a request that is ten more.
+        self.ejection_pending
+            .store(h.ejection_pending(), Ordering::Relaxed);
         self.latency_ns
             .store(h.latency().as_nanos() as u64, Ordering::Relaxed);
         self.weight_milli
@@ -219,10 +226,10 @@ impl Worker {
 
     pub fn on_connect_failure(&self, cfg: &HealthConfig) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
-        self.health
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .on_connect_failure(cfg);
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.on_connect_failure(cfg);
+        self.ejection_pending
+            .store(h.ejection_pending(), Ordering::Relaxed);
     }
 
     pub fn on_probe(
@@ -315,6 +322,7 @@ impl WorkerSet {
                 let eligible = |i: usize, w: &Worker| {
                     (i >= 64 || tried & (1 << i) == 0)
                         && w.state() != HealthState::Ejected
+                        && !w.ejection_pending.load(Ordering::Relaxed)
                         && limit_share.is_none_or(|share| {
                             let cap = ((f64::from(w.limit()) * share) as u32).max(1);
                             (w.in_flight() as u32) < cap
