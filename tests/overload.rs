@@ -74,8 +74,9 @@ async fn at_twice_capacity_admitted_requests_keep_their_slo_and_the_excess_is_sh
         on.goodput
     );
     // The excess is shed on arrival, not after waiting: the queue holds at most its target
-    // delay (50 ms), so the drain-rate estimate has slack. (Seen here: p99 4 ms, none late;
-    // the bound leaves room for a debug build on a busy 2-core machine.)
+    // delay (50 ms), so the drain-rate estimate has slack. (Seen here: p99 4-17 ms, none
+    // after waiting; the benchmark's release build sheds in 0.2 ms at p99. The bounds leave
+    // room for a debug build and the test's own load generator on a busy 2-core machine.)
     assert!(
         on.shed_p99 <= Duration::from_millis(25),
         "503s took {:?} (p99)",

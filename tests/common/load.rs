@@ -138,7 +138,9 @@ pub struct Report {
     /// Latency of 503 answers, p50 and p99.
     pub shed_p50: Duration,
     pub shed_p99: Duration,
-    /// 503 answers that took over 10 ms (shed after waiting rather than on arrival).
+    /// 503 answers that took over 50 ms: shed after waiting in the queue (the target queue
+    /// delay is 50 ms) rather than on arrival. Latency here runs from the intended send
+    /// time, so a busy generator alone can add milliseconds; 50 ms separates the two.
     pub shed_late: usize,
 }
 
@@ -208,7 +210,7 @@ pub fn report(outcomes: &[Outcome], duration: Duration) -> Report {
         shed_p99: pct(&shed_lat, 0.99),
         shed_late: shed_lat
             .iter()
-            .filter(|d| **d > Duration::from_millis(10))
+            .filter(|d| **d > Duration::from_millis(50))
             .count(),
     }
 }
