@@ -109,9 +109,11 @@ impl ProxyHttp for SloGuard {
             return Ok(true);
         }
         // Slow clients: every read of the body must make progress within this.
-        session
-            .as_mut()
-            .set_read_timeout(Some(self.state.policy().limits.body_read_timeout));
+        if let Some(policy) = &ctx.policy {
+            session
+                .as_mut()
+                .set_read_timeout(Some(policy.limits.body_read_timeout));
+        }
         if let Some(rejection) = self.check_body(session, ctx).await? {
             self.reject(session, ctx, rejection).await?;
             return Ok(true);
