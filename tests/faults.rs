@@ -30,14 +30,7 @@ async fn a_worker_answering_5xx_is_ejected_after_a_few_and_the_rest_go_elsewhere
             errors += 1;
         }
     }
-    let st: Value = http
-        .get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = sg.status().await;
     println!("{errors} errors; worker 2: {}", st["workers"][1]);
     // The default consecutive_failures is 5: at most that many 503s reach clients before the
     // worker is ejected (POSTs are never retried: the worker may have acted on them).
@@ -76,29 +69,15 @@ async fn a_slow_redis_costs_no_request_more_than_its_timeout() {
             redis.send("DEBUG SLEEP 1.5");
             slept = true;
         }
-        let t = Instant::now();
-        let r = http
-            .post(sg.url("/v1/events"))
-            .header("x-tenant", format!("t{}", i % 10))
-            .json(&event("c", "e", i, 1.0))
-            .send()
-            .await
-            .unwrap();
-        slowest = slowest.max(t.elapsed());
-        if r.status() != 202 {
+        let (status, took) = sg.post_event(&http, &format!("t{}", i % 10), i).await;
+        slowest = slowest.max(took);
+        if status != 202 {
             refused += 1;
         }
         i += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let st: Value = http
-        .get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = sg.status().await;
     println!(
         "{i} requests, {refused} refused, slowest {slowest:?}, {}",
         st["ratelimit"]
@@ -115,14 +94,7 @@ async fn a_slow_redis_costs_no_request_more_than_its_timeout() {
     // Redis is awake again: shared limiting resumes by itself.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let st: Value = http
-            .get(sg.admin_url("/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st: Value = sg.status().await;
         if st["ratelimit"]["mode"] == "redis" {
             break;
         }

@@ -72,14 +72,7 @@ async fn a_chunked_body_over_a_small_cap_is_refused_before_the_backend_sees_anyt
         "the backend saw only the accepted request"
     );
     // The refusal is counted by route and reason.
-    let st: Value = client()
-        .get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = sg.status().await;
     let rows = st["rejections"].as_array().unwrap();
     assert!(
         rows.iter()

@@ -17,17 +17,6 @@ fn guard(mode: &str) -> String {
     format!("{ROUTES}\n[guard]\nmode = \"{mode}\"\n")
 }
 
-async fn status(sg: &Sloguard) -> serde_json::Value {
-    client()
-        .get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// At twice the capacity, the guard admits what the workers can serve within the SLO and
 /// sheds the rest at once with 503 and Retry-After; without it, every request queues and
 /// the SLO is lost for nearly all of them.
@@ -55,7 +44,7 @@ async fn at_twice_capacity_admitted_requests_keep_their_slo_and_the_excess_is_sh
         let r = load::report(&outcomes, load.duration);
         println!("{mode}: {r:?}");
         if mode == "enforce" {
-            let st = status(&sg).await;
+            let st = sg.status().await;
             println!("{}", st["workers"]);
         }
         results.push(r);
@@ -197,7 +186,7 @@ async fn at_seventy_percent_of_capacity_nothing_is_shed() {
     println!(
         "{r:?} {:?}\n{}",
         load::reasons(&outcomes),
-        status(&sg).await["workers"]
+        sg.status().await["workers"]
     );
     assert!(
         r.shed * 10_000 <= r.sent,

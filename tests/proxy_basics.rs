@@ -129,13 +129,7 @@ async fn thirty_events_with_a_dead_worker(guard: &str) -> Value {
         30,
         "each accepted POST stored exactly once"
     );
-    http.get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    sg.status().await
 }
 
 #[tokio::test]

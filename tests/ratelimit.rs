@@ -162,14 +162,7 @@ async fn without_redis_url_limits_run_in_process() {
         (20..=26).contains(&allowed),
         "allowed {allowed} of 60 at 10/s for 2 s"
     );
-    let st: Value = client()
-        .get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = sg.status().await;
     assert_eq!(st["ratelimit"]["mode"], "local");
 }
 
@@ -183,14 +176,7 @@ async fn redis_killed_under_load_falls_back_without_stalls_and_comes_back_by_its
     );
     let http = client();
     let status = || async {
-        let st: Value = client()
-            .get(sg.admin_url("/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st: Value = sg.status().await;
         st["ratelimit"].clone()
     };
     let mut slowest = Duration::ZERO;
@@ -210,16 +196,9 @@ async fn redis_killed_under_load_falls_back_without_stalls_and_comes_back_by_its
             redis.restart();
             restarted = true;
         }
-        let t = Instant::now();
-        let r = http
-            .post(sg.url("/v1/events"))
-            .header("x-tenant", format!("t{}", i % 20))
-            .json(&event("k", "e", i, 1.0))
-            .send()
-            .await
-            .unwrap();
-        slowest = slowest.max(t.elapsed());
-        if r.status() != 202 {
+        let (status, took) = sg.post_event(&http, &format!("t{}", i % 20), i).await;
+        slowest = slowest.max(took);
+        if status != 202 {
             failed += 1;
         }
         i += 1;
@@ -319,13 +298,6 @@ burst = 2
         calls.iter().filter(|c| **c > 0).count() >= 2,
         "every key on one node: {calls:?}"
     );
-    let st: Value = client()
-        .get(a.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = a.status().await;
     assert_eq!(st["ratelimit"]["mode"], "redis", "{}", st["ratelimit"]);
 }

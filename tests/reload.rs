@@ -30,21 +30,10 @@ fn rewrite(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn status(sg: &Sloguard) -> Value {
-    client()
-        .get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_for(sg: &Sloguard, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let st = status(sg).await;
+        let st = sg.status().await;
         if pred(&st) {
             return st;
         }
@@ -157,7 +146,7 @@ async fn a_valid_change_applies_under_load_and_a_broken_file_is_refused_while_th
     tokio::time::sleep(Duration::from_millis(1200)).await;
     std::fs::remove_file(&sg.policy_path).unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(status(&sg).await["policy"]["version"], version);
+    assert_eq!(sg.status().await["policy"]["version"], version);
 
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();

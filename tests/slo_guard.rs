@@ -31,17 +31,6 @@ async fn measure(sg: &Sloguard, rate: f64, secs: u64) -> Report {
     load::report(&outcomes, load.duration)
 }
 
-async fn status(sg: &Sloguard) -> serde_json::Value {
-    client()
-        .get(sg.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn guard(mode: &str) -> String {
     format!("{ROUTES}\n[guard]\nmode = \"{mode}\"\n")
 }
@@ -64,7 +53,7 @@ async fn the_incident_at_moderate_load_guard_on_vs_off_vs_healthy_workers_only()
     let be = backend_with_faults(4, vec![(3, incident_fault())]);
     let sg = Sloguard::spawn(&be.addrs(), &guard("enforce"));
     let on = measure(&sg, rate, secs).await;
-    let st = status(&sg).await;
+    let st = sg.status().await;
     drop(sg);
     let accepted = be.store().total_events();
     drop(be);
@@ -144,7 +133,7 @@ async fn a_stalled_worker_is_ejected_within_a_few_hundred_ms() {
     });
     let mut ejected_at = None;
     while started.elapsed() < Duration::from_secs(3) {
-        let st = status(&sg).await;
+        let st = sg.status().await;
         if st["workers"][2]["state"] == "ejected" {
             ejected_at = Some(started.elapsed());
             println!(
@@ -189,7 +178,7 @@ async fn a_killed_worker_costs_at_most_its_in_flight_requests_and_is_readmitted_
     // At 800/s over 4 workers with ~2 ms latency, about 0.4 requests sit on a worker at any
     // instant; allow a handful for connections the kill cut mid-request.
     assert!(failed <= 5, "{failed} requests failed: {r:?}");
-    let st = status(&sg).await;
+    let st = sg.status().await;
     assert_eq!(st["workers"][1]["state"], "ejected", "{}", st["workers"][1]);
 
     // The worker comes back on the same port: probes readmit it (after its ejection time).
@@ -201,7 +190,7 @@ async fn a_killed_worker_costs_at_most_its_in_flight_requests_and_is_readmitted_
     .expect("the port is free again");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let st = status(&sg).await;
+        let st = sg.status().await;
         let state = st["workers"][1]["state"].as_str().unwrap().to_string();
         if state != "ejected" {
             break;
@@ -242,7 +231,7 @@ async fn shadow_mode_reports_the_ejection_but_keeps_sending_to_the_worker() {
     let be = backend_with_faults(4, vec![(3, incident_fault())]);
     let sg = Sloguard::spawn(&be.addrs(), &guard("shadow"));
     let r = measure(&sg, 300.0, 2).await;
-    let st = status(&sg).await;
+    let st = sg.status().await;
     println!("{r:?}\n{}", st["workers"]);
     assert_eq!(st["guard"], "shadow");
     let w3 = &st["workers"][2];
@@ -316,7 +305,7 @@ mode = "off"
             .unwrap();
         *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
     }
-    let st = status(&sg).await;
+    let st = sg.status().await;
     println!(
         "worst GET {worst:?}; POST statuses {statuses:?}; retries {}",
         st["retries"]

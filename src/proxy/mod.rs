@@ -13,7 +13,7 @@ mod ctx;
 mod respond;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::header;
@@ -97,7 +97,6 @@ impl ProxyHttp for SloGuard {
         ctx.idempotent =
             route.retry_idempotent || matches!(req.method, http::Method::GET | http::Method::HEAD);
         self.state.retry_budget.deposit(&policy.retry);
-        let budget = self.queue_budget(&policy, route);
         let mode = policy.guard;
         ctx.policy = Some(policy);
         if let Err(rejection) = verdict {
@@ -120,6 +119,11 @@ impl ProxyHttp for SloGuard {
         }
         match mode {
             GuardMode::Enforce => {
+                // Only the enforcing guard queues, so only it needs the queue budget.
+                let budget = match &ctx.policy {
+                    Some(p) => self.queue_budget(p, p.routes.get(ctx.route)),
+                    None => Duration::ZERO,
+                };
                 if let Err(rejection) = self.admit(ctx, priority, budget).await {
                     self.reject(session, ctx, rejection).await?;
                     return Ok(true);

@@ -136,6 +136,37 @@ impl Sloguard {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The admin listener's `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs one event for `tenant` (also its `x-tenant` header); its status and how long
+    /// the answer took.
+    pub async fn post_event(
+        &self,
+        http: &reqwest::Client,
+        tenant: &str,
+        i: u64,
+    ) -> (u16, Duration) {
+        let t = Instant::now();
+        let r = http
+            .post(self.url("/v1/events"))
+            .header("x-tenant", tenant)
+            .json(&event("k", "e", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), t.elapsed())
+    }
+
     /// Sends a signal (`TERM`, `HUP`, ...) to the sloguard process.
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
