@@ -15,7 +15,14 @@ async fn a_worker_answering_5xx_is_ejected_after_a_few_and_the_rest_go_elsewhere
         every: 1,
         ..FaultSpec::default()
     };
-    let be = backend_with_faults(2, vec![(2, failing)]);
+    // Worker 1 answers in 5 ms, so the fast-failing worker 2 is the cheaper choice and gets
+    // traffic whatever worker the first request lands on.
+    let slow = FaultSpec {
+        block: Some(Duration::from_millis(5)),
+        every: 1,
+        ..FaultSpec::default()
+    };
+    let be = backend_with_faults(2, vec![(1, slow), (2, failing)]);
     let sg = Sloguard::spawn(&be.addrs(), ROUTES);
     let http = client();
     let mut errors = 0;
