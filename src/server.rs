@@ -31,6 +31,7 @@ pub fn build_server(policy: Policy) -> Built {
         // process as soon as nothing is in flight, so this is the drain timeout's upper bound.
         grace_period_seconds: Some(policy.listen.drain_timeout.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: false,
         ..ServerConf::default()
     };
     // No pid file or upgrade socket in /tmp shared by parallel test processes.

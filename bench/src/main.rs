@@ -47,7 +47,7 @@ struct Cli {
     keep_temp: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 enum Cmd {
     /// Every scenario and the micro-benchmarks; writes BENCHMARKS.md and bench/results.json.
     All,
@@ -57,6 +57,14 @@ enum Cmd {
     Incident,
     /// Scenario 3 only (prints its tables).
     Overload,
+    /// Not a scenario: closed-loop load on sloguard and nginx for `secs` each, printing
+    /// throughput; with `--perf FILE`, sloguard (enforce) is recorded by `perf record -g`.
+    Profile {
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        #[arg(long)]
+        perf: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,6 +129,10 @@ fn main() -> anyhow::Result<()> {
     )?;
     say(format!("configs and logs in {}", env.dir.path().display()));
 
+    if let Cmd::Profile { secs, perf } = &cli.command {
+        scenarios::profile::run(&env, *secs, perf.as_deref())?;
+        return Ok(());
+    }
     let want = |c: Cmd| cli.command == Cmd::All || cli.command == c;
     let over = want(Cmd::Overhead)
         .then(|| attempt("overhead", &mut failures, || overhead::run(&env)))
@@ -226,6 +238,7 @@ fn command_line(cli: &Cli) -> String {
         Cmd::Overhead => "overhead",
         Cmd::Incident => "incident",
         Cmd::Overload => "overload",
+        Cmd::Profile { .. } => "profile",
     };
     for (on, flag) in [
         (cli.quick, " --quick"),

@@ -4,11 +4,13 @@
 //! - [`overhead`]: a fast backend; added latency at a fixed rate, and max throughput.
 //! - [`incident`]: one worker blocking its loop 250 ms on one event in four.
 //! - [`overload`]: every worker slow, twice the capacity offered.
+//! - [`profile`]: not a scenario; sustained load on one proxy for `perf`.
 
 mod env;
 pub mod incident;
 pub mod overhead;
 pub mod overload;
+pub mod profile;
 
 pub use env::{Env, ProxyKind, Running};
 
