@@ -94,6 +94,7 @@ METRICS = {
     "sloguard_admission_queue_depth": set(),
     "sloguard_admission_wait_seconds": set(),
     "sloguard_retries_total": set(),
+    "sloguard_hedges_total": {"result"},
     "sloguard_config_reloads_total": {"result"},
     "sloguard_config_info": {"version"},
 }
@@ -127,7 +128,7 @@ ENUMS = {
     "status_class": {"2xx", "3xx", "4xx", "5xx"},
     "outcome": {"ok", "error", "shed", "limited", "rejected"},
     "state": {"healthy", "suspect", "ejected"},
-    "result": {"ok", "error", "allowed", "limited", "shadow_denied", "near_limit"},
+    "result": {"ok", "error", "allowed", "limited", "shadow_denied", "near_limit", "launched", "won"},
     "reason": SHED_REASONS | REJECT_REASONS,
     "route": {r.get("name") for r in base.get("route", [])} | {"default"},
     "rule": {r.get("name") for r in base.get("ratelimit", {}).get("rule", [])},

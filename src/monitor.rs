@@ -160,6 +160,8 @@ impl Monitor {
             }
             metrics.queue_depth.set(state.admission.waiting() as f64);
             metrics.retries.absolute(state.retry_budget.granted());
+            metrics.hedges_launched.absolute(state.hedges.launched());
+            metrics.hedges_won.absolute(state.hedges.won());
             let limiter = state.ratelimiter();
             let stats = &limiter.stats;
             metrics.redis_errors.absolute(

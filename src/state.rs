@@ -5,6 +5,7 @@
 //! flight keep the snapshot they started with (a request loads the policy once, in
 //! `request_filter`).
 
+use crate::stages::hedge::HedgeStats;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub struct State {
     pub admission: Arc<Admission>,
     /// Retries allowed after a worker was reached, shared by all requests.
     pub retry_budget: RetryBudget,
+    /// Hedged requests: second attempts sent, and won.
+    pub hedges: HedgeStats,
     ratelimiter: ArcSwap<RateLimiter>,
     /// The outcome of the last reload attempt, for the status page.
     pub last_reload: Mutex<Option<ReloadRecord>>,
@@ -58,6 +61,7 @@ impl State {
             workers: ArcSwap::from_pointee(workers),
             admission,
             retry_budget: RetryBudget::default(),
+            hedges: HedgeStats::default(),
             metrics,
             ratelimiter: ArcSwap::from_pointee(ratelimiter),
             last_reload: Mutex::new(None),

@@ -101,6 +101,9 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub queue_wait: Histogram,
     pub retries: Counter,
+    /// Hedged requests: second attempts sent, and second attempts that answered first.
+    pub hedges_launched: Counter,
+    pub hedges_won: Counter,
     pub redis_errors: Counter,
     pub fallback_active: Gauge,
     reloads_ok: Counter,
@@ -154,6 +157,14 @@ impl Metrics {
             queue_wait: recorder
                 .register_histogram(&key("sloguard_admission_wait_seconds", &[]), &meta()),
             retries: recorder.register_counter(&key("sloguard_retries_total", &[]), &meta()),
+            hedges_launched: recorder.register_counter(
+                &key("sloguard_hedges_total", &[("result", "launched".into())]),
+                &meta(),
+            ),
+            hedges_won: recorder.register_counter(
+                &key("sloguard_hedges_total", &[("result", "won".into())]),
+                &meta(),
+            ),
             redis_errors: recorder
                 .register_counter(&key("sloguard_ratelimit_redis_errors_total", &[]), &meta()),
             fallback_active: recorder
@@ -192,6 +203,8 @@ impl Metrics {
             queue_depth: self.queue_depth.clone(),
             queue_wait: self.queue_wait.clone(),
             retries: self.retries.clone(),
+            hedges_launched: self.hedges_launched.clone(),
+            hedges_won: self.hedges_won.clone(),
             redis_errors: self.redis_errors.clone(),
             fallback_active: self.fallback_active.clone(),
             reloads_ok: self.reloads_ok.clone(),

@@ -153,6 +153,10 @@ impl AdminApp {
                 rows.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
                 rows
             }).unwrap_or_default(),
+            "hedges": {
+                "launched": self.state.hedges.launched(),
+                "won": self.state.hedges.won(),
+            },
             "retries": {
                 "granted": self.state.retry_budget.granted(),
                 "budget_tokens": (self.state.retry_budget.tokens() * 10.0).round() / 10.0,

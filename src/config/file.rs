@@ -124,6 +124,9 @@ pub struct RouteFile {
     pub json: Option<Spanned<JsonFile>>,
     /// Per-attempt response timeout, ms; see `config/README.md`.
     pub per_try_timeout_ms: Option<Spanned<u64>>,
+    /// Send a bodiless idempotent request to a second worker after this long without an
+    /// answer, ms; see `config/README.md`.
+    pub hedge_after_ms: Option<Spanned<u64>>,
     /// Retry this route's requests whatever their method (they must be safe to repeat).
     #[serde(default)]
     pub retry_idempotent: bool,

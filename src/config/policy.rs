@@ -288,6 +288,10 @@ impl Validator<'_> {
                     None => None,
                     Some(t) => Some(self.millis(t, &key("per_try_timeout_ms"))?),
                 },
+                hedge_after: match &r.hedge_after_ms {
+                    None => None,
+                    Some(t) => Some(self.millis(t, &key("hedge_after_ms"))?),
+                },
                 retry_idempotent: r.retry_idempotent,
                 json: match &r.json {
                     None => None,

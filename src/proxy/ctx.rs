@@ -103,17 +103,28 @@ impl RequestCtx {
         else {
             return;
         };
-        let now = Instant::now();
-        let sample = Sample {
-            rtt: now.saturating_duration_since(sent),
-            in_flight_before: lease.in_flight_before(),
-            lag,
-        };
-        lease
-            .worker()
-            .on_response(&policy.upstream, &policy.concurrency, status, sample, now);
+        record_attempt(policy, lease, sent, status, lag);
         self.response_seen = true;
     }
+}
+
+/// Feeds one attempt's answer (or failure, as a 5xx) to its worker's signals and limiter.
+pub fn record_attempt(
+    policy: &Policy,
+    lease: &WorkerLease,
+    sent: Instant,
+    status: u16,
+    lag: Option<std::time::Duration>,
+) {
+    let now = Instant::now();
+    let sample = Sample {
+        rtt: now.saturating_duration_since(sent),
+        in_flight_before: lease.in_flight_before(),
+        lag,
+    };
+    lease
+        .worker()
+        .on_response(&policy.upstream, &policy.concurrency, status, sample, now);
 }
 
 impl Default for RequestCtx {

@@ -10,6 +10,7 @@
 mod admit;
 mod body;
 mod ctx;
+mod hedge;
 mod respond;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use respond::rejection_body;
 
 use crate::admin::access_log;
 use crate::admin::metrics::{Outcome, SHED_REASONS};
+use crate::config::Policy;
 use crate::stages::payload;
 use crate::stages::retry::{self, FailedAttempt};
 use crate::state::State;
@@ -36,11 +38,17 @@ use crate::workers::GuardMode;
 /// The sloguard proxy: one per process, shared by every request.
 pub struct SloGuard {
     state: Arc<State>,
+    /// Upstream connections of hedged requests, which leave Pingora's proxy path (a pool of
+    /// their own).
+    connector: pingora::connectors::http::v1::Connector,
 }
 
 impl SloGuard {
     pub fn new(state: Arc<State>) -> SloGuard {
-        SloGuard { state }
+        SloGuard {
+            state,
+            connector: pingora::connectors::http::v1::Connector::new(None),
+        }
     }
 }
 
@@ -138,6 +146,10 @@ impl ProxyHttp for SloGuard {
                 }
             }
             GuardMode::Off => {}
+        }
+        if let Some(after) = self.hedge_after(session, ctx) {
+            self.proxy_hedged(session, ctx, after).await?;
+            return Ok(true);
         }
         Ok(false)
     }
@@ -285,25 +297,7 @@ impl ProxyHttp for SloGuard {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !upstream.headers.contains_key("x-request-id") {
-            upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        }
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let forwarded = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
-        }
-        Ok(())
+        forward_headers(session, upstream, ctx)
     }
 
     async fn upstream_response_filter(
@@ -315,10 +309,7 @@ impl ProxyHttp for SloGuard {
         if response.status.is_informational() {
             return Ok(());
         }
-        let lag = ctx.policy.as_ref().and_then(|p| {
-            let value = response.headers.get(p.upstream.lag_header.as_str())?;
-            parse_lag_ms(value.to_str().ok()?)
-        });
+        let lag = ctx.policy.as_ref().and_then(|p| lag_of(p, response));
         ctx.record_outcome(response.status.as_u16(), lag);
         ctx.response_seen = true;
         Ok(())
@@ -330,14 +321,7 @@ impl ProxyHttp for SloGuard {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !response.headers.contains_key("x-request-id") {
-            response.insert_header("x-request-id", ctx.request_id.as_str())?;
-        }
-        if let Some(h) = &ctx.rate_headers {
-            response.insert_header("ratelimit-policy", h.policy.as_str())?;
-            response.insert_header("ratelimit", h.limit.as_str())?;
-        }
-        Ok(())
+        decorate_response(response, ctx)
     }
 
     async fn fail_to_proxy(
@@ -346,6 +330,14 @@ impl ProxyHttp for SloGuard {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // Part of an answer already went out (a relay that broke mid-body): a second one
+        // would corrupt the stream; closing the connection is all that is left.
+        if let Some(sent) = session.response_written() {
+            return FailToProxy {
+                error_code: sent.status.as_u16(),
+                can_reuse_downstream: false,
+            };
+        }
         let rejection = ctx
             .pending_rejection
             .take()
@@ -439,4 +431,51 @@ fn new_request_id() -> String {
     uuid::Builder::from_random_bytes(rand::random())
         .into_uuid()
         .to_string()
+}
+
+/// Headers every upstream request gets: the request id, and the client in
+/// `X-Forwarded-For`.
+fn forward_headers(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    if !upstream.headers.contains_key("x-request-id") {
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+    }
+    if let Some(ip) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    {
+        let forwarded = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        upstream.insert_header("x-forwarded-for", forwarded)?;
+    }
+    Ok(())
+}
+
+/// The worker's reported event-loop lag, from the policy's lag header.
+fn lag_of(policy: &Policy, response: &ResponseHeader) -> Option<Duration> {
+    let value = response.headers.get(policy.upstream.lag_header.as_str())?;
+    parse_lag_ms(value.to_str().ok()?)
+}
+
+/// Headers every answer relayed from a worker gets: the request id, and the rate-limit
+/// headers when a rule applied.
+fn decorate_response(response: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if !response.headers.contains_key("x-request-id") {
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+    }
+    if let Some(h) = &ctx.rate_headers {
+        response.insert_header("ratelimit-policy", h.policy.as_str())?;
+        response.insert_header("ratelimit", h.limit.as_str())?;
+    }
+    Ok(())
 }

@@ -8,8 +8,10 @@
 //! - [`ratelimit`]: per-tenant limits shared through Redis, with a local fallback.
 //! - [`admission`]: wait for a worker slot within the route's deadline, or be shed.
 //! - [`retry`]: whether a failed attempt goes to another worker, within a budget.
+//! - [`hedge`]: when a slow or stalled attempt gets a second one, first answer wins.
 
 pub mod admission;
+pub mod hedge;
 pub mod json_guard;
 pub mod payload;
 pub mod ratelimit;

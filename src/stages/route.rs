@@ -77,6 +77,10 @@ pub struct Route {
     /// Longest wait for one attempt's response; an idempotent request is then retried once
     /// on another worker (Envoy's per-try timeout). `None` = the upstream read timeout.
     pub per_try_timeout: Option<Duration>,
+    /// A bodiless idempotent request still unanswered after this long (or whose worker
+    /// stalls first) is also sent to a second worker; the first answer wins
+    /// (`stages::hedge`).
+    pub hedge_after: Option<Duration>,
     /// Requests of this route may be retried whatever their method.
     pub retry_idempotent: bool,
     /// The body must be JSON within these limits (checked as it streams).
@@ -95,6 +99,7 @@ impl Route {
             max_body_bytes: None,
             queue_budget: None,
             per_try_timeout: None,
+            hedge_after: None,
             retry_idempotent: false,
             json: None,
         }

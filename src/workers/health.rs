@@ -233,6 +233,13 @@ impl WorkerHealth {
         }
     }
 
+    /// An attempt given up unanswered after `waited` (a hedge answered first): a lower
+    /// bound of the worker's latency, which peak-EWMA takes at once. Not a completion, so
+    /// the stall detector still counts it as outstanding until now.
+    pub fn on_abandoned(&mut self, waited: Duration, now: Instant) {
+        self.latency.observe(waited, now);
+    }
+
     pub fn on_connect_failure(&mut self, cfg: &HealthConfig) {
         let n = self.connect_failures.hit();
         if n >= cfg.consecutive_failures {

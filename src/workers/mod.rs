@@ -153,6 +153,12 @@ impl Worker {
         }
     }
 
+    /// Ejected, or found stalled and about to be: new requests avoid it, and a hedged
+    /// request waiting on it sends its second attempt at once.
+    pub fn is_out(&self) -> bool {
+        self.state() == HealthState::Ejected || self.ejection_pending.load(Ordering::Relaxed)
+    }
+
     /// Concurrency limit now, scaled by slow start.
     pub fn limit(&self) -> u32 {
         let w = self.weight_milli.load(Ordering::Relaxed);
@@ -222,6 +228,12 @@ impl Worker {
                 self.limit.store(limit, Ordering::Relaxed);
             }
         }
+    }
+
+    /// An attempt given up unanswered after `waited` (see `WorkerHealth::on_abandoned`).
+    pub fn on_abandoned(&self, waited: Duration, now: Instant) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.on_abandoned(waited, now);
     }
 
     pub fn on_connect_failure(&self, cfg: &HealthConfig) {

@@ -1,0 +1,145 @@
+//! Hedged requests (`hedge_after_ms`): a query waiting on a slow or stalled worker is also
+//! sent to another worker and the first answer wins, through real sockets to the real
+//! backend.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Sends `n` queries at once and returns (status, body, latency) for each.
+async fn concurrent_queries(sg: &Sloguard, n: usize) -> Vec<(u16, serde_json::Value, Duration)> {
+    let http = client();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let http = http.clone();
+        let url = sg.url(&format!("/v1/metrics?customer=hedge-{i}&event=e"));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body, t.elapsed())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn hedges(st: &serde_json::Value) -> (u64, u64) {
+    (
+        st["hedges"]["launched"].as_u64().unwrap(),
+        st["hedges"]["won"].as_u64().unwrap(),
+    )
+}
+
+/// A worker whose queries block 300 ms (but is not ejected: its health thresholds are set
+/// out of reach): queries sent to it are hedged after 40 ms and answered by the other
+/// worker, long before the slow one would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_query_is_hedged_after_hedge_after_ms_and_the_fast_answer_wins() {
+    let be = backend_with_faults(
+        2,
+        vec![(
+            1,
+            FaultSpec {
+                query_block: Some(Duration::from_millis(300)),
+                ..FaultSpec::default()
+            },
+        )],
+    );
+    let sg = Sloguard::spawn(
+        &be.addrs(),
+        r#"
+[[route]]
+name = "query"
+match = { method = "GET", path_prefix = "/v1/metrics" }
+slo = { p95_ms = 250 }
+hedge_after_ms = 40
+
+[guard]
+mode = "enforce"
+
+[upstream.health]
+stall_after_ms = 10000
+lag_eject_ms = 10000
+
+[upstream.probe]
+enabled = false
+"#,
+    );
+    let results = concurrent_queries(&sg, 8).await;
+    let st = sg.status().await;
+    let worst = results.iter().map(|r| r.2).max().unwrap();
+    println!(
+        "latencies {:?}; hedges {}",
+        results.iter().map(|r| r.2).collect::<Vec<_>>(),
+        st["hedges"]
+    );
+    for (status, body, _) in &results {
+        assert_eq!(*status, 200, "{body}");
+        assert!(body["series"].is_array(), "not a query answer: {body}");
+    }
+    let (launched, won) = hedges(&st);
+    assert!(launched >= 1, "no query was hedged: {}", st["hedges"]);
+    assert!(won >= 1, "no hedge answered first: {}", st["hedges"]);
+    assert!(
+        worst < Duration::from_millis(250),
+        "a query waited {worst:?}: the hedge did not take over from the 300 ms block"
+    );
+}
+
+/// A worker that stops answering: its queries are hedged as soon as the guard finds it
+/// stalled, well before `hedge_after_ms` (1.5 s here) would fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_on_a_worker_found_stalled_is_hedged_before_the_timer() {
+    let be = backend(2);
+    let sg = Sloguard::spawn(
+        &be.addrs(),
+        r#"
+[[route]]
+name = "query"
+match = { method = "GET", path_prefix = "/v1/metrics" }
+slo = { p95_ms = 2500 }
+hedge_after_ms = 1500
+
+[guard]
+mode = "enforce"
+
+[upstream.health]
+stall_after_ms = 60
+"#,
+    );
+    // Warm both workers so the concurrent queries spread over them.
+    let warm = concurrent_queries(&sg, 4).await;
+    assert!(warm.iter().all(|r| r.0 == 200));
+    be.set_fault(
+        1,
+        FaultSpec {
+            stall: Some(Duration::from_secs(3)),
+            ..FaultSpec::default()
+        },
+    );
+    let results = concurrent_queries(&sg, 8).await;
+    let st = sg.status().await;
+    let worst = results.iter().map(|r| r.2).max().unwrap();
+    println!(
+        "latencies {:?}; hedges {}; workers {}",
+        results.iter().map(|r| r.2).collect::<Vec<_>>(),
+        st["hedges"],
+        st["workers"]
+    );
+    for (status, body, _) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let (launched, _) = hedges(&st);
+    assert!(launched >= 1, "no query was hedged: {}", st["hedges"]);
+    assert!(
+        worst < Duration::from_millis(1000),
+        "a query waited {worst:?}: the stall signal did not trigger the hedge before the 1.5 s timer"
+    );
+}
