@@ -107,7 +107,7 @@ REJECT_REASONS = {
     "body_too_large", "url_too_long", "headers_too_large", "body_timeout", "invalid_json",
     "json_limit", "rate_limited", "missing_rate_limit_key", "rate_limit_unavailable",
     "upstream_unavailable", "upstream_timeout", "upstream_error", "bad_request",
-    "http_error", "internal_error", "ambiguous_framing",
+    "http_error", "internal_error", "ambiguous_framing", "header_timeout", "too_many_connections",
 }
 
 # --- Policies ----------------------------------------------------------------------------

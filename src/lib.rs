@@ -4,7 +4,9 @@
 //! Where a request goes, in order:
 //!
 //! - [`server`] builds the Pingora server: the proxy listener and the admin listener.
-//! - [`proxy`] holds the Pingora phases; they sequence the stages and write answers.
+//! - [`proxy`] holds the Pingora phases; they sequence the stages and write answers. Around
+//!   them, `proxy::ConnGuard` runs each connection: the per-client connection cap and the
+//!   deadline on reading each request head ([`stages::conn_guard`] decides).
 //! - [`stages`] decide: [`stages::route`] (which route), [`stages::payload`] (body caps),
 //!   [`stages::admission`] (wait for a worker slot within the deadline, or be shed).
 //! - [`workers`] choose the upstream worker and hold in-flight leases.

@@ -10,7 +10,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Policy;
 use crate::monitor::Monitor;
-use crate::proxy::SloGuard;
+use crate::proxy::{ConnGuard, SloGuard};
 use crate::state::State;
 
 /// A server ready to run, and the state it serves from.
@@ -43,10 +43,12 @@ pub fn build_server(policy: Policy) -> Built {
     let admin_addr = policy.listen.admin.to_string();
     let state = Arc::new(State::new(policy));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        SloGuard::new(state.clone()),
-        "sloguard proxy",
+    // Pingora's HTTP proxy, run per connection by our connection guards (the head deadline
+    // and the per-client cap) rather than by `http_proxy_service` directly.
+    let http = pingora::proxy::http_proxy(&server.configuration, SloGuard::new(state.clone()));
+    let mut proxy = Service::new(
+        "sloguard proxy".to_string(),
+        ConnGuard::new(http, state.clone()),
     );
     proxy.add_tcp(&proxy_addr);
 

@@ -18,6 +18,7 @@ use crate::admin::metrics::Metrics;
 use crate::config::Policy;
 use crate::reload::ReloadRecord;
 use crate::stages::admission::Admission;
+use crate::stages::conn_guard::ConnLimits;
 use crate::stages::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
 use crate::workers::WorkerSet;
@@ -76,6 +77,13 @@ impl State {
     /// The policy in force now. Callers keep the returned snapshot for the whole request.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
+    }
+
+    /// The connection guards of the policy in force now. Read per connection and per
+    /// request head, so it borrows the snapshot (no reference-count traffic shared by
+    /// every core) instead of cloning it as [`State::policy`] does.
+    pub fn conn_limits(&self) -> ConnLimits {
+        self.policy.load().conn
     }
 
     pub fn workers(&self) -> Arc<WorkerSet> {

@@ -61,6 +61,11 @@ pub const REJECT_REASONS: [&str; 15] = [
     "http_error",
     "internal_error",
 ];
+/// Refusals of a connection rather than of a routed request (see `stages::conn_guard`):
+/// counted in `sloguard_rejections_total` with `route="-"`, since no route was chosen.
+pub const CONNECTION_REASONS: [&str; 2] = ["header_timeout", "too_many_connections"];
+/// The `route` label of connection refusals (the access log's "no route" too).
+pub const NO_ROUTE: &str = "-";
 const RATE_RESULTS: [&str; 4] = ["allowed", "limited", "shadow_denied", "near_limit"];
 const STATES: [HealthState; 3] = [
     HealthState::Healthy,
@@ -95,6 +100,8 @@ pub struct Metrics {
     /// [route][reason]
     shed: Vec<Counter>,
     rejections: Vec<Counter>,
+    /// [reason] of [`CONNECTION_REASONS`]: policy-independent, registered once.
+    connection_rejections: Vec<Counter>,
     /// [rule][result]
     ratelimit: Vec<Counter>,
     pub worker: Vec<WorkerMetrics>,
@@ -152,6 +159,13 @@ impl Metrics {
             rejections: vec![],
             ratelimit: vec![],
             worker: vec![],
+            connection_rejections: CONNECTION_REASONS
+                .iter()
+                .map(|reason| {
+                    let labels = [("route", NO_ROUTE.into()), ("reason", reason.to_string())];
+                    recorder.register_counter(&key("sloguard_rejections_total", &labels), &meta())
+                })
+                .collect(),
             queue_depth: recorder
                 .register_gauge(&key("sloguard_admission_queue_depth", &[]), &meta()),
             queue_wait: recorder
@@ -200,6 +214,7 @@ impl Metrics {
             rejections: vec![],
             ratelimit: vec![],
             worker: vec![],
+            connection_rejections: self.connection_rejections.clone(),
             queue_depth: self.queue_depth.clone(),
             queue_wait: self.queue_wait.clone(),
             retries: self.retries.clone(),
@@ -352,6 +367,14 @@ impl Metrics {
         }
     }
 
+    /// One connection refused before any request on it was routed (a reason of
+    /// [`CONNECTION_REASONS`]).
+    pub fn record_connection_refusal(&self, reason: &str) {
+        if let Some(i) = CONNECTION_REASONS.iter().position(|r| *r == reason) {
+            self.connection_rejections[i].increment(1);
+        }
+    }
+
     /// One rate-limit result for rule `rule` (its index in the policy).
     pub fn record_rate(&self, rule: usize, result: &str) {
         if let Some(i) = RATE_RESULTS.iter().position(|r| *r == result) {
@@ -416,6 +439,7 @@ rate = 1
         m.record_refusal(0, "body_too_large");
         m.record_rate(0, "limited");
         m.record_reload(false);
+        m.record_connection_refusal("header_timeout");
         let text = m.render();
         assert!(
             text.contains(
@@ -435,6 +459,12 @@ rate = 1
         );
         assert!(text.contains(r#"sloguard_ratelimit_decisions_total{rule="t",result="limited"} 1"#));
         assert!(text.contains(r#"sloguard_config_reloads_total{result="error"} 1"#));
+        assert!(
+            text.contains(r#"sloguard_rejections_total{route="-",reason="header_timeout"} 1"#),
+            "{text}"
+        );
+        assert!(text
+            .contains(r#"sloguard_rejections_total{route="-",reason="too_many_connections"} 0"#));
         assert!(text.contains("sloguard_config_info{version="));
     }
 

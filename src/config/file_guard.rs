@@ -115,6 +115,10 @@ pub struct LimitsFile {
     pub max_url_bytes: Option<Spanned<u64>>,
     pub max_header_bytes: Option<Spanned<u64>>,
     pub body_read_timeout_ms: Option<Spanned<u64>>,
+    /// Total time to read a request head, from its first byte. Default 10 000.
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
+    /// Open connections allowed per client IP; 0 (the default) = no cap.
+    pub max_connections_per_client_ip: Option<Spanned<u64>>,
 }
 
 /// `[retry]`.

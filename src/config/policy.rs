@@ -16,6 +16,7 @@ use super::file::{PolicyFile, PriorityFile, RouteFile};
 use super::locate::{fingerprint, key_path_at};
 use crate::admin::access_log::AccessLogConfig;
 use crate::stages::admission::SheddingConfig;
+use crate::stages::conn_guard::ConnLimits;
 use crate::stages::json_guard::JsonLimits;
 use crate::stages::payload::HeadLimits;
 use crate::stages::ratelimit::RateLimitConfig;
@@ -50,6 +51,8 @@ pub struct Policy {
     pub ratelimit: RateLimitConfig,
     /// `[limits]`: URL, header and body-timeout limits for every request.
     pub limits: HeadLimits,
+    /// `[limits]`: the head deadline and the per-client connection cap, for every connection.
+    pub conn: ConnLimits,
     /// `[log]`: the access log.
     pub access_log: AccessLogConfig,
 }
@@ -95,6 +98,7 @@ impl Policy {
             retry: v.retry(&raw.retry)?,
             ratelimit,
             limits: v.limits(&raw.limits)?,
+            conn: v.conn_limits(&raw.limits)?,
             access_log: v.access_log(&raw.log)?,
         })
     }

@@ -12,6 +12,9 @@ use crate::config::file::{
     AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, RetryFile, SheddingFile,
 };
 use crate::stages::admission::SheddingConfig;
+use crate::stages::conn_guard::{
+    ConnLimits, MAX_CONNECTIONS_PER_CLIENT_IP, MAX_HEADER_READ_TIMEOUT,
+};
 use crate::stages::payload::HeadLimits;
 use crate::stages::retry::RetryConfig;
 use crate::workers::{Algorithm, GuardMode, HealthConfig, LimiterConfig, ProbeConfig};
@@ -247,6 +250,42 @@ impl Validator<'_> {
                 "limits.body_read_timeout_ms",
                 d.body_read_timeout,
             )?,
+        })
+    }
+
+    pub(super) fn conn_limits(&self, l: &LimitsFile) -> Result<ConnLimits, PolicyError> {
+        let d = ConnLimits::default();
+        let header_read_timeout = self.ms_or(
+            &l.header_read_timeout_ms,
+            "limits.header_read_timeout_ms",
+            d.header_read_timeout,
+        )?;
+        if header_read_timeout > MAX_HEADER_READ_TIMEOUT {
+            let span = l.header_read_timeout_ms.as_ref().map(|v| v.span());
+            return Err(self.invalid(
+                span.unwrap_or(0..0),
+                "limits.header_read_timeout_ms",
+                format!(
+                    "must be at most {} (10 minutes)",
+                    MAX_HEADER_READ_TIMEOUT.as_millis()
+                ),
+            ));
+        }
+        // 0 is allowed here: it turns the cap off.
+        let max_connections_per_client_ip = match &l.max_connections_per_client_ip {
+            None => d.max_connections_per_client_ip,
+            Some(v) if *v.get_ref() > u64::from(MAX_CONNECTIONS_PER_CLIENT_IP) => {
+                return Err(self.invalid(
+                    v.span(),
+                    "limits.max_connections_per_client_ip",
+                    format!("must be at most {MAX_CONNECTIONS_PER_CLIENT_IP} (0 = no cap)"),
+                ))
+            }
+            Some(v) => *v.get_ref() as u32,
+        };
+        Ok(ConnLimits {
+            header_read_timeout,
+            max_connections_per_client_ip,
         })
     }
 

@@ -253,3 +253,40 @@ fn guard_section_errors_are_located() {
         assert!(e.line().is_some(), "no line for {extra:?}: {e}");
     }
 }
+
+#[test]
+fn connection_guards_default_to_a_10_s_head_deadline_and_no_cap() {
+    let p = parse("").unwrap();
+    assert_eq!(p.conn.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(p.conn.max_connections_per_client_ip, 0);
+    let p = parse("[limits]\nheader_read_timeout_ms = 300\nmax_connections_per_client_ip = 2\n")
+        .unwrap();
+    assert_eq!(p.conn.header_read_timeout, Duration::from_millis(300));
+    assert_eq!(p.conn.max_connections_per_client_ip, 2);
+    // 0 turns the cap off; it is not an error.
+    let p = parse("[limits]\nmax_connections_per_client_ip = 0\n").unwrap();
+    assert_eq!(p.conn.max_connections_per_client_ip, 0);
+}
+
+#[test]
+fn connection_guard_errors_are_located() {
+    let cases = [
+        (
+            "[limits]\nheader_read_timeout_ms = 0\n",
+            "limits.header_read_timeout_ms",
+        ),
+        (
+            "[limits]\nheader_read_timeout_ms = 600001\n",
+            "limits.header_read_timeout_ms",
+        ),
+        (
+            "[limits]\nmax_connections_per_client_ip = 1000001\n",
+            "limits.max_connections_per_client_ip",
+        ),
+    ];
+    for (extra, key) in cases {
+        let e = parse(extra).unwrap_err();
+        assert_eq!(e.key(), Some(key), "for {extra:?}: {e}");
+        assert!(e.line().is_some(), "no line for {extra:?}: {e}");
+    }
+}

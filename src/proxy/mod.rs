@@ -1,6 +1,9 @@
 //! The Pingora phases. They sequence the stages and write their answers; they decide nothing
 //! themselves (see `stages` and `workers` for the decisions).
 //!
+//! Before any of them, [`ConnGuard`] (in `conn`) runs each connection: the per-client
+//! connection cap at accept and the deadline on reading each request head (`head_io`).
+//!
 //! Request path: `request_filter` (route, request id, payload caps, admission: a worker slot
 //! or a wait in the queue or a 503) → `upstream_peer` (the admitted worker; on a retry
 //! another one) → `upstream_request_filter` (forwarding headers) → `fail_to_connect` (retry
@@ -9,7 +12,9 @@
 
 mod admit;
 mod body;
+mod conn;
 mod ctx;
+mod head_io;
 mod hedge;
 mod respond;
 
@@ -23,6 +28,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
+pub use conn::ConnGuard;
 pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use serde_json::json;
@@ -73,6 +74,37 @@ pub async fn write_rejection(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// A whole HTTP/1.1 response for a refusal made before Pingora read a request (a connection
+/// refused at accept, a head that timed out): the same JSON body and headers as
+/// [`write_rejection`], and `connection: close`, since the connection ends after it.
+pub fn raw_rejection(rejection: &Rejection, cx: &Context<'_>) -> Vec<u8> {
+    use std::io::Write;
+    let body = rejection_body(rejection, cx);
+    let phrase = http::StatusCode::from_u16(rejection.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = Vec::with_capacity(256 + body.len());
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         x-request-id: {}\r\nx-sloguard-reason: {}\r\n",
+        rejection.status,
+        body.len(),
+        cx.request_id,
+        rejection.reason
+    );
+    if let Some(secs) = rejection.retry_after {
+        let _ = write!(out, "retry-after: {secs}\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(get_cached_date().as_bytes());
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Maps a proxy failure to our JSON answer; `None` when the client side is gone.
@@ -164,5 +196,32 @@ mod tests {
         assert_eq!(v["reason"], "body_too_large");
         assert_eq!(v["request_id"], "abc");
         assert_eq!(v["rule"], "per-tenant");
+    }
+
+    #[test]
+    fn a_raw_refusal_is_a_whole_response_that_closes_the_connection() {
+        let r = crate::stages::conn_guard::header_timeout(&Default::default());
+        let cx = Context {
+            route: "-",
+            request_id: "abc",
+            rule: None,
+            rate_headers: None,
+        };
+        let raw = String::from_utf8(raw_rejection(&r, &cx)).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+        assert!(
+            head.contains("\r\nx-sloguard-reason: header_timeout"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["limit"], "limits.header_read_timeout_ms");
+        assert_eq!(v["value"], 10_000);
+        assert_eq!(v["route"], "-");
     }
 }

@@ -1,6 +1,8 @@
 //! The stages of the request path, in the order a request meets them. Each stage decides;
 //! the Pingora phases in `proxy` only sequence stages and write their answers.
 //!
+//! - [`conn_guard`]: before any request: a deadline on reading each request head, and a cap
+//!   on open connections per client IP.
 //! - [`route`]: which route (SLO, priority, caps) a request belongs to.
 //! - [`payload`]: URL, header and body-size limits, answered before the backend sees a byte.
 //! - [`json_guard`]: a streaming JSON scan with shape limits (depth, keys, array length,
@@ -11,6 +13,7 @@
 //! - [`hedge`]: when a slow or stalled attempt gets a second one, first answer wins.
 
 pub mod admission;
+pub mod conn_guard;
 pub mod hedge;
 pub mod json_guard;
 pub mod payload;

@@ -1,0 +1,215 @@
+//! The proxy listener's connections, before and between requests: the per-client
+//! connection cap when a connection is accepted, and the head deadline on every request of
+//! a keep-alive connection (`stages::conn_guard` decides; this writes the answers).
+//!
+//! Pingora's `HttpProxy` runs a connection's whole keep-alive loop inside one
+//! `ServerApp::process_new` call (its blanket impl for `HttpServerApp`). [`ConnGuard`] is
+//! our `ServerApp` in front of it: it wraps the stream in [`HeadGuardIo`] and runs that
+//! loop itself (the same dozen lines as Pingora's HTTP/1 branch), so it knows exactly when
+//! Pingora is about to read a new request head: at each reuse it re-arms the deadline, with
+//! the policy of that moment. Guarding the loop rather than guessing request boundaries
+//! from response bytes means a 101 upgrade, a `100 Continue` or a body still arriving after
+//! the response can never be taken for the start of a head.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::head_io::HeadGuardIo;
+use super::{new_request_id, respond, SloGuard};
+use crate::admin::metrics::NO_ROUTE;
+use crate::stages::conn_guard::{self, ClientConnections, ClientPermit};
+use crate::stages::Rejection;
+use crate::state::State;
+
+/// Pingora's keep-alive timeout for a new HTTP/1 connection, seconds (as in its own loop):
+/// how long an idle connection may wait for its next request head.
+const KEEPALIVE_SECS: u64 = 60;
+
+/// Longest time spent answering a refused connection, lingering included.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Most bytes read and dropped while lingering before a close.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// The proxy service's application: connection guards around Pingora's HTTP proxy.
+pub struct ConnGuard {
+    proxy: Arc<HttpProxy<SloGuard>>,
+    state: Arc<State>,
+    clients: Arc<ClientConnections>,
+    no_route: Arc<str>,
+}
+
+impl ConnGuard {
+    /// `proxy` must be initialised (`pingora::proxy::http_proxy` does it).
+    pub fn new(proxy: HttpProxy<SloGuard>, state: Arc<State>) -> ConnGuard {
+        ConnGuard {
+            proxy: Arc::new(proxy),
+            state,
+            clients: ClientConnections::new(),
+            no_route: Arc::from(NO_ROUTE),
+        }
+    }
+
+    /// Whether this connection takes our HTTP/1 loop. TLS, h2c and custom protocols (none
+    /// configured today) go to Pingora's own loop, unguarded.
+    fn is_plain_http1(&self, stream: &Stream) -> bool {
+        let special = self
+            .proxy
+            .server_options()
+            .is_some_and(|o| o.h2c || o.force_custom);
+        !special && stream.get_ssl_digest().is_none() && stream.selected_alpn_proto().is_none()
+    }
+
+    /// The per-client cap, with the policy of now: a permit held for the connection's life
+    /// (`None` when the cap is off or the peer has no IP), or the refusal.
+    fn admit(&self, client: Option<IpAddr>, cap: u32) -> Result<Option<ClientPermit>, Rejection> {
+        let Some(ip) = client.filter(|_| cap > 0) else {
+            return Ok(None);
+        };
+        match self.clients.try_open(ip, cap) {
+            Ok(permit) => Ok(Some(permit)),
+            Err(open) => Err(conn_guard::too_many_connections(ip, open, cap)),
+        }
+    }
+
+    /// Counts, logs and answers a refused connection, then closes it.
+    async fn refuse(&self, stream: Stream, rejection: Rejection, client: Option<IpAddr>) {
+        let request_id = new_request_id();
+        self.state
+            .metrics
+            .load()
+            .record_connection_refusal(rejection.reason);
+        self.state.count_rejection(&self.no_route, rejection.reason);
+        let policy = self.state.policy();
+        let log = &self.state.access_log;
+        if log.should_log(&policy.access_log, true, 0.0, Instant::now()) {
+            let dropped = log.take_dropped();
+            tracing::info!(
+                target: "sloguard::access",
+                request_id = %request_id,
+                route = NO_ROUTE,
+                decision = "rejected",
+                reason = rejection.reason,
+                status = rejection.status,
+                client_ip = client.map(|ip| ip.to_string()),
+                limit = rejection.limit,
+                value = rejection.value,
+                refusal_lines_dropped = (dropped > 0).then_some(dropped),
+                "access"
+            );
+        }
+        let answer = respond::raw_rejection(
+            &rejection,
+            &respond::Context {
+                route: NO_ROUTE,
+                request_id: &request_id,
+                rule: None,
+                rate_headers: None,
+            },
+        );
+        answer_and_close(stream, &answer).await;
+    }
+}
+
+/// The TCP peer's address, as the cap counts it.
+fn client_ip(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    Some(digest.peer_addr()?.as_inet()?.ip().to_canonical())
+}
+
+/// Writes `answer`, ends our side (FIN after it), then reads and drops what the client still
+/// sends until it closes too, at most [`CLOSE_GRACE`] in all: closing a socket with unread
+/// input resets the connection, and a reset can destroy the answer on its way (nginx's
+/// `lingering_close` does the same).
+async fn answer_and_close(mut stream: Stream, answer: &[u8]) {
+    let answered = tokio::time::timeout(CLOSE_GRACE, async {
+        stream.write_all(answer).await?;
+        stream.flush().await?;
+        AsyncWriteExt::shutdown(&mut stream).await?;
+        let mut scratch = [0u8; 1024];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut scratch).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if let Ok(Err(e)) = answered {
+        tracing::debug!(error = %e, "could not answer a refused connection");
+    }
+}
+
+#[async_trait]
+impl ServerApp for ConnGuard {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !self.is_plain_http1(&stream) {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        let limits = self.state.conn_limits();
+        let client = client_ip(&stream);
+        // Held until this function returns, whichever way the connection ends.
+        let _permit = match self.admit(client, limits.max_connections_per_client_ip) {
+            Ok(permit) => permit,
+            Err(rejection) => {
+                self.refuse(stream, rejection, client).await;
+                return None;
+            }
+        };
+        let (io, expiry) = HeadGuardIo::new(stream, limits.header_read_timeout);
+        // From here on, Pingora's own HTTP/1 loop (pingora-core `apps/mod.rs`), with the
+        // head deadline re-armed before each reuse.
+        let mut session = ServerSession::new_http1(Box::new(io));
+        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+        session.set_keepalive_reuses_remaining(
+            self.proxy
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        loop {
+            let reused = tokio::select! {
+                biased;
+                reused = self.proxy.process_new_http(session, shutdown) => reused?,
+                () = expiry.wait() => {
+                    // Pingora's session (and its request, if any had begun) is dropped by
+                    // now; nothing of this head reached a phase or the backend.
+                    if let Some((stream, missed)) = expiry.take() {
+                        let limits = conn_guard::ConnLimits {
+                            header_read_timeout: missed,
+                            ..limits
+                        };
+                        self.refuse(stream, conn_guard::header_timeout(&limits), client)
+                            .await;
+                    }
+                    return None;
+                }
+            };
+            let (stream, settings) = reused.consume();
+            let timeout = self.state.conn_limits().header_read_timeout;
+            session = ServerSession::new_http1(HeadGuardIo::rearm(stream, timeout)?);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        // Lets Pingora wake the keep-alive connections parked in a head read at shutdown.
+        ServerApp::cleanup(&*self.proxy).await;
+    }
+}

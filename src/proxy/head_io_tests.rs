@@ -1,0 +1,155 @@
+//! The head deadline on an in-memory stream, on tokio's paused clock: no sockets, no sleeps.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::{sleep, Instant};
+
+use super::*;
+
+const DEADLINE: Duration = Duration::from_millis(300);
+
+fn guarded() -> (DuplexStream, HeadGuardIo, Arc<Expiry>) {
+    let (client, server) = tokio::io::duplex(4096);
+    let (io, expiry) = HeadGuardIo::new(Box::new(server), DEADLINE);
+    (client, io, expiry)
+}
+
+/// What happened first: a read finished (its bytes), the head timed out, or `within` passed.
+#[derive(Debug, PartialEq)]
+enum First {
+    Read(Vec<u8>),
+    TimedOut(Duration),
+    Nothing,
+}
+
+async fn next(io: &mut HeadGuardIo, expiry: &Expiry, within: Duration) -> First {
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    tokio::select! {
+        biased;
+        n = io.read(&mut buf) => First::Read(buf[..n.unwrap()].to_vec()),
+        () = expiry.wait() => First::TimedOut(start.elapsed()),
+        () = sleep(within) => First::Nothing,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_never_timed() {
+    let (_client, mut io, expiry) = guarded();
+    assert_eq!(
+        next(&mut io, &expiry, Duration::from_secs(30)).await,
+        First::Nothing
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_trickling_past_its_deadline_is_handed_over_to_be_answered() {
+    let (mut client, mut io, expiry) = guarded();
+    client.write_all(b"GET /v1/metrics HT").await.unwrap();
+    assert_eq!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(b"GET /v1/metrics HT".to_vec())
+    );
+    sleep(Duration::from_millis(200)).await;
+    client.write_all(b"TP/1.1\r\n").await.unwrap();
+    assert!(matches!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(_)
+    ));
+    // 200 ms already gone: the deadline is 300 ms from the first byte, not from the last.
+    match next(&mut io, &expiry, Duration::from_secs(5)).await {
+        First::TimedOut(after) => assert_eq!(after, Duration::from_millis(100)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // The real stream comes out, with the deadline it missed, to write the 408 on.
+    let (mut stream, missed) = expiry.take().expect("handed over");
+    assert_eq!(missed, DEADLINE);
+    stream.write_all(b"HTTP/1.1 408").await.unwrap();
+    let mut got = [0u8; 12];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HTTP/1.1 408");
+    // Left behind in Pingora's session: reads stay pending (nothing for Pingora to log an
+    // error about) until the connection loop drops the session.
+    assert_eq!(
+        next(&mut io, &expiry, Duration::from_secs(1)).await,
+        First::TimedOut(Duration::ZERO)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_complete_head_disarms_until_the_connection_is_reused() {
+    let (mut client, mut io, expiry) = guarded();
+    client
+        .write_all(b"POST /v1/events HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(_)
+    ));
+    sleep(Duration::from_millis(250)).await;
+    client
+        .write_all(b"content-length: 5\r\n\r\nhel")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(_)
+    ));
+    // A slow body is the body timeout's business, not this deadline's.
+    assert_eq!(
+        next(&mut io, &expiry, Duration::from_secs(5)).await,
+        First::Nothing
+    );
+    client.write_all(b"lo").await.unwrap();
+    assert_eq!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(b"lo".to_vec())
+    );
+    // Responses pass through untouched.
+    io.write_all(b"HTTP/1.1 202 Accepted\r\n\r\n")
+        .await
+        .unwrap();
+    io.flush().await.unwrap();
+    let mut got = [0u8; 25];
+    client.read_exact(&mut got).await.unwrap();
+    // Reused: idle is still not timed; the next head's first byte arms a new deadline, with
+    // the timeout of the policy at that time.
+    let io = HeadGuardIo::rearm(Box::new(io), Duration::from_millis(500)).unwrap();
+    let mut io = *io
+        .into_any()
+        .downcast::<HeadGuardIo>()
+        .expect("rearm keeps the wrapper");
+    assert_eq!(
+        next(&mut io, &expiry, Duration::from_secs(30)).await,
+        First::Nothing
+    );
+    client.write_all(b"G").await.unwrap();
+    assert!(matches!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(_)
+    ));
+    match next(&mut io, &expiry, Duration::from_secs(5)).await {
+        First::TimedOut(after) => assert_eq!(after, Duration::from_millis(500)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_read_whole_never_arms_a_timer() {
+    let (mut client, mut io, expiry) = guarded();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(_)
+    ));
+    assert!(io.deadline.is_none());
+    assert_eq!(
+        next(&mut io, &expiry, Duration::from_secs(5)).await,
+        First::Nothing
+    );
+}

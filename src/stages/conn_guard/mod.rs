@@ -1,0 +1,109 @@
+//! Connection guards, decided before Pingora parses a request: a total deadline for reading
+//! each request head (slowloris on headers) and a cap on open connections per client IP.
+//! Pure: the I/O edge (`proxy::conn`) feeds bytes and addresses in and writes the answers.
+//!
+//! - [`head`]: where a request head ends, and whether one is being read (the deadline arms
+//!   on a head's first byte, so an idle keep-alive connection is never a header timeout);
+//! - [`clients`]: open connections per client IP, held by an RAII permit.
+
+pub mod clients;
+pub mod head;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use clients::{ClientConnections, ClientPermit};
+pub use head::{HeadEnd, HeadEvent, HeadWatch};
+
+use super::Rejection;
+
+/// The policy keys of `[limits]` that guard connections, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Longest time from the first byte of a request head to the empty line that ends it;
+    /// then 408 and the connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Most open connections from one client IP (the TCP peer); the next one is answered
+    /// 429 and closed. 0 = no cap (the default).
+    pub max_connections_per_client_ip: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_client_ip: 0,
+        }
+    }
+}
+
+/// Longest `header_read_timeout_ms` a policy may set (10 minutes): Pingora closes a head
+/// that makes no progress for 60 s anyway, and deadlines must stay far from `Instant`'s range.
+pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Most `max_connections_per_client_ip` a policy may set.
+pub const MAX_CONNECTIONS_PER_CLIENT_IP: u32 = 1_000_000;
+
+/// The answer when a request head did not arrive whole within the deadline.
+pub fn header_timeout(limits: &ConnLimits) -> Rejection {
+    let ms = limits.header_read_timeout.as_millis() as u64;
+    Rejection {
+        status: 408,
+        reason: "header_timeout",
+        message: format!("the request head did not arrive whole within {ms} ms"),
+        limit: Some("limits.header_read_timeout_ms"),
+        value: Some(ms),
+        retry_after: None,
+    }
+}
+
+/// The answer to a connection over the per-client cap; `open` counts the connections the
+/// client already has.
+pub fn too_many_connections(ip: IpAddr, open: u32, cap: u32) -> Rejection {
+    Rejection {
+        status: 429,
+        reason: "too_many_connections",
+        message: format!(
+            "client {ip} already has {open} open connections; the limit per client IP is {cap}"
+        ),
+        limit: Some("limits.max_connections_per_client_ip"),
+        value: Some(u64::from(open) + 1),
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_name_their_limit_and_value() {
+        let l = ConnLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..ConnLimits::default()
+        };
+        let r = header_timeout(&l);
+        assert_eq!(
+            (r.status, r.reason, r.limit, r.value),
+            (
+                408,
+                "header_timeout",
+                Some("limits.header_read_timeout_ms"),
+                Some(300)
+            )
+        );
+        let r = too_many_connections("10.0.0.1".parse().unwrap(), 2, 2);
+        assert_eq!(
+            (r.status, r.limit, r.value),
+            (429, Some("limits.max_connections_per_client_ip"), Some(3))
+        );
+        assert!(r.message.contains("10.0.0.1"), "{}", r.message);
+    }
+
+    #[test]
+    fn defaults_time_heads_and_cap_nothing() {
+        let d = ConnLimits::default();
+        assert_eq!(d.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(d.max_connections_per_client_ip, 0);
+    }
+}
