@@ -87,6 +87,50 @@ pub struct PolicyOverrides<'a> {
     pub threads: u32,
     /// Pin the concurrency limit at this value (min = max = initial), so it never trips.
     pub fixed_limit: Option<u32>,
+    /// A `[ratelimit]` section with one per-tenant rule; `None`: no rate limits.
+    pub ratelimit: Option<&'a RateLimitSpec>,
+}
+
+/// The name of the one rate-limit rule the harness writes.
+pub const TENANT_RULE: &str = "per-tenant";
+
+/// A `[ratelimit]` section with one rule, `per-tenant`: key `header:x-tenant-id`, on the
+/// given routes, `rate` per second with `burst`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RateLimitSpec {
+    /// `None`: limits in-process.
+    pub redis_url: Option<String>,
+    /// Keeps contenders sharing one Redis apart.
+    pub key_prefix: String,
+    /// `timeout_ms` (sloguard's default, 5, when `None`).
+    pub timeout_ms: Option<u64>,
+    pub routes: Vec<String>,
+    pub rate: f64,
+    pub burst: u64,
+}
+
+fn ratelimit_table(spec: &RateLimitSpec) -> toml::Table {
+    use toml::{Table, Value};
+    let mut rl = Table::new();
+    if let Some(url) = &spec.redis_url {
+        rl.insert("redis_url".into(), Value::String(url.clone()));
+    }
+    if let Some(t) = spec.timeout_ms {
+        rl.insert("timeout_ms".into(), Value::Integer(t as i64));
+    }
+    rl.insert("key_prefix".into(), Value::String(spec.key_prefix.clone()));
+    let mut rule = Table::new();
+    rule.insert("name".into(), Value::String(TENANT_RULE.into()));
+    let routes = spec.routes.iter().cloned().map(Value::String).collect();
+    rule.insert("routes".into(), Value::Array(routes));
+    rule.insert(
+        "key".into(),
+        Value::String(format!("header:{}", crate::loadgen::TENANT_HEADER)),
+    );
+    rule.insert("rate".into(), Value::Float(spec.rate));
+    rule.insert("burst".into(), Value::Integer(spec.burst as i64));
+    rl.insert("rule".into(), Value::Array(vec![Value::Table(rule)]));
+    rl
 }
 
 /// Why a policy could not be generated.
@@ -128,6 +172,10 @@ pub fn sloguard_policy(template: &str, o: &PolicyOverrides) -> Result<String, Po
     let mut guard = table(&mut doc, "guard");
     guard.insert("mode".into(), Value::String(o.mode.into()));
     doc.insert("guard".into(), Value::Table(guard));
+
+    if let Some(spec) = o.ratelimit {
+        doc.insert("ratelimit".into(), Value::Table(ratelimit_table(spec)));
+    }
 
     if let Some(limit) = o.fixed_limit {
         let mut c = table(&mut doc, "concurrency");
@@ -225,10 +273,12 @@ stall_after_ms = 100
                 mode: "off",
                 threads: 1,
                 fixed_limit: None,
+                ratelimit: None,
             },
         )
         .unwrap();
         let doc: toml::Table = text.parse().unwrap();
+        assert!(doc.get("ratelimit").is_none());
         assert_eq!(doc["listen"]["proxy"].as_str(), Some("127.0.0.1:7000"));
         assert_eq!(doc["listen"]["threads"].as_integer(), Some(1));
         assert_eq!(doc["guard"]["mode"].as_str(), Some("off"));
@@ -258,6 +308,7 @@ stall_after_ms = 100
                 mode: "enforce",
                 threads: 1,
                 fixed_limit: Some(1024),
+                ratelimit: None,
             },
         )
         .unwrap();
@@ -277,7 +328,59 @@ stall_after_ms = 100
             mode: "off",
             threads: 1,
             fixed_limit: None,
+            ratelimit: None,
         };
         assert!(sloguard_policy("[listen", &o).is_err());
+    }
+
+    #[test]
+    fn ratelimit_section_has_one_per_tenant_rule() {
+        let w = addrs(&[9001]);
+        let spec = RateLimitSpec {
+            redis_url: Some("redis://127.0.0.1:6390".into()),
+            key_prefix: "bench-a".into(),
+            timeout_ms: None,
+            routes: vec!["ingest".into()],
+            rate: 250.0,
+            burst: 25,
+        };
+        let o = PolicyOverrides {
+            proxy: w[0],
+            admin: w[0],
+            workers: &w,
+            mode: "enforce",
+            threads: 1,
+            fixed_limit: None,
+            ratelimit: Some(&spec),
+        };
+        let doc: toml::Table = sloguard_policy(TEMPLATE, &o).unwrap().parse().unwrap();
+        let rl = &doc["ratelimit"];
+        assert_eq!(rl["redis_url"].as_str(), Some("redis://127.0.0.1:6390"));
+        assert_eq!(rl["key_prefix"].as_str(), Some("bench-a"));
+        assert!(rl.get("timeout_ms").is_none());
+        let rule = &rl["rule"][0];
+        assert_eq!(rule["name"].as_str(), Some(TENANT_RULE));
+        assert_eq!(rule["key"].as_str(), Some("header:x-tenant-id"));
+        assert_eq!(rule["rate"].as_float(), Some(250.0));
+        assert_eq!(rule["burst"].as_integer(), Some(25));
+        assert_eq!(rule["routes"][0].as_str(), Some("ingest"));
+        // In-process: no redis_url at all.
+        let local = RateLimitSpec {
+            redis_url: None,
+            timeout_ms: Some(6),
+            ..spec.clone()
+        };
+        let doc: toml::Table = sloguard_policy(
+            TEMPLATE,
+            &PolicyOverrides {
+                ratelimit: Some(&local),
+                ..o
+            },
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+        assert!(doc["ratelimit"].get("redis_url").is_none());
+        assert_eq!(doc["ratelimit"]["timeout_ms"].as_integer(), Some(6));
     }
 }

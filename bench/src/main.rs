@@ -1,13 +1,15 @@
-//! `sloguard-bench`: builds sloguard and the analytics backend, installs nginx and HAProxy if
-//! missing, runs the scenarios against every contender on 127.0.0.1, stops everything it
-//! started, and writes BENCHMARKS.md and bench/results.json. See BENCHMARKS.md.
+//! `sloguard-bench`: builds sloguard and the analytics backend, installs nginx, HAProxy and
+//! redis-server if missing, runs the scenarios against every contender on 127.0.0.1, stops
+//! everything it started, and writes BENCHMARKS.md and bench/results.json. See BENCHMARKS.md.
 
 mod configs;
 mod foreign;
 mod loadgen;
 mod micro;
 mod procs;
+mod redis;
 mod report;
+mod report_ratelimit;
 mod report_sections;
 mod scenarios;
 mod setup;
@@ -20,7 +22,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use scenarios::{incident, overhead, overload, say, Env, Plan};
+use scenarios::{incident, overhead, overload, ratelimit, say, soak, Env, Plan};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks sloguard against direct, nginx and HAProxy on this machine")]
@@ -57,6 +59,24 @@ enum Cmd {
     Incident,
     /// Scenario 3 only (prints its tables).
     Overload,
+    /// Scenario 4 only, rate limits (prints its tables).
+    Ratelimit,
+    /// Not part of `all`: minutes of load at half the capacity with one fault a minute;
+    /// prints a row a minute and writes bench/soak.json (and BENCHMARKS.md with --write).
+    Soak {
+        /// How many minutes (1 to 60).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60))]
+        minutes: u32,
+        /// Seconds per "minute" (20 to 60), to try the fault schedule quickly.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(20..=60))]
+        minute_secs: u64,
+        /// Offered load, percent of the capacity measured first (10 to 60).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(10..=60))]
+        load_percent: u32,
+        /// Also write the `<!-- bench:soak -->` section of BENCHMARKS.md.
+        #[arg(long)]
+        write: bool,
+    },
     /// Not a scenario: closed-loop load on sloguard and nginx for `secs` each, printing
     /// throughput; with `--perf FILE`, sloguard (enforce) is recorded by `perf record -g`.
     Profile {
@@ -74,7 +94,17 @@ fn main() -> anyhow::Result<()> {
     if !cli.no_build {
         setup::build(&root)?;
     }
-    let (nginx, haproxy) = setup::proxies(!cli.no_install);
+    let soak_run = matches!(cli.command, Cmd::Soak { .. });
+    let (nginx, haproxy) = if soak_run || cli.command == Cmd::Ratelimit {
+        (setup::find_tool("nginx"), setup::find_tool("haproxy"))
+    } else {
+        setup::proxies(!cli.no_install)
+    };
+    let redis = if soak_run || matches!(cli.command, Cmd::All | Cmd::Ratelimit) {
+        setup::redis(!cli.no_install)
+    } else {
+        setup::find_tool("redis-server")
+    };
     let mut failures = Vec::new();
     let micro = if cli.command == Cmd::All && !cli.no_micro {
         micro::run(&root, cli.quick).unwrap_or_else(|e| {
@@ -89,6 +119,7 @@ fn main() -> anyhow::Result<()> {
     let machine = sysinfo::describe(
         nginx.as_deref().and_then(|p| p.to_str()),
         haproxy.as_deref().and_then(|p| p.to_str()),
+        redis.as_deref().and_then(|p| p.to_str()),
     );
     let cores = machine.nproc;
     let pin = (!cli.no_pin && cores >= 2).then_some((0, 1));
@@ -122,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         target.join("analytics-backend"),
         nginx.clone(),
         haproxy.clone(),
+        redis.clone(),
         template,
         pin,
         Plan::new(cli.quick),
@@ -131,6 +163,41 @@ fn main() -> anyhow::Result<()> {
 
     if let Cmd::Profile { secs, perf } = &cli.command {
         scenarios::profile::run(&env, *secs, perf.as_deref())?;
+        return Ok(());
+    }
+    if let Cmd::Soak {
+        minutes,
+        minute_secs,
+        load_percent,
+        write,
+    } = cli.command
+    {
+        let ctx = soak::SoakContext {
+            generated_at: now_utc(),
+            command: command_line(&cli),
+            pinning,
+            busy_before,
+            root: &root,
+        };
+        let plan = soak::SoakPlan {
+            minutes,
+            minute_secs,
+            load_percent,
+        };
+        let result = soak::run(&env, plan, &ctx);
+        if cli.keep_temp {
+            say(format!(
+                "configs and logs kept in {}",
+                env.dir.keep().display()
+            ));
+        }
+        let result = result?;
+        let body = soak::section(&result);
+        println!("\n## Soak\n\n{body}");
+        if write {
+            write_sections(&root, &[("soak", body)])?;
+        }
+        say(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
         return Ok(());
     }
     let want = |c: Cmd| cli.command == Cmd::All || cli.command == c;
@@ -143,10 +210,14 @@ fn main() -> anyhow::Result<()> {
     let ovl = want(Cmd::Overload)
         .then(|| attempt("overload", &mut failures, || overload::run(&env)))
         .flatten();
+    let rl = want(Cmd::Ratelimit)
+        .then(|| attempt("rate limits", &mut failures, || ratelimit::run(&env)))
+        .flatten();
     let mut memory = Vec::new();
     memory.extend(over.iter().flat_map(|o| o.memory.clone()));
     memory.extend(inc.iter().flat_map(|i| i.memory.clone()));
     memory.extend(ovl.iter().flat_map(|o| o.memory.clone()));
+    memory.extend(rl.iter().flat_map(|r| r.memory.clone()));
 
     let results = report::Results {
         generated_at: now_utc(),
@@ -159,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         overhead: over,
         incident: inc,
         overload: ovl,
+        ratelimit: rl,
         memory,
         micro,
         failures,
@@ -188,6 +260,13 @@ fn write_outputs(
     let json_path = root.join("bench/results.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(results)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
+    write_sections(root, sections)?;
+    say(format!("wrote {}", json_path.display()));
+    Ok(())
+}
+
+/// Fills sections of BENCHMARKS.md between their markers (a missing pair is reported).
+fn write_sections(root: &std::path::Path, sections: &[(&str, String)]) -> anyhow::Result<()> {
     let md_path: PathBuf = root.join("BENCHMARKS.md");
     let mut doc = std::fs::read_to_string(&md_path).unwrap_or_else(|_| report::SKELETON.into());
     for (name, body) in sections {
@@ -199,11 +278,7 @@ fn write_outputs(
         }
     }
     std::fs::write(&md_path, doc).with_context(|| format!("writing {}", md_path.display()))?;
-    say(format!(
-        "wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    ));
+    say(format!("wrote {}", md_path.display()));
     Ok(())
 }
 
@@ -238,8 +313,25 @@ fn command_line(cli: &Cli) -> String {
         Cmd::Overhead => "overhead",
         Cmd::Incident => "incident",
         Cmd::Overload => "overload",
+        Cmd::Ratelimit => "ratelimit",
         Cmd::Profile { .. } => "profile",
+        Cmd::Soak { .. } => "soak",
     };
+    if let Cmd::Soak {
+        minutes,
+        minute_secs,
+        load_percent,
+        ..
+    } = cli.command
+    {
+        s += &format!(" --minutes {minutes}");
+        if minute_secs != 60 {
+            s += &format!(" --minute-secs {minute_secs}");
+        }
+        if load_percent != 50 {
+            s += &format!(" --load-percent {load_percent}");
+        }
+    }
     for (on, flag) in [
         (cli.quick, " --quick"),
         (cli.no_pin, " --no-pin"),

@@ -234,6 +234,18 @@ impl Proc {
         Ok(lines)
     }
 
+    /// Stops the process at once (SIGKILL) and reaps it: a crash, not a shutdown.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Open file descriptors of the process (the entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> Option<u64> {
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).ok()?;
+        Some(dir.filter(|e| e.is_ok()).count() as u64)
+    }
+
     /// Resident memory (VmRSS) of the process and its direct children (nginx's worker), KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         self.tree_sum("VmRSS")
@@ -333,6 +345,21 @@ mod tests {
     fn parses_ppid_even_with_spaces_in_comm() {
         assert_eq!(parse_ppid("123 (nginx: worker) S 77 123 123 0"), Some(77));
         assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn counts_our_own_fds_and_kills_at_once() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let log = std::env::temp_dir().join(format!("bench-procs-{}.log", std::process::id()));
+        let mut p = Proc::spawn("sleep", cmd, None, &log, libc::SIGTERM).unwrap();
+        // stdin, stdout and stderr at least.
+        assert!(p.open_fds().unwrap() >= 3);
+        let t = Instant::now();
+        p.kill_now();
+        assert!(p.check_alive().is_err());
+        assert!(t.elapsed() < Duration::from_secs(2));
+        let _ = std::fs::remove_file(log);
     }
 
     #[test]

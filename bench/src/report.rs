@@ -8,6 +8,7 @@ use crate::micro::Micro;
 use crate::scenarios::incident::Incident;
 use crate::scenarios::overhead::Overhead;
 use crate::scenarios::overload::Overload;
+use crate::scenarios::ratelimit::RateLimits;
 use crate::scenarios::{MemSample, OpenResult, Plan, DISTURBED};
 use crate::stats::median;
 use crate::sysinfo::Machine;
@@ -27,6 +28,7 @@ pub struct Results {
     pub overhead: Option<Overhead>,
     pub incident: Option<Incident>,
     pub overload: Option<Overload>,
+    pub ratelimit: Option<RateLimits>,
     pub memory: Vec<MemSample>,
     pub micro: Vec<Micro>,
     /// Parts that failed, and why.
@@ -38,7 +40,9 @@ pub const SKELETON: &str = "# Benchmarks\n\n## Run\n\n<!-- bench:run -->\n<!-- /
 ## 1. Overhead\n\n<!-- bench:overhead -->\n<!-- /bench:overhead -->\n\n\
 ## 2. Stalled worker\n\n<!-- bench:incident -->\n<!-- /bench:incident -->\n\n\
 ## 3. Overload\n\n<!-- bench:overload -->\n<!-- /bench:overload -->\n\n\
+## 4. Rate limits\n\n<!-- bench:ratelimit -->\n<!-- /bench:ratelimit -->\n\n\
 ## 5. Memory\n\n<!-- bench:memory -->\n<!-- /bench:memory -->\n\n\
+## 6. Soak\n\n<!-- bench:soak -->\n<!-- /bench:soak -->\n\n\
 ## Micro-benchmarks\n\n<!-- bench:micro -->\n<!-- /bench:micro -->\n";
 
 /// Replaces what is between the markers of section `name`; `None` if they are missing.
@@ -107,6 +111,9 @@ pub fn sections(r: &Results) -> Vec<(&'static str, String)> {
     if let Some(o) = &r.overload {
         m.push(("overload", crate::report_sections::overload(o)));
     }
+    if let Some(rl) = &r.ratelimit {
+        m.push(("ratelimit", crate::report_ratelimit::section(rl)));
+    }
     if !r.memory.is_empty() {
         m.push(("memory", memory_section(&r.memory)));
     }
@@ -121,7 +128,7 @@ fn run_section(r: &Results) -> String {
     let mut s = format!(
         "- Generated: {} by `{}` in {:.0} s ({}{} round(s) per scenario).\n\
          - Machine: {} cores (`nproc`), {} (`lscpu`), {} memory, {}; CPU busy in the second before the scenarios: {}.\n\
-         - Tools: {}; {}; {}.\n- Pinning: {}.\n",
+         - Tools: {}; {}; {}; {}.\n- Pinning: {}.\n",
         r.generated_at,
         r.command,
         r.total_secs,
@@ -135,15 +142,17 @@ fn run_section(r: &Results) -> String {
         m.rustc,
         m.nginx,
         m.haproxy,
+        m.redis,
         r.pinning,
     );
     let foreign = foreign_shares(r);
     if !foreign.is_empty() {
         let max = foreign.iter().copied().fold(0.0, f64::max);
-        let reruns = r.overhead.as_ref().map_or(0, |o| o.reruns);
+        let reruns = r.overhead.as_ref().map_or(0, |o| o.reruns)
+            + r.ratelimit.as_ref().map_or(0, |l| l.reruns);
         s.push_str(&format!(
             "- Other processes' CPU during the measurements: median {} of a core, at most {} \
-             (an overhead measurement over {} is run again: {reruns} were).\n",
+             (an overhead or rate-limit measurement over {} is run again: {reruns} were).\n",
             pct(median(&foreign)),
             pct(max),
             pct(DISTURBED),
@@ -169,6 +178,12 @@ fn foreign_shares(r: &Results) -> Vec<f64> {
                 .iter()
                 .flat_map(|c| c.rounds.iter().map(|s| s.foreign_cpu)),
         );
+    }
+    if let Some(l) = &r.ratelimit {
+        for x in &l.results {
+            v.extend(x.open.rounds.iter().map(|s| s.foreign_cpu));
+            v.extend(x.closed.rounds.iter().map(|s| s.foreign_cpu));
+        }
     }
     let open = r.incident.iter().flat_map(|i| &i.results);
     let open = open.chain(r.overload.iter().flat_map(|o| &o.results));
@@ -258,7 +273,16 @@ mod tests {
 
     #[test]
     fn skeleton_has_every_section() {
-        for name in ["run", "overhead", "incident", "overload", "memory", "micro"] {
+        for name in [
+            "run",
+            "overhead",
+            "incident",
+            "overload",
+            "ratelimit",
+            "memory",
+            "soak",
+            "micro",
+        ] {
             assert!(fill(SKELETON, name, "x").is_some(), "{name}");
         }
     }

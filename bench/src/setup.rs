@@ -1,5 +1,6 @@
 //! Getting ready: where the workspace and its binaries are, building them with cargo, and
-//! finding nginx and HAProxy (installing the Debian packages when missing and we are root).
+//! finding nginx, HAProxy and redis-server (installing the Debian packages when missing and
+//! we are root).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ pub fn cargo() -> OsString {
 
 /// `cargo build --release -p sloguard -p analytics-backend` in the workspace.
 pub fn build(root: &Path) -> anyhow::Result<()> {
-    say("building sloguard and analytics-backend (release)");
+    say("building sloguard, analytics-backend and the bare Pingora baseline (release)");
     let status = Command::new(cargo())
         .args([
             "build",
@@ -40,6 +41,9 @@ pub fn build(root: &Path) -> anyhow::Result<()> {
             "sloguard",
             "-p",
             "analytics-backend",
+            "--bins",
+            "--example",
+            "bare_pingora",
         ])
         .current_dir(root)
         .status()
@@ -83,7 +87,23 @@ fn candidate(package: &str) -> Option<String> {
 pub fn proxies(install: bool) -> (Option<PathBuf>, Option<PathBuf>) {
     let (mut nginx, mut haproxy) = (find_tool("nginx"), find_tool("haproxy"));
     if (nginx.is_none() || haproxy.is_none()) && install {
-        if let Err(e) = apt_install(nginx.is_none(), haproxy.is_none()) {
+        let want_nginx = nginx.is_none();
+        let result = apt_install("nginx and haproxy", || {
+            let mut packages = Vec::new();
+            if want_nginx {
+                // nginx-light (nginx plus one module on Debian 12) as the issue asks, else nginx.
+                packages.push(if candidate("nginx-light").is_some() {
+                    "nginx-light"
+                } else {
+                    "nginx"
+                });
+            }
+            if haproxy.is_none() {
+                packages.push("haproxy");
+            }
+            packages
+        });
+        if let Err(e) = result {
             say(format!("could not install nginx/haproxy: {e:#}"));
         }
         nginx = find_tool("nginx");
@@ -92,11 +112,26 @@ pub fn proxies(install: bool) -> (Option<PathBuf>, Option<PathBuf>) {
     (nginx, haproxy)
 }
 
-fn apt_install(want_nginx: bool, want_haproxy: bool) -> anyhow::Result<()> {
-    if !procs::is_root() {
-        bail!("not root: run `apt-get install -y nginx haproxy` yourself");
+/// Finds redis-server; installs Debian's `redis-server` package when missing and allowed.
+/// `None` afterwards: the Redis contenders are skipped (and the soak refuses to run).
+pub fn redis(install: bool) -> Option<PathBuf> {
+    let found = find_tool("redis-server");
+    if found.is_some() || !install {
+        return found;
     }
-    say("apt-get update (for nginx and haproxy)");
+    if let Err(e) = apt_install("redis-server", || vec!["redis-server"]) {
+        say(format!("could not install redis-server: {e:#}"));
+    }
+    find_tool("redis-server")
+}
+
+/// `apt-get update`, then `apt-get install -y` of the packages `packages` names (asked
+/// after the update, so candidates are current); root only.
+fn apt_install(what: &str, packages: impl FnOnce() -> Vec<&'static str>) -> anyhow::Result<()> {
+    if !procs::is_root() {
+        bail!("not root: run `apt-get install -y {what}` yourself");
+    }
+    say(format!("apt-get update (for {what})"));
     let ok = Command::new("apt-get")
         .args(["update", "-qq"])
         .status()
@@ -104,18 +139,7 @@ fn apt_install(want_nginx: bool, want_haproxy: bool) -> anyhow::Result<()> {
     if !ok.success() {
         bail!("apt-get update failed ({ok})");
     }
-    let mut packages = Vec::new();
-    if want_nginx {
-        // nginx-light (nginx plus one module on Debian 12) as the issue asks, else nginx.
-        packages.push(if candidate("nginx-light").is_some() {
-            "nginx-light"
-        } else {
-            "nginx"
-        });
-    }
-    if want_haproxy {
-        packages.push("haproxy");
-    }
+    let packages = packages();
     for p in &packages {
         if candidate(p).is_none() {
             bail!("no Debian package candidate for {p}");

@@ -18,6 +18,8 @@ pub struct OpenSummary {
     pub ok: u64,
     /// 503 answers (shed).
     pub shed: u64,
+    /// 429 answers (rate limited).
+    pub limited: u64,
     /// Everything else: other statuses, transport errors, timeouts, requests not sent.
     pub errors: u64,
     pub timeouts: u64,
@@ -68,7 +70,8 @@ pub fn summarize_open(
 ) -> OpenSummary {
     let mut all = loadgen::histogram();
     let mut shed = loadgen::histogram();
-    let (mut ok, mut errors, mut timeouts, mut with_slo, mut over, mut good) = (0, 0, 0, 0, 0, 0);
+    let (mut ok, mut limited, mut errors, mut timeouts) = (0, 0, 0, 0);
+    let (mut with_slo, mut over, mut good) = (0, 0, 0);
     for o in outcomes {
         let us = (o.latency.as_micros() as u64).max(1);
         let _ = all.record(us);
@@ -78,6 +81,7 @@ pub fn summarize_open(
             503 => {
                 let _ = shed.record(us);
             }
+            429 => limited += 1,
             s => {
                 errors += 1;
                 timeouts += u64::from(s == ERR_TIMEOUT);
@@ -98,6 +102,7 @@ pub fn summarize_open(
         sent,
         ok,
         shed: shed.len(),
+        limited,
         errors,
         timeouts,
         p50_ms: pct(&all, 0.5),
@@ -122,6 +127,9 @@ pub struct ClosedSummary {
     /// Answers (2xx) in the measured stretch.
     pub requests: u64,
     pub rps: f64,
+    /// 429 answers (rate limited), and per second; not in `requests`, not errors.
+    pub limited: u64,
+    pub limited_rps: f64,
     pub errors: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -140,6 +148,8 @@ pub fn summarize_closed(
     ClosedSummary {
         requests: r.completed,
         rps: r.rps.round(),
+        limited: r.limited,
+        limited_rps: r.limited_rps.round(),
         errors: r.errors,
         p50_ms: pct(&r.latency, 0.5),
         p99_ms: pct(&r.latency, 0.99),
@@ -178,6 +188,7 @@ pub fn median_open(rounds: &[OpenSummary]) -> OpenSummary {
         sent: med_u(rounds, |s| s.sent),
         ok: med_u(rounds, |s| s.ok),
         shed: med_u(rounds, |s| s.shed),
+        limited: med_u(rounds, |s| s.limited),
         errors: med_u(rounds, |s| s.errors),
         timeouts: med_u(rounds, |s| s.timeouts),
         p50_ms: med(rounds, |s| s.p50_ms),
@@ -205,6 +216,8 @@ pub fn median_closed(rounds: &[ClosedSummary]) -> ClosedSummary {
     ClosedSummary {
         requests: med(rounds, |s| s.requests as f64).round() as u64,
         rps: med(rounds, |s| s.rps).round(),
+        limited: med(rounds, |s| s.limited as f64).round() as u64,
+        limited_rps: med(rounds, |s| s.limited_rps).round(),
         errors: med(rounds, |s| s.errors as f64).round() as u64,
         p50_ms: med(rounds, |s| s.p50_ms),
         p99_ms: med(rounds, |s| s.p99_ms),
@@ -247,6 +260,11 @@ mod tests {
         assert!((399.0..=401.0).contains(&s.p95_ms), "{}", s.p95_ms);
         assert!((1990.0..=2010.0).contains(&s.p99_ms), "{}", s.p99_ms);
         assert!((0.9..=1.1).contains(&s.shed_p50_ms));
+        // A 429 is counted apart: not an error, not a shed.
+        let mut w = v.clone();
+        w.push(o(Kind::Ingest, 429, 1));
+        let s = summarize_open(&w, Duration::from_secs(2), &loadgen::histogram());
+        assert_eq!((s.limited, s.errors, s.shed, s.sent), (1, 2, 3, 101));
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct Machine {
     pub rustc: String,
     pub nginx: String,
     pub haproxy: String,
+    pub redis: String,
 }
 
 /// Everything after the first `:` of the `lscpu` line that starts with `key`.
@@ -100,7 +101,7 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("unknown").trim().to_string()
 }
 
-pub fn describe(nginx: Option<&str>, haproxy: Option<&str>) -> Machine {
+pub fn describe(nginx: Option<&str>, haproxy: Option<&str>, redis: Option<&str>) -> Machine {
     let lscpu = run("lscpu", &[]);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     Machine {
@@ -111,6 +112,9 @@ pub fn describe(nginx: Option<&str>, haproxy: Option<&str>) -> Machine {
         rustc: first_line(&run("rustc", &["--version"])),
         nginx: nginx.map_or("not available".into(), |n| first_line(&run(n, &["-v"]))),
         haproxy: haproxy.map_or("not available".into(), |h| first_line(&run(h, &["-v"]))),
+        redis: redis.map_or("redis-server not available".into(), |r| {
+            first_line(&run(r, &["--version"]))
+        }),
     }
 }
 

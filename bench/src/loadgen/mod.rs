@@ -59,6 +59,12 @@ impl Kind {
     }
 }
 
+/// The header that names a request's tenant in the tenant mixes (the rate-limit key).
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// Tenants the requests are spread over.
+pub const TENANTS: u64 = 50;
+
 /// The request mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Mix {
@@ -68,16 +74,40 @@ pub enum Mix {
     Ingest,
     /// 80% `POST /v1/events`, 20% `GET /v1/metrics`, interleaved deterministically.
     Incident,
+    /// `POST /v1/events` naming its tenant in [`TENANT_HEADER`], the 50 tenants in turn.
+    TenantIngest,
+    /// Like [`Mix::TenantIngest`], but `tenant-0` sends every other request (half the
+    /// traffic) and the other 49 share the rest evenly: one tenant far over its limit.
+    HotTenant,
+    /// The incident mix with [`TENANT_HEADER`] on every request, the 50 tenants in turn.
+    TenantIncident,
 }
 
 impl Mix {
     pub fn kind(self, i: u64) -> Kind {
         match self {
             Mix::Health => Kind::Health,
-            Mix::Ingest => Kind::Ingest,
-            Mix::Incident if (i * 37) % 100 < 80 => Kind::Ingest,
-            Mix::Incident => Kind::Query,
+            Mix::Ingest | Mix::TenantIngest | Mix::HotTenant => Kind::Ingest,
+            Mix::Incident | Mix::TenantIncident if (i * 37) % 100 < 80 => Kind::Ingest,
+            Mix::Incident | Mix::TenantIncident => Kind::Query,
         }
+    }
+
+    /// The tenant of request `i` (0..50).
+    pub fn tenant(self, i: u64) -> u64 {
+        match self {
+            Mix::HotTenant if i.is_multiple_of(2) => 0,
+            Mix::HotTenant => 1 + (i / 2) % (TENANTS - 1),
+            _ => i % TENANTS,
+        }
+    }
+
+    /// Whether requests carry [`TENANT_HEADER`].
+    pub fn names_tenant(self) -> bool {
+        matches!(
+            self,
+            Mix::TenantIngest | Mix::HotTenant | Mix::TenantIncident
+        )
     }
 }
 
@@ -109,16 +139,11 @@ impl Payloads {
         Payloads { events }
     }
 
-    /// The request number `i` of kind `kind`; `base` is `http://addr` (legacy client) or
-    /// empty (a raw connection, with `host` set).
-    pub(crate) fn request(
-        &self,
-        kind: Kind,
-        i: u64,
-        base: &str,
-        host: &str,
-    ) -> Request<Full<Bytes>> {
-        let tenant = i % 50;
+    /// The request number `i` of `mix`; `base` is `http://addr` (legacy client) or empty (a
+    /// raw connection, with `host` set).
+    pub(crate) fn request(&self, mix: Mix, i: u64, base: &str, host: &str) -> Request<Full<Bytes>> {
+        let kind = mix.kind(i);
+        let tenant = mix.tenant(i);
         let (method, uri, body) = match kind {
             Kind::Health => (Method::GET, format!("{base}/healthz"), Bytes::new()),
             Kind::Ingest => (
@@ -138,6 +163,9 @@ impl Payloads {
             .header(header::HOST, host);
         if kind == Kind::Ingest {
             b = b.header(header::CONTENT_TYPE, "application/json");
+        }
+        if mix.names_tenant() && kind != Kind::Health {
+            b = b.header(TENANT_HEADER, format!("tenant-{tenant}"));
         }
         b.body(Full::new(body))
             .expect("static request parts are valid")
@@ -179,15 +207,51 @@ mod tests {
     #[test]
     fn requests_are_well_formed() {
         let p = Payloads::new();
-        let r = p.request(Kind::Ingest, 3, "http://127.0.0.1:1", "127.0.0.1:1");
+        let r = p.request(Mix::Ingest, 3, "http://127.0.0.1:1", "127.0.0.1:1");
         assert_eq!(r.method(), Method::POST);
         assert_eq!(r.uri(), "http://127.0.0.1:1/v1/events");
-        let q = p.request(Kind::Query, 53, "", "127.0.0.1:1");
+        assert!(r.headers().get(TENANT_HEADER).is_none());
+        // The first query of the incident mix.
+        let i = (0..1000)
+            .find(|i| Mix::Incident.kind(*i) == Kind::Query)
+            .unwrap();
+        let q = p.request(Mix::Incident, i, "", "127.0.0.1:1");
         assert_eq!(q.uri().path(), "/v1/metrics");
-        assert!(q.uri().query().unwrap().contains("customer=tenant-3"));
+        let customer = format!("customer=tenant-{}&", i % 50);
+        assert!(q.uri().query().unwrap().contains(&customer));
         let body: serde_json::Value = serde_json::from_slice(&p.events[7]).unwrap();
         assert_eq!(body["customer_id"], "tenant-7");
         assert_eq!(body["dimensions"]["country"], "fr");
+    }
+
+    #[test]
+    fn tenant_mixes_name_their_tenant() {
+        let p = Payloads::new();
+        let r = p.request(Mix::TenantIngest, 57, "", "h");
+        assert_eq!(r.headers()[TENANT_HEADER], "tenant-7");
+        let i = (0..1000)
+            .find(|i| Mix::TenantIncident.kind(*i) == Kind::Query)
+            .unwrap();
+        let q = p.request(Mix::TenantIncident, i, "", "h");
+        assert_eq!(
+            q.headers()[TENANT_HEADER],
+            format!("tenant-{}", i % 50).as_str()
+        );
+        let ingest = (0..100)
+            .filter(|i| Mix::TenantIncident.kind(*i) == Kind::Ingest)
+            .count();
+        assert_eq!(ingest, 80);
+    }
+
+    #[test]
+    fn the_hot_tenant_sends_half_and_the_others_share_the_rest_evenly() {
+        let mut counts = [0u64; 50];
+        for i in 0..49 * 2 * 10 {
+            counts[Mix::HotTenant.tenant(i) as usize] += 1;
+        }
+        assert_eq!(counts[0], 490);
+        assert!(counts[1..].iter().all(|&c| c == 10), "{counts:?}");
+        assert!((0..50).all(|i| Mix::TenantIngest.tenant(i) == i));
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub async fn open_loop(targets: &[SocketAddr], cfg: &OpenLoop) -> Result<OpenRun
             continue;
         }
         let (base, host) = &bases[(i % bases.len() as u64) as usize];
-        let req = payloads.request(kind, i, base, host);
+        let req = payloads.request(cfg.mix, i, base, host);
         let (client, outcomes, in_flight) = (client.clone(), outcomes.clone(), in_flight.clone());
         let deadline = tokio::time::Instant::from_std(intended + cfg.timeout);
         in_flight.fetch_add(1, Ordering::Relaxed);

@@ -9,10 +9,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::Plan;
-use crate::configs::{self, Balance, PolicyOverrides};
+use crate::configs::{self, Balance, PolicyOverrides, RateLimitSpec};
 use crate::foreign;
 use crate::loadgen::{self, ClosedLoop, OpenLoop};
 use crate::procs::{self, Proc};
+use crate::redis::RedisServer;
 use crate::stats::{self, ClosedSummary, OpenSummary};
 
 /// Everything a scenario needs to start processes and load.
@@ -21,6 +22,8 @@ pub struct Env {
     pub backend: PathBuf,
     pub nginx: Option<PathBuf>,
     pub haproxy: Option<PathBuf>,
+    /// `redis-server`, for the rate-limit scenario and the soak.
+    pub redis: Option<PathBuf>,
     /// `config/sloguard.toml`, the policy every sloguard run starts from.
     pub policy_template: String,
     /// CPU of the system under test (backend and proxy) and of the generator, if pinned.
@@ -39,6 +42,7 @@ impl Env {
         backend: PathBuf,
         nginx: Option<PathBuf>,
         haproxy: Option<PathBuf>,
+        redis: Option<PathBuf>,
         policy_template: String,
         pin: Option<(usize, usize)>,
         plan: Plan,
@@ -49,6 +53,7 @@ impl Env {
             backend,
             nginx,
             haproxy,
+            redis,
             policy_template,
             sut_cpu: pin.map(|p| p.0),
             gen_cpu: pin.map(|p| p.1),
@@ -61,8 +66,15 @@ impl Env {
         })
     }
 
+    /// The bare Pingora baseline, built beside sloguard (`--example bare_pingora`).
+    fn bare_pingora(&self) -> PathBuf {
+        self.sloguard
+            .with_file_name("examples")
+            .join("bare_pingora")
+    }
+
     /// A fresh path in the run dir: `NNN-name`.
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         let n = self.seq.get() + 1;
         self.seq.set(n);
         self.dir.path().join(format!("{n:03}-{name}"))
@@ -71,8 +83,19 @@ impl Env {
     /// Starts `analytics-backend` with `workers` workers on ephemeral ports and `faults`
     /// (`WORKER:SPEC`), and reads the address each worker prints.
     pub fn backend(&self, workers: usize, faults: &[String]) -> anyhow::Result<Backend> {
+        self.backend_on(workers, faults, 0)
+    }
+
+    /// Like [`Env::backend`], with worker N on `base_port + N - 1` (0: ephemeral ports).
+    pub fn backend_on(
+        &self,
+        workers: usize,
+        faults: &[String],
+        base_port: u16,
+    ) -> anyhow::Result<Backend> {
         let mut cmd = Command::new(&self.backend);
-        cmd.args(["--workers", &workers.to_string(), "--base-port", "0"]);
+        cmd.args(["--workers", &workers.to_string()])
+            .args(["--base-port", &base_port.to_string()]);
         for f in faults {
             cmd.args(["--fault", f]);
         }
@@ -86,14 +109,33 @@ impl Env {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| anyhow::anyhow!("unexpected backend output: {lines:?}"))?;
         proc.wait_listening(&addrs)?;
-        Ok(Backend { _proc: proc, addrs })
+        Ok(Backend { proc, addrs })
     }
 
     /// Starts a proxy in front of `workers`, retrying on new ports if one was taken.
     pub fn proxy(&self, kind: ProxyKind, workers: &[SocketAddr]) -> anyhow::Result<Running> {
+        self.retrying(|| self.try_proxy(kind, workers, None))
+    }
+
+    /// Starts sloguard (`mode`, one thread) in front of `workers` with a `[ratelimit]`
+    /// section from `ratelimit`, retrying on new ports if one was taken.
+    pub fn sloguard_limited(
+        &self,
+        mode: &'static str,
+        workers: &[SocketAddr],
+        ratelimit: Option<&RateLimitSpec>,
+    ) -> anyhow::Result<Running> {
+        let kind = ProxyKind::Sloguard {
+            mode,
+            fixed_limit: None,
+        };
+        self.retrying(|| self.try_proxy(kind, workers, ratelimit))
+    }
+
+    fn retrying(&self, start: impl Fn() -> anyhow::Result<Running>) -> anyhow::Result<Running> {
         let mut last = None;
         for _ in 0..3 {
-            match self.try_proxy(kind, workers) {
+            match start() {
                 Ok(r) => return Ok(r),
                 Err(e) => last = Some(e),
             }
@@ -101,8 +143,23 @@ impl Env {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
     }
 
-    fn try_proxy(&self, kind: ProxyKind, workers: &[SocketAddr]) -> anyhow::Result<Running> {
+    /// Starts our own `redis-server` (pinned with the system under test).
+    pub fn redis_server(&self) -> anyhow::Result<RedisServer> {
+        let bin = self
+            .redis
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("redis-server is not installed"))?;
+        RedisServer::start(bin, &self.path("redis"), self.sut_cpu)
+    }
+
+    fn try_proxy(
+        &self,
+        kind: ProxyKind,
+        workers: &[SocketAddr],
+        ratelimit: Option<&RateLimitSpec>,
+    ) -> anyhow::Result<Running> {
         let listen = procs::free_addr()?;
+        let mut policy_file = None;
         let (mut proc, admin) = match kind {
             ProxyKind::Sloguard { mode, fixed_limit } => {
                 let admin = procs::free_addr()?;
@@ -115,6 +172,7 @@ impl Env {
                         mode,
                         threads: 1,
                         fixed_limit,
+                        ratelimit,
                     },
                 )?;
                 let file = self.path(&format!("sloguard-{mode}.toml"));
@@ -126,6 +184,7 @@ impl Env {
                     .env("RUST_LOG", "warn");
                 let log = file.with_extension("log");
                 let p = Proc::spawn("sloguard", cmd, self.sut_cpu, &log, libc::SIGINT)?;
+                policy_file = Some(file);
                 (p, Some(admin))
             }
             ProxyKind::Nginx(balance) => {
@@ -149,6 +208,17 @@ impl Env {
                 let log = prefix.join("stderr.log");
                 (
                     Proc::spawn("nginx", cmd, self.sut_cpu, &log, libc::SIGTERM)?,
+                    None,
+                )
+            }
+            ProxyKind::BarePingora => {
+                let mut cmd = Command::new(self.bare_pingora());
+                cmd.arg(listen.to_string())
+                    .args(workers.iter().map(|w| w.to_string()))
+                    .env("RUST_LOG", "warn");
+                let log = self.path("bare-pingora.log");
+                (
+                    Proc::spawn("bare-pingora", cmd, self.sut_cpu, &log, libc::SIGINT)?,
                     None,
                 )
             }
@@ -180,6 +250,7 @@ impl Env {
             addr: listen,
             admin,
             idle_rss_kib,
+            policy_file,
         })
     }
 
@@ -210,6 +281,7 @@ impl Env {
         match kind {
             Some(ProxyKind::Nginx(_)) => self.nginx.is_some(),
             Some(ProxyKind::Haproxy(_)) => self.haproxy.is_some(),
+            Some(ProxyKind::BarePingora) => self.bare_pingora().is_file(),
             _ => true,
         }
     }
@@ -222,8 +294,15 @@ pub fn parse_worker_line(line: &str) -> Option<SocketAddr> {
 
 /// A running backend (stopped on drop).
 pub struct Backend {
-    _proc: Proc,
+    proc: Proc,
     pub addrs: Vec<SocketAddr>,
+}
+
+impl Backend {
+    /// Kills the whole backend process at once (SIGKILL): a crash.
+    pub fn kill_now(&mut self) {
+        self.proc.kill_now();
+    }
 }
 
 /// Which proxy, configured how.
@@ -235,6 +314,8 @@ pub enum ProxyKind {
     },
     Nginx(Balance),
     Haproxy(Balance),
+    /// `examples/bare_pingora.rs`: Pingora with none of sloguard's logic, round-robin.
+    BarePingora,
 }
 
 /// A running proxy (stopped on drop).
@@ -244,20 +325,57 @@ pub struct Running {
     /// sloguard's admin listener.
     pub admin: Option<SocketAddr>,
     pub idle_rss_kib: Option<u64>,
+    /// sloguard's policy file (rewriting it makes sloguard reload, within a second).
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Running {
     /// Ejections sloguard made so far, from its `/status` (summed over workers).
     pub fn ejections(&self) -> Option<u64> {
-        let admin = self.admin?;
-        let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
+        let (_, text) = http(self.admin?, "GET", "/status", "").ok()?;
         ejections_from_status(&text)
     }
+
+    /// sloguard's `/status` JSON.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let (status, text) = http(self.admin?, "GET", "/status", "").ok()?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&text[text.find("\r\n\r\n")? + 4..]).ok()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), 2 s at most: the
+/// status and the whole answer (head and body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut text = String::new();
+    // A read timeout after a complete answer is fine: the status line is what we need.
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP answer from {addr}{path}"))?;
+    Ok((status, text))
 }
 
 /// Sums `workers[].ejections` in an HTTP answer carrying sloguard's status JSON.

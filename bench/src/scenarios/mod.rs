@@ -4,13 +4,17 @@
 //! - [`overhead`]: a fast backend; added latency at a fixed rate, and max throughput.
 //! - [`incident`]: one worker blocking its loop 250 ms on one event in four.
 //! - [`overload`]: every worker slow, twice the capacity offered.
+//! - [`ratelimit`]: what per-tenant rate limits cost, in Redis and in-process.
 //! - [`profile`]: not a scenario; sustained load on one proxy for `perf`.
+//! - [`soak`]: not part of `all`; minutes of load with a fault a minute.
 
 mod env;
 pub mod incident;
 pub mod overhead;
 pub mod overload;
 pub mod profile;
+pub mod ratelimit;
+pub mod soak;
 
 pub use env::{Env, ProxyKind, Running};
 

@@ -48,6 +48,11 @@ pub fn contenders() -> Vec<Contender> {
             only: None,
         },
         Contender {
+            name: "Pingora (bare)",
+            proxy: Some(ProxyKind::BarePingora),
+            only: None,
+        },
+        Contender {
             name: "nginx round-robin",
             proxy: Some(ProxyKind::Nginx(Balance::RoundRobin)),
             only: None,
@@ -163,7 +168,7 @@ pub fn run(env: &Env) -> anyhow::Result<Overhead> {
 
 /// Runs a measurement again (twice at most) while other processes used more than
 /// [`DISTURBED`] of a core during it; counts the reruns.
-fn undisturbed<T>(
+pub(super) fn undisturbed<T>(
     reruns: &mut u32,
     what: &str,
     mut measure: impl FnMut() -> anyhow::Result<T>,

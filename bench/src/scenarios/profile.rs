@@ -28,6 +28,7 @@ pub fn run(env: &Env, secs: u64, perf_out: Option<&str>) -> anyhow::Result<()> {
             },
         ),
         ("sloguard (off)", SLOGUARD_OFF),
+        ("Pingora (bare)", ProxyKind::BarePingora),
         ("nginx round-robin", ProxyKind::Nginx(Balance::RoundRobin)),
     ];
     for (i, (name, kind)) in kinds.into_iter().enumerate() {
