@@ -1,6 +1,8 @@
-//! Fault switches that reproduce the incident's blocking handlers: their
-//! spec (CLI text and admin JSON forms) and the pure per-worker decision of
-//! which request gets which fault.
+//! Fault switches that reproduce the incident's blocking handlers, and the
+//! connection faults a proxy in front must survive (a trickled answer, a
+//! reset, a keep-alive connection closed under it): their spec (CLI text and
+//! admin JSON forms) and the pure per-worker decision of which request gets
+//! which fault.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,6 +27,25 @@ use serde::{Deserialize, Serialize};
 ///   and not processed (an event answered 503 is not stored).
 /// - `query_block`: every metrics query sleeps the loop this long, like an
 ///   expensive aggregation (so queries, not ingestion, dominate the cost).
+/// - `trickle`: the answer to a `/v1/*` request (1 in `every`) is written one
+///   byte at a time, this long apart, status line and headers included (a
+///   congested or overloaded worker). The loop is not blocked: other
+///   connections of the worker are served meanwhile. The handler has already
+///   run (an event is stored) before the first byte goes out.
+/// - `reset`: a `/v1/*` request (1 in `every`) is handled (an event is
+///   stored), then instead of its answer the connection is reset (`SO_LINGER`
+///   0, so the client gets a TCP RST), like a worker crashing after acting on
+///   the request. The request does not count in `analytics_requests_total`;
+///   it counts in `analytics_faults_total{fault="reset"}`.
+/// - `close_keepalive`: every connection is closed right after its Nth
+///   answer (any route; 1 = after every answer), without a `Connection:
+///   close` header, so a client that pooled the connection finds it dead
+///   when it reuses it (a worker with a tiny keep-alive limit or timeout).
+/// - `close_late`: with `close_keepalive`, the connection is not closed right
+///   after the Nth answer but when the next request arrives on it, unread
+///   (an RST, since the request is left unread): the pooled connection looks
+///   alive to the client until it uses it. This is a keep-alive timeout
+///   racing the client's reuse, made to happen every time.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct FaultSpec {
     pub block: Option<Duration>,
@@ -33,13 +54,22 @@ pub struct FaultSpec {
     pub stall: Option<Duration>,
     pub status: Option<u16>,
     pub query_block: Option<Duration>,
+    #[serde(default)]
+    pub trickle: Option<Duration>,
+    #[serde(default)]
+    pub reset: bool,
+    #[serde(default)]
+    pub close_keepalive: Option<u32>,
+    #[serde(default)]
+    pub close_late: bool,
 }
 
 /// Why a fault spec (`block=250ms,every=4`) or `WORKER:SPEC` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultParseError {
     #[error(
-        "unknown fault key `{key}` (expected block, cpu, every, stall, status or query_block)"
+        "unknown fault key `{key}` (expected block, cpu, every, stall, status, query_block, \
+         trickle, reset, close_keepalive or close_late)"
     )]
     UnknownKey { key: String },
     #[error("fault key `{key}` has no value (write `{key}=...`)")]
@@ -50,6 +80,12 @@ pub enum FaultParseError {
     BadDuration { key: String, value: String },
     #[error("fault key `{key}`: `{value}` is not a whole number")]
     BadNumber { key: String, value: String },
+    #[error("fault key `{key}` must be at least 1")]
+    Zero { key: String },
+    #[error("fault key `{key}`: `{value}` is not `true` or `false`")]
+    BadBool { key: String, value: String },
+    #[error("fault key `close_late` only applies with `close_keepalive=N`")]
+    CloseLateAlone,
     #[error("fault key `status`: `{value}` is not an HTTP status (100-599)")]
     BadStatus { value: String },
     #[error("`{value}` does not start with a worker number (write e.g. `3:block=250ms`)")]
@@ -105,11 +141,33 @@ impl FromStr for FaultSpec {
                 "cpu" => spec.cpu = Some(duration()?),
                 "stall" => spec.stall = Some(duration()?),
                 "query_block" => spec.query_block = Some(duration()?),
+                "trickle" => spec.trickle = Some(duration()?),
                 "every" => {
                     spec.every = value.parse().map_err(|_| FaultParseError::BadNumber {
                         key: key.into(),
                         value: value.into(),
                     })?
+                }
+                "reset" | "close_late" => {
+                    let on = value.parse().map_err(|_| FaultParseError::BadBool {
+                        key: key.into(),
+                        value: value.into(),
+                    })?;
+                    if key == "reset" {
+                        spec.reset = on;
+                    } else {
+                        spec.close_late = on;
+                    }
+                }
+                "close_keepalive" => {
+                    let n: u32 = value.parse().map_err(|_| FaultParseError::BadNumber {
+                        key: key.into(),
+                        value: value.into(),
+                    })?;
+                    if n == 0 {
+                        return Err(FaultParseError::Zero { key: key.into() });
+                    }
+                    spec.close_keepalive = Some(n);
                 }
                 "status" => {
                     let bad = || FaultParseError::BadStatus {
@@ -123,6 +181,9 @@ impl FromStr for FaultSpec {
                 }
                 _ => return Err(FaultParseError::UnknownKey { key: key.into() }),
             }
+        }
+        if spec.close_late && spec.close_keepalive.is_none() {
+            return Err(FaultParseError::CloseLateAlone);
         }
         Ok(spec)
     }
@@ -140,7 +201,8 @@ pub fn parse_worker_fault(text: &str) -> Result<(usize, FaultSpec), FaultParseEr
 }
 
 /// The JSON form used by `POST /admin/fault`, in whole milliseconds:
-/// `{"block_ms": 250, "every": 4}`; `{}` clears the fault.
+/// `{"block_ms": 250, "every": 4}`, `{"trickle_ms": 5}`, `{"reset": true}`,
+/// `{"close_keepalive": 1, "close_late": true}`; `{}` clears the fault.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultBody {
@@ -156,6 +218,14 @@ pub struct FaultBody {
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_block_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trickle_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_keepalive: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub close_late: bool,
 }
 
 impl FaultBody {
@@ -166,6 +236,12 @@ impl FaultBody {
                 return Err("status");
             }
         }
+        if self.close_keepalive == Some(0) {
+            return Err("close_keepalive");
+        }
+        if self.close_late && self.close_keepalive.is_none() {
+            return Err("close_late");
+        }
         Ok(FaultSpec {
             block: self.block_ms.map(Duration::from_millis),
             cpu: self.cpu_ms.map(Duration::from_millis),
@@ -173,6 +249,10 @@ impl FaultBody {
             stall: self.stall_ms.map(Duration::from_millis),
             status: self.status,
             query_block: self.query_block_ms.map(Duration::from_millis),
+            trickle: self.trickle_ms.map(Duration::from_millis),
+            reset: self.reset,
+            close_keepalive: self.close_keepalive,
+            close_late: self.close_late,
         })
     }
 }
@@ -187,6 +267,10 @@ impl From<&FaultSpec> for FaultBody {
             stall_ms: spec.stall.map(ms),
             status: spec.status,
             query_block_ms: spec.query_block.map(ms),
+            trickle_ms: spec.trickle.map(ms),
+            reset: spec.reset,
+            close_keepalive: spec.close_keepalive,
+            close_late: spec.close_late,
         }
     }
 }
@@ -198,6 +282,20 @@ pub struct FaultActions {
     pub block: Option<Duration>,
     pub cpu: Option<Duration>,
     pub status: Option<u16>,
+    /// Write the answer one byte at a time, this long apart.
+    pub trickle: Option<Duration>,
+    /// Reset the connection instead of answering (after the handler ran).
+    pub reset: bool,
+    /// Close the connection after its Nth answer (see [`closes_after_answer`]).
+    pub close_keepalive: Option<u32>,
+    /// ... not right after it, but when the next request arrives, unread.
+    pub close_late: bool,
+}
+
+/// Whether a connection that has now given `answered` answers (this one
+/// included) must be closed under `close_keepalive = n`.
+pub fn closes_after_answer(close_keepalive: Option<u32>, answered: u64) -> bool {
+    close_keepalive.is_some_and(|n| answered >= u64::from(n))
 }
 
 /// What kind of request is asking, for fault matching.
@@ -218,6 +316,8 @@ pub struct FaultState {
     spec: FaultSpec,
     events_seen: u64,
     v1_seen: u64,
+    trickle_seen: u64,
+    reset_seen: u64,
     /// A start-time stall waiting for the first request.
     stall_armed: Option<Duration>,
 }
@@ -274,6 +374,20 @@ impl FaultState {
             }
             self.v1_seen += 1;
         }
+        // The connection faults count their own requests, so each combines
+        // with the others independently.
+        if kind != RequestKind::Other && self.spec.trickle.is_some() {
+            if self.trickle_seen.is_multiple_of(every) {
+                actions.trickle = self.spec.trickle;
+            }
+            self.trickle_seen += 1;
+        }
+        if kind != RequestKind::Other && self.spec.reset {
+            actions.reset = self.reset_seen.is_multiple_of(every);
+            self.reset_seen += 1;
+        }
+        actions.close_keepalive = self.spec.close_keepalive;
+        actions.close_late = self.spec.close_late;
         actions
     }
 }

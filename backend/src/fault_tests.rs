@@ -127,3 +127,106 @@ fn every_zero_means_every_request() {
     });
     assert!((0..3).all(|_| state.on_request(RequestKind::Events).cpu.is_some()));
 }
+
+#[test]
+fn parses_the_connection_faults() {
+    let spec: FaultSpec = "trickle=5ms,reset=true,close_keepalive=3,every=2"
+        .parse()
+        .unwrap();
+    assert_eq!(spec.trickle, Some(ms(5)));
+    assert!(spec.reset);
+    assert_eq!(spec.close_keepalive, Some(3));
+    assert!(!"reset=false".parse::<FaultSpec>().unwrap().reset);
+    let err = "reset=yes".parse::<FaultSpec>().unwrap_err();
+    assert!(matches!(err, FaultParseError::BadBool { .. }), "{err}");
+    let err = "close_keepalive=0".parse::<FaultSpec>().unwrap_err();
+    assert_eq!(
+        err,
+        FaultParseError::Zero {
+            key: "close_keepalive".into()
+        }
+    );
+    assert!(err.to_string().contains("at least 1"), "{err}");
+    let err = "trickle=fast".parse::<FaultSpec>().unwrap_err();
+    assert!(err.to_string().contains("`trickle`"), "{err}");
+    // The unknown-key message lists the new keys too.
+    let err = "slow=1s".parse::<FaultSpec>().unwrap_err().to_string();
+    assert!(
+        err.contains("trickle, reset, close_keepalive or close_late"),
+        "{err}"
+    );
+    let spec: FaultSpec = "close_keepalive=1,close_late=true".parse().unwrap();
+    assert!(spec.close_late);
+    let err = "close_late=true".parse::<FaultSpec>().unwrap_err();
+    assert_eq!(err, FaultParseError::CloseLateAlone);
+}
+
+#[test]
+fn connection_faults_round_trip_through_json() {
+    let body: FaultBody = serde_json::from_str(
+        r#"{"trickle_ms":5,"reset":true,"close_keepalive":2,"close_late":true}"#,
+    )
+    .unwrap();
+    let spec = body.clone().into_spec().unwrap();
+    assert_eq!(
+        (
+            spec.trickle,
+            spec.reset,
+            spec.close_keepalive,
+            spec.close_late
+        ),
+        (Some(ms(5)), true, Some(2), true)
+    );
+    assert_eq!(FaultBody::from(&spec), body);
+    // `reset: false` is the default and not echoed.
+    let cleared = FaultBody::from(&FaultSpec::default());
+    assert_eq!(serde_json::to_string(&cleared).unwrap(), "{}");
+    let zero = FaultBody {
+        close_keepalive: Some(0),
+        ..FaultBody::default()
+    };
+    assert_eq!(zero.into_spec(), Err("close_keepalive"));
+}
+
+#[test]
+fn trickle_and_reset_hit_one_in_every_v1_request_each_on_its_own_count() {
+    let mut state = FaultState::default();
+    state.set("trickle=2ms,reset=true,every=2".parse().unwrap());
+    let seen: Vec<(bool, bool)> = [
+        RequestKind::Events,
+        RequestKind::V1,
+        RequestKind::Other,
+        RequestKind::Events,
+        RequestKind::V1,
+    ]
+    .into_iter()
+    .map(|k| {
+        let a = state.on_request(k);
+        (a.trickle.is_some(), a.reset)
+    })
+    .collect();
+    // Health checks and scrapes neither suffer nor advance the counts.
+    assert_eq!(
+        seen,
+        [
+            (true, true),
+            (false, false),
+            (false, false),
+            (true, true),
+            (false, false)
+        ]
+    );
+}
+
+#[test]
+fn close_keepalive_applies_to_every_route_and_closes_at_the_nth_answer() {
+    let mut state = FaultState::default();
+    state.set("close_keepalive=2".parse().unwrap());
+    for kind in [RequestKind::Events, RequestKind::V1, RequestKind::Other] {
+        assert_eq!(state.on_request(kind).close_keepalive, Some(2));
+    }
+    assert!(!closes_after_answer(Some(2), 1));
+    assert!(closes_after_answer(Some(2), 2));
+    assert!(closes_after_answer(Some(1), 1));
+    assert!(!closes_after_answer(None, 1000));
+}

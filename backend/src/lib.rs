@@ -26,9 +26,12 @@
 //! - [`store`]: 1 s aggregates with a mergeable quantile sketch;
 //! - [`lag`]: the loop-lag timer and its window;
 //! - [`fault`]: fault specs and the pure decision of who gets hit;
+//! - `conn`: the connection faults' socket wrapper (trickle, reset, close
+//!   after an answer);
 //! - [`stats`]: per-worker counters and the Prometheus text.
 
 pub mod api;
+mod conn;
 mod error;
 pub mod event;
 pub mod fault;

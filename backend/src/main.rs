@@ -21,8 +21,13 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// A fault from the start, as WORKER:SPEC, e.g. `3:block=250ms,every=4`
-    /// (keys: block, cpu, stall, status, every). Repeatable.
+    /// A fault from the start, as WORKER:SPEC, e.g. `3:block=250ms,every=4`.
+    /// Keys: block, cpu, stall, query_block, trickle (a delay per byte of the
+    /// answer) take durations; status an HTTP status; reset=true resets the
+    /// connection after handling instead of answering; close_keepalive=N
+    /// closes each connection after its Nth answer (no `Connection: close`;
+    /// with close_late=true, only when the next request arrives, unread);
+    /// every=N hits 1 request in N. See `FaultSpec` for the details. Repeatable.
     #[arg(long = "fault", value_name = "WORKER:SPEC", value_parser = parse_worker_fault)]
     faults: Vec<(usize, FaultSpec)>,
 }

@@ -1,5 +1,6 @@
 //! Per-worker counters (in flight, requests by route and status, events
-//! accepted) and their Prometheus text exposition for `GET /metrics`.
+//! accepted, connection faults fired) and their Prometheus text exposition
+//! for `GET /metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -16,6 +17,8 @@ pub(crate) struct Stats {
     in_flight: AtomicU64,
     accepted: AtomicU64,
     requests: Mutex<BTreeMap<(Route, u16), u64>>,
+    /// Connection faults fired, by name (`trickle`, `reset`, `close_keepalive`).
+    faults: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Counts one request in flight until dropped, on every exit path
@@ -45,6 +48,13 @@ impl Stats {
     pub(crate) fn answered(&self, route: Route, status: u16) {
         let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry((route, status)).or_default() += 1;
+    }
+
+    /// A connection fault fired (an answer trickled, a connection reset or
+    /// closed after its answer).
+    pub(crate) fn fault(&self, name: &'static str) {
+        let mut map = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(name).or_default() += 1;
     }
 
     /// Prometheus text format (version 0.0.4).
@@ -80,6 +90,22 @@ impl Stats {
                 route.label()
             );
         }
+        drop(map);
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if !faults.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP analytics_faults_total Connection faults fired (answers trickled, \
+                 connections reset or closed after an answer).\n\
+                 # TYPE analytics_faults_total counter"
+            );
+        }
+        for (name, n) in faults.iter() {
+            let _ = writeln!(
+                out,
+                "analytics_faults_total{{worker=\"{w}\",fault=\"{name}\"}} {n}"
+            );
+        }
         out
     }
 }
@@ -108,6 +134,14 @@ mod tests {
             "analytics_requests_total{worker=\"3\",route=\"events\",status=\"202\"} 2\n"
         ));
         assert!(text.contains("route=\"not_found\",status=\"404\"} 1\n"));
+        assert!(!text.contains("analytics_faults_total"));
+        stats.fault("reset");
+        stats.fault("reset");
+        let text = stats.render(3, Duration::ZERO, Duration::ZERO);
+        assert!(
+            text.contains("analytics_faults_total{worker=\"3\",fault=\"reset\"} 2\n"),
+            "{text}"
+        );
         drop(guard);
         assert_eq!(stats.in_flight(), 0);
     }

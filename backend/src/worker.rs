@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
+use crate::conn::{ConnFaults, FaultIo};
 use crate::error::BackendError;
 use crate::fault::{FaultActions, FaultSpec, FaultState, RequestKind};
 use crate::lag::{self, LagWindow};
@@ -198,16 +199,29 @@ async fn accept_loop(listener: TcpListener, w: Arc<WorkerShared>) {
 
 /// Serves HTTP/1.1 with keep-alive on one connection. Idle keep-alive
 /// connections stay open until the client closes them (no header read
-/// timeout): the proxy in front owns its pool.
+/// timeout): the proxy in front owns its pool. The connection faults
+/// (`trickle`, `reset`, `close_keepalive`) act through its [`FaultIo`]; when
+/// one of them ends the connection, dropping it here closes the socket (with
+/// an RST after a reset).
 async fn serve_connection(stream: TcpStream, w: Arc<WorkerShared>) {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| crate::api::serve(Arc::clone(&w), req));
-    let result = http1::Builder::new()
+    let faults = Arc::new(ConnFaults::default());
+    let io = FaultIo::new(stream, Arc::clone(&faults));
+    let conn = Arc::clone(&faults);
+    let service = service_fn(move |req| crate::api::serve(Arc::clone(&w), Arc::clone(&conn), req));
+    let connection = http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(None)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+        .serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        biased;
+        _ = faults.ended() => {
+            tracing::debug!(reset = faults.is_reset(), "connection ended by a fault");
+        }
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use conn::ConnGuard;
 pub use ctx::RequestCtx;
@@ -265,8 +265,10 @@ impl ProxyHttp for SloGuard {
                 .map(|l| l.worker().latency())
                 .unwrap_or_default(),
         };
-        let retry = retry::refusal(&attempt).is_none() && self.state.retry_budget.try_withdraw();
-        if !ctx.response_seen {
+        let retry = worker_failed(&e)
+            && retry::refusal(&attempt).is_none()
+            && self.state.retry_budget.try_withdraw();
+        if !ctx.response_seen && worker_failed(&e) {
             let status = if matches!(e.etype(), ErrorType::ReadTimedout) {
                 504
             } else {
@@ -367,7 +369,7 @@ impl ProxyHttp for SloGuard {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // A worker that failed mid-request (timeout, reset) without any answer: record it as
         // a failed, slow response so its health and latency see it.
-        if e.is_some() && !ctx.response_seen {
+        if e.is_some_and(worker_failed) && !ctx.response_seen {
             ctx.record_outcome(502, None);
         }
         ctx.lease = None;
@@ -428,6 +430,15 @@ impl ProxyHttp for SloGuard {
             "access"
         );
     }
+}
+
+/// Whether a failed attempt is the worker's failure, to count against its health (and to
+/// be worth a retry): only errors on the worker's side (a timeout, a reset, a broken
+/// answer). A client that left, stalled or sent a broken request (`Downstream`), or a body
+/// sloguard cut off itself, says nothing about the worker: charging those as 5xx let a few
+/// aborting clients eject healthy workers.
+fn worker_failed(e: &Error) -> bool {
+    matches!(e.esource(), ErrorSource::Upstream)
 }
 
 /// A random (version 4) UUID for a request that came without an id. From the thread-local

@@ -1,6 +1,7 @@
 //! The HTTP API of one worker: route, read the body, suffer the configured
 //! faults, run the handler, and stamp every answer with the worker's id and
-//! loop lag.
+//! loop lag. The connection faults (trickle, reset, close after the answer)
+//! are handed to the connection through its [`ConnFaults`].
 //!
 //! Handlers are synchronous on purpose: this is the loop of a single-threaded
 //! worker, and the faults (a blocking sleep, a CPU spin) must hold that loop
@@ -22,6 +23,7 @@ use serde_json::json;
 pub use error::{json_response, ApiError};
 pub use route::Route;
 
+use crate::conn::ConnFaults;
 use crate::event::{self, FieldError};
 use crate::fault::{FaultActions, FaultBody, RequestKind};
 use crate::query::parse_query;
@@ -36,10 +38,13 @@ pub const LAG_HEADER: &str = "x-loop-lag-ms";
 /// Header carrying the 1-based worker id.
 pub const WORKER_HEADER: &str = "x-worker-id";
 
-/// Serves one request on worker `w`. Never fails: every error becomes a
-/// JSON response, so hyper only sees `Ok`.
+/// Serves one request on worker `w`, arriving on the connection `conn`.
+/// Never fails: every error becomes a JSON response, so hyper only sees
+/// `Ok`. Under a `reset` fault it never resolves: the connection is reset
+/// and drops it.
 pub(crate) async fn serve<B>(
     w: Arc<WorkerShared>,
+    conn: Arc<ConnFaults>,
     req: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Infallible>
 where
@@ -86,9 +91,23 @@ where
             body.and_then(|body| handle(&w, route, parts.uri.query(), &body, actions))
         }
     };
+    if actions.reset {
+        // The handler ran (an event is stored); the answer is never sent.
+        tracing::debug!(worker = w.id, "reset fault: resetting the connection");
+        w.stats.fault("reset");
+        conn.reset();
+        return std::future::pending().await;
+    }
     let mut response = result.unwrap_or_else(ApiError::into_response);
     stamp(&w, &mut response);
     w.stats.answered(route, response.status().as_u16());
+    conn.set_trickle(actions.trickle);
+    if actions.trickle.is_some() {
+        w.stats.fault("trickle");
+    }
+    if conn.answering(actions.close_keepalive, actions.close_late) {
+        w.stats.fault("close_keepalive");
+    }
     Ok(response)
 }
 
@@ -189,7 +208,13 @@ fn handle(
             })?;
             let spec = parsed.into_spec().map_err(|field| FieldError {
                 field: Some(field.into()),
-                message: format!("`{field}` must be an HTTP status (100-599)"),
+                message: match field {
+                    "status" => "`status` must be an HTTP status (100-599)",
+                    "close_keepalive" => "`close_keepalive` must be at least 1",
+                    "close_late" => "`close_late` only applies with `close_keepalive`",
+                    _ => "invalid fault field",
+                }
+                .to_string(),
             })?;
             let shown = FaultBody::from(&spec);
             w.set_fault(spec);

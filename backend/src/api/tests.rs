@@ -6,6 +6,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::*;
+use crate::conn::ConnFaults;
 use crate::fault::FaultSpec;
 use crate::store::Store;
 
@@ -42,7 +43,7 @@ async fn call(w: &Arc<WorkerShared>, method: Method, uri: &str, body: &str) -> A
         .uri(uri)
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let response = serve(Arc::clone(w), req).await.unwrap();
+    let response = serve(Arc::clone(w), Arc::default(), req).await.unwrap();
     let (parts, body) = response.into_parts();
     Answer {
         status: parts.status.as_u16(),
@@ -212,4 +213,99 @@ async fn oversized_body_gets_413() {
     let big = "x".repeat(MAX_BODY + 1);
     let a = call(&w, Method::POST, "/v1/events", &big).await;
     assert_eq!(a.status, 413);
+}
+
+fn request(method: Method, uri: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reset_fault_stores_the_event_then_never_answers() {
+    let w = worker();
+    w.set_fault("reset=true,every=2".parse().unwrap());
+    let conn = Arc::new(ConnFaults::default());
+    let answer = tokio::time::timeout(
+        Duration::from_millis(200),
+        serve(
+            Arc::clone(&w),
+            Arc::clone(&conn),
+            request(Method::POST, "/v1/events", EVENT),
+        ),
+    )
+    .await;
+    assert!(answer.is_err(), "answered despite the reset");
+    assert!(conn.is_reset());
+    // The handler ran: the event is stored (a retry would store it twice).
+    assert_eq!(w.store.total_events(), 1);
+    let metrics = call(&w, Method::GET, "/metrics", "").await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(text.contains("analytics_faults_total{worker=\"3\",fault=\"reset\"} 1"));
+    assert!(
+        !text.contains("route=\"events\""),
+        "a reset is not an answer: {text}"
+    );
+    // every=2: the next one is answered.
+    assert_eq!(
+        call(&w, Method::POST, "/v1/events", EVENT).await.status,
+        202
+    );
+}
+
+#[tokio::test]
+async fn close_keepalive_closes_each_connection_after_its_nth_answer_any_route() {
+    let w = worker();
+    w.set_fault("close_keepalive=2".parse().unwrap());
+    let conn = Arc::new(ConnFaults::default());
+    let mut closing = vec![];
+    for uri in ["/healthz", "/v1/metrics?customer=c&event=e"] {
+        let r = serve(
+            Arc::clone(&w),
+            Arc::clone(&conn),
+            request(Method::GET, uri, ""),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        // No `Connection: close`: the client cannot tell.
+        assert!(!r.headers().contains_key(header::CONNECTION));
+        closing.push(conn.closes_after_answer());
+    }
+    assert_eq!(closing, [false, true]);
+    // Another connection counts its own answers.
+    let other = Arc::new(ConnFaults::default());
+    serve(
+        Arc::clone(&w),
+        Arc::clone(&other),
+        request(Method::GET, "/healthz", ""),
+    )
+    .await
+    .unwrap();
+    assert!(!other.closes_after_answer());
+}
+
+#[tokio::test]
+async fn trickle_marks_only_faulted_answers() {
+    let w = worker();
+    w.set_fault("trickle=3ms,every=2".parse().unwrap());
+    let conn = Arc::new(ConnFaults::default());
+    let serve_one = |uri: &'static str| {
+        let (w, conn) = (Arc::clone(&w), Arc::clone(&conn));
+        async move { serve(w, conn, request(Method::GET, uri, "")).await.unwrap() }
+    };
+    serve_one("/v1/metrics?customer=c&event=e").await;
+    let text =
+        String::from_utf8(call(&w, Method::GET, "/metrics", "").await.body.to_vec()).unwrap();
+    assert!(text.contains("fault=\"trickle\"} 1"), "{text}");
+    serve_one("/v1/metrics?customer=c&event=e").await;
+    serve_one("/healthz").await;
+    let text =
+        String::from_utf8(call(&w, Method::GET, "/metrics", "").await.body.to_vec()).unwrap();
+    assert!(
+        text.contains("fault=\"trickle\"} 1"),
+        "every=2, probes exempt: {text}"
+    );
 }

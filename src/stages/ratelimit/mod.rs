@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 pub use rules::{KeyPart, KeySource, MissingKey, OnRedisError, RateLimitConfig, Rule, RuleMode};
 
 use self::breaker::{Breaker, BreakerChange};
-use self::gcra::{GcraDecision, LocalStore};
+use self::gcra::{Gcra, GcraDecision, LocalStore};
 use self::redis::RedisStore;
 use self::rules::{rule_key, RuleKey};
 use super::Rejection;
@@ -136,6 +136,8 @@ pub struct RateLimiter {
     /// Keys known to be over an enforced limit, until their retry time.
     denied: LocalStore,
     pub stats: RateStats,
+    /// The key the breaker's health check decides on (see [`RateLimiter::health_check`]).
+    health_key: String,
 }
 
 fn bump(c: &AtomicU64) {
@@ -160,6 +162,7 @@ impl RateLimiter {
             local: LocalStore::default(),
             denied: LocalStore::default(),
             stats: RateStats::default(),
+            health_key: format!("{}:breaker-check", cfg.key_prefix),
         })
     }
 
@@ -235,7 +238,13 @@ impl RateLimiter {
                 };
             }
         }
-        let decisions = match self.shared_decisions(cfg, &applicable).await {
+        let shared = self.shared_decisions(cfg, &applicable).await;
+        // The Redis call may have taken up to its timeout: decide locally, and date the deny
+        // cache, with the time after it. With the time from before, a request that waited
+        // on a failing Redis looked early to the local GCRA by that wait, and tenants far
+        // under their limit were refused as soon as the wait exceeded burst / rate.
+        let now = now_us();
+        let decisions = match shared {
             Some(d) => d,
             None => match cfg.on_redis_error {
                 OnRedisError::Local => {
@@ -390,10 +399,23 @@ impl RateLimiter {
         }
     }
 
-    /// While the breaker is open, asks Redis whether it is back; closes it if so.
+    /// While the breaker is open, asks Redis whether it is back; closes it if so. "Back"
+    /// means it decides requests again: the limiter's own script, on a key of its own. A PING
+    /// is answered by a Redis that refuses the script's writes (out of memory, a read-only
+    /// replica), which closed the breaker every 100 ms only for the next requests to fail
+    /// and open it again (a flapping mode, a warning each time).
     pub async fn health_check(&self) {
         if let (true, Some(redis)) = (self.breaker.is_open(), self.redis()) {
-            if self.breaker.on_health_check(redis.ping().await) == Some(BreakerChange::Closed) {
+            // Always allowed at one check per 100 ms, so the script writes the key.
+            let allow = Gcra {
+                interval_us: 1_000,
+                tau_us: 1_000_000,
+            };
+            let decides = redis
+                .decide(std::slice::from_ref(&self.health_key), &[(allow, true)])
+                .await
+                .is_ok();
+            if self.breaker.on_health_check(decides) == Some(BreakerChange::Closed) {
                 tracing::info!("rate limits: redis is back, shared limiting resumes");
             }
         }
