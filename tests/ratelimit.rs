@@ -301,3 +301,71 @@ burst = 2
     let st: Value = a.status().await;
     assert_eq!(st["ratelimit"]["mode"], "redis", "{}", st["ratelimit"]);
 }
+
+/// Writes each request on one connection, waiting for its answer before the next; returns
+/// the status line of each answer ("" when the connection closed first).
+async fn one_connection(addr: std::net::SocketAddr, requests: &[String]) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut statuses = Vec::new();
+    for r in requests {
+        if s.write_all(r.as_bytes()).await.is_err() {
+            statuses.push(String::new());
+            continue;
+        }
+        let mut buf = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        statuses.push(text.lines().next().unwrap_or("").to_string());
+    }
+    statuses
+}
+
+/// A limited POST with a small body keeps its connection: the body is read and dropped
+/// behind the 429, and the next request on the same connection is answered. A body sloguard
+/// cannot cheaply drop (chunked) still closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_post_keeps_its_connection_and_the_next_request_is_answered() {
+    let be = backend(2);
+    let sg = Sloguard::spawn(&be.addrs(), &limits(None, 1, 1, ""));
+    let body = r#"{"customer_id":"k","event":"e","ts":1700000000000,"value":1.0}"#;
+    let post = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-tenant: k\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let get = "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n".to_string();
+    // Rate 1/s, burst 1: four POSTs at once get at least one 429, then a GET on the same
+    // connection.
+    let mut requests = vec![post; 4];
+    requests.push(get.clone());
+    let statuses = one_connection(sg.proxy, &requests).await;
+    assert!(
+        statuses[..4].iter().any(|s| s.starts_with("HTTP/1.1 429")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[..4]
+            .iter()
+            .all(|s| s.starts_with("HTTP/1.1 429") || s.starts_with("HTTP/1.1 202")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[4].starts_with("HTTP/1.1 200"),
+        "the connection did not survive the 429s: {statuses:?}"
+    );
+
+    let chunked = "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-tenant: k\r\n\
+                   transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        .to_string();
+    let statuses = one_connection(sg.proxy, &[chunked, get]).await;
+    assert!(statuses[0].starts_with("HTTP/1.1 429"), "{statuses:?}");
+    assert_eq!(
+        statuses[1], "",
+        "a refused chunked body closes: {statuses:?}"
+    );
+}

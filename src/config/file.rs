@@ -93,8 +93,11 @@ fn default_connect_timeout_ms() -> Spanned<u64> {
 fn default_read_timeout_ms() -> Spanned<u64> {
     Spanned::new(0..0, 30_000)
 }
+/// Below uvicorn's default keep-alive (5 s): a pooled connection must be dropped by us
+/// before the worker closes it, or a POST sent on it as the close arrives fails with a 502
+/// it cannot be retried from (`tests/faults_workers.rs` shows it).
 fn default_idle_timeout_ms() -> Spanned<u64> {
-    Spanned::new(0..0, 60_000)
+    Spanned::new(0..0, 4_000)
 }
 fn default_keepalive_pool_size() -> Spanned<u64> {
     Spanned::new(0..0, 128)

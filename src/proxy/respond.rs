@@ -65,15 +65,39 @@ pub async fn write_rejection(
         header.insert_header("ratelimit-policy", h.policy.as_str())?;
         header.insert_header("ratelimit", h.limit.as_str())?;
     }
-    // Close the connection when a request body may be left unread (the next request on it
-    // could not be framed) and after any 400: the client's framing cannot be trusted.
-    if rejection.status == 400 || !session.is_body_empty() {
+    // Close the connection after any 400 (the client's framing cannot be trusted) and when
+    // a request body is left unread (the next request on it could not be framed). A small
+    // body behind a 429 or 503 is read and dropped instead (nginx's discard_request_body),
+    // so a limited or shed client keeps its connection: reconnecting after every refusal
+    // costs both sides a handshake, at the moment the proxy is busiest.
+    let body_settled = session.is_body_empty()
+        || session.is_body_done()
+        || (matches!(rejection.status, 429 | 503) && discard_small_body(session).await);
+    if rejection.status == 400 || !body_settled {
         session.set_keepalive(None);
     }
     session
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Largest declared body read and dropped to keep a refused client's connection.
+const DISCARD_MAX_BYTES: u64 = 64 * 1024;
+
+/// Longest time spent reading and dropping it.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Reads and drops a request body declared small (`Content-Length` up to
+/// [`DISCARD_MAX_BYTES`]); whether it was all read in [`DISCARD_TIMEOUT`].
+async fn discard_small_body(session: &mut Session) -> bool {
+    let small = super::declared_content_length(session.req_header())
+        .is_some_and(|n| n <= DISCARD_MAX_BYTES);
+    small
+        && matches!(
+            tokio::time::timeout(DISCARD_TIMEOUT, session.as_mut().drain_request_body()).await,
+            Ok(Ok(()))
+        )
 }
 
 /// A whole HTTP/1.1 response for a refusal made before Pingora read a request (a connection
