@@ -350,6 +350,9 @@ impl ProxyHttp for SloGuard {
             .pending_rejection
             .take()
             .or_else(|| respond::upstream_failure(e));
+        // The connection closes after this answer (`can_reuse_downstream: false` below):
+        // say so in it, or a client reusing the connection meanwhile gets a reset.
+        session.set_keepalive(None);
         let code = match rejection {
             Some(r) => {
                 let status = r.status;
