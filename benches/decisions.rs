@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request decision paths: route match, worker choice, the
-//! concurrency limiter, the peak-EWMA estimate and the admission wait queue. Run with
+//! concurrency limiter, the peak-EWMA estimate, the admission wait queue, the in-process
+//! rate limit (GCRA) and the JSON guard's scan (per KB of a typical event body). Run with
 //! `cargo bench --bench decisions`; `sloguard-bench all` runs them with short times and
 //! copies the estimates into BENCHMARKS.md.
 
@@ -7,9 +8,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use criterion::Throughput;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
 use sloguard::stages::admission::queue::WaitQueue;
+use sloguard::stages::json_guard::{JsonLimits, JsonScanner, JsonVerdict};
+use sloguard::stages::ratelimit::gcra::{Gcra, LocalStore};
 use sloguard::stages::route::{Priority, Route, RouteMatch, RouteTable};
 use sloguard::workers::ewma::PeakEwma;
 use sloguard::workers::limiter::{ConcurrencyLimiter, LimiterConfig, Sample};
@@ -132,12 +136,62 @@ fn wait_queue(c: &mut Criterion) {
     });
 }
 
+/// One in-process rate-limit decision for one of 50 tenants (a map lookup and a GCRA step).
+fn gcra_local(c: &mut Criterion) {
+    let gcra = Gcra::new(100.0, 1_000_000, 20);
+    let store = LocalStore::default();
+    let keys: Vec<String> = (0..50)
+        .map(|t| format!("sg:per-tenant:tenant-{t}"))
+        .collect();
+    let mut now = 1_000_000u64;
+    let mut i = 0usize;
+    c.bench_function("ratelimit_local_decide", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            now += 100;
+            black_box(store.decide(&keys[i], &gcra, now))
+        })
+    });
+}
+
+/// The JSON guard over 1 KiB of event documents (the shipped `ingest` limits), fed whole.
+fn json_scan(c: &mut Criterion) {
+    let limits = JsonLimits {
+        max_depth: Some(16),
+        max_keys: Some(256),
+        max_array_len: Some(1000),
+        max_string_bytes: Some(8192),
+    };
+    let event = r#"{"customer_id":"tenant-7","event":"page_view","ts":1700000000007,"value":7.5,"dimensions":{"country":"fr","device":"ios","plan":"pro","page":"/pricing"}}"#;
+    let mut body = String::from("[");
+    while body.len() + event.len() + 2 < 1024 {
+        if body.len() > 1 {
+            body.push(',');
+        }
+        body.push_str(event);
+    }
+    body.push(']');
+    let body = body.into_bytes();
+    let mut g = c.benchmark_group("json_guard");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("scan_1kib", |b| {
+        b.iter(|| {
+            let mut s = JsonScanner::new(limits);
+            let v = s.feed(black_box(&body));
+            assert_eq!(v, JsonVerdict::Continue);
+            black_box(s.finish())
+        })
+    });
+}
+
 criterion_group!(
     benches,
     route_match,
     worker_choice,
     limiter,
     ewma,
-    wait_queue
+    wait_queue,
+    gcra_local,
+    json_scan
 );
 criterion_main!(benches);

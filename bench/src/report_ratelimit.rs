@@ -139,7 +139,7 @@ pub fn section(r: &RateLimits) -> String {
         .collect();
     s += &format!(
         "\nClosed loop (max throughput), {} keep-alive connections; answers are 2xx and 429 \
-         (latencies of the 2xx; a 429 closes its connection, so the client opens a new one):\n\n",
+         (latencies of the 2xx; a 429 drops the small request body and keeps the connection):\n\n",
         r.connections
     );
     s += &table(

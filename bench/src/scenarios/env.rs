@@ -143,7 +143,8 @@ impl Env {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
     }
 
-    /// Starts our own `redis-server` (pinned with the system under test).
+    /// Starts our own `redis-server`, pinned with the system under test: on the generator's
+    /// core it would be starved by the open loop's busy wait before each send.
     pub fn redis_server(&self) -> anyhow::Result<RedisServer> {
         let bin = self
             .redis

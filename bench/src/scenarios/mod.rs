@@ -57,7 +57,7 @@ impl Plan {
             closed_secs: if quick { 2 } else { 4 },
             closed_connections: 32,
             capacity_secs: if quick { 2 } else { 3 },
-            incident_secs: if quick { 3 } else { 6 },
+            incident_secs: if quick { 3 } else { 10 },
             overload_secs: if quick { 3 } else { 5 },
             timeout: Duration::from_secs(2),
         }
