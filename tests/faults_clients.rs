@@ -13,22 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use analytics_backend::Query;
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Times the event of `customer` is in the store.
-fn stored(be: &Backend, customer: &str) -> u64 {
-    be.store().query(&Query::new(customer, "e")).series[0]
-        .points
-        .iter()
-        .map(|p| p.count)
-        .sum()
-}
 
 /// A complete `POST /v1/events` for `customer`, as raw bytes.
 fn raw_post(customer: &str) -> Vec<u8> {
@@ -113,14 +103,7 @@ async fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
 async fn backend_events_answered(be: &Backend, status: &str) -> u64 {
     let mut total = 0;
     for addr in be.addrs() {
-        let text = client()
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&format!("http://{addr}/metrics")).await;
         let needle = format!("route=\"events\",status=\"{status}\"}} ");
         total += text
             .lines()
@@ -128,36 +111,6 @@ async fn backend_events_answered(be: &Backend, status: &str) -> u64 {
             .sum::<u64>();
     }
     total
-}
-
-async fn admin_json(sg: &Sloguard, path: &str) -> Value {
-    client()
-        .get(sg.admin_url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Sum of a sloguard metric over all its series (`name{...} value` and `name value`).
-async fn metric_sum(sg: &Sloguard, name: &str) -> f64 {
-    let text = client()
-        .get(sg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Polls `cond` every 50 ms until it holds or `within` passes; how long it took.
@@ -380,7 +333,7 @@ async fn clients_leaving_the_admission_queue_leave_no_trace_in_its_gauges() {
     let (status, took) = sg.post_event(&http, "after", 1).await;
     assert_eq!(status, 202);
     assert!(took < Duration::from_secs(2), "{took:?}");
-    assert_eq!(admin_json(&sg, "/status").await["admission"]["waiting"], 0);
+    assert_eq!(sg.status().await["admission"]["waiting"], 0);
 }
 
 /// Three GETs then three POSTs written in one `write` on one connection (HTTP/1.1

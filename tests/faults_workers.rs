@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use analytics_backend::Query;
 use common::*;
 use serde_json::Value;
 
@@ -91,15 +90,6 @@ async fn seed_reference(be: &Backend) -> Vec<u8> {
     r.bytes().await.unwrap().to_vec()
 }
 
-/// Times the event of `customer` is in the store.
-fn stored(be: &Backend, customer: &str) -> u64 {
-    be.store().query(&Query::new(customer, "e")).series[0]
-        .points
-        .iter()
-        .map(|p| p.count)
-        .sum()
-}
-
 /// Checks the store against the POST answers: every 2xx event is stored exactly once, no
 /// event is stored twice, and (when `failed_stored`) every event answered with a failure
 /// was stored too (the worker acted on it before the failure). Returns (2xx, stored).
@@ -126,16 +116,26 @@ fn check_store(be: &Backend, answers: &[Answer], failed_stored: Option<bool>) ->
     (ok, total)
 }
 
+/// Every GET answered 200 with the reference body; every POST 202, or a JSON 502
+/// `upstream_error` (a POST is never retried once it may have reached a worker).
+fn assert_gets_intact_posts_202_or_502(answers: &[Answer], reference: &[u8]) {
+    for a in answers {
+        if a.post {
+            assert!(matches!(a.status, 202 | 502), "{a:?}");
+            if a.status == 502 {
+                let body: Value = serde_json::from_slice(&a.body).unwrap();
+                assert_eq!(body["reason"], "upstream_error", "{body}");
+            }
+        } else {
+            assert_eq!(a.status, 200, "{a:?}");
+            assert!(a.body == reference, "GET body differs: {a:?}");
+        }
+    }
+}
+
 /// A worker's `analytics_faults_total` for one fault, from its own `/metrics`.
 async fn faults_fired(addr: SocketAddr, worker: usize, fault: &str) -> u64 {
-    let text = client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("http://{addr}/metrics")).await;
     let prefix = format!("analytics_faults_total{{worker=\"{worker}\",fault=\"{fault}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
@@ -392,18 +392,7 @@ async fn a_worker_resetting_connections_costs_posts_a_502_never_a_duplicate_and_
         statuses(&answers, true),
         st["workers"][1]
     );
-    for a in &answers {
-        if a.post {
-            assert!(matches!(a.status, 202 | 502), "{a:?}");
-            if a.status == 502 {
-                let body: Value = serde_json::from_slice(&a.body).unwrap();
-                assert_eq!(body["reason"], "upstream_error", "{body}");
-            }
-        } else {
-            assert_eq!(a.status, 200, "{a:?}");
-            assert!(a.body == reference, "GET body differs: {a:?}");
-        }
-    }
+    assert_gets_intact_posts_202_or_502(&answers, &reference);
     assert!(
         !failed_posts.is_empty(),
         "no POST landed on the resetting worker"
@@ -577,18 +566,7 @@ async fn a_pooled_connection_dying_on_reuse_costs_gets_nothing_and_posts_a_502_n
         st["workers"][0],
         st["workers"][1]
     );
-    for a in &answers {
-        if a.post {
-            assert!(matches!(a.status, 202 | 502), "{a:?}");
-            if a.status == 502 {
-                let body: Value = serde_json::from_slice(&a.body).unwrap();
-                assert_eq!(body["reason"], "upstream_error", "{body}");
-            }
-        } else {
-            assert_eq!(a.status, 200, "{a:?}");
-            assert!(a.body == reference, "GET body differs: {a:?}");
-        }
-    }
+    assert_gets_intact_posts_202_or_502(&answers, &reference);
     assert!(failed.iter().all(|a| a.post), "a GET failed: {failed:?}");
     assert!(!failed.is_empty(), "no POST met a dying pooled connection");
     // A POST that got a 502 was never read by the worker, so never stored.
@@ -626,15 +604,9 @@ fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
 
 /// A metric's value in sloguard's `/metrics` (a series without labels).
 async fn metric(sg: &Sloguard, name: &str) -> Option<f64> {
-    let text = client()
-        .get(sg.admin_url("/metrics"))
-        .send()
+    get_text(&sg.admin_url("/metrics"))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

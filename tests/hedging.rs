@@ -30,6 +30,26 @@ async fn concurrent_queries(sg: &Sloguard, n: usize) -> Vec<(u16, serde_json::Va
     out
 }
 
+/// A `query` route hedging after `hedge_after_ms`, the guard enforcing, and stall
+/// detection after `stall_after_ms` (the `[upstream.health]` section stays open).
+fn hedging_policy(p95_ms: u64, hedge_after_ms: u64, stall_after_ms: u64) -> String {
+    format!(
+        r#"
+[[route]]
+name = "query"
+match = {{ method = "GET", path_prefix = "/v1/metrics" }}
+slo = {{ p95_ms = {p95_ms} }}
+hedge_after_ms = {hedge_after_ms}
+
+[guard]
+mode = "enforce"
+
+[upstream.health]
+stall_after_ms = {stall_after_ms}
+"#
+    )
+}
+
 fn hedges(st: &serde_json::Value) -> (u64, u64) {
     (
         st["hedges"]["launched"].as_u64().unwrap(),
@@ -54,23 +74,10 @@ async fn a_slow_query_is_hedged_after_hedge_after_ms_and_the_fast_answer_wins() 
     );
     let sg = Sloguard::spawn(
         &be.addrs(),
-        r#"
-[[route]]
-name = "query"
-match = { method = "GET", path_prefix = "/v1/metrics" }
-slo = { p95_ms = 250 }
-hedge_after_ms = 40
-
-[guard]
-mode = "enforce"
-
-[upstream.health]
-stall_after_ms = 10000
-lag_eject_ms = 10000
-
-[upstream.probe]
-enabled = false
-"#,
+        &format!(
+            "{}lag_eject_ms = 10000\n\n[upstream.probe]\nenabled = false\n",
+            hedging_policy(250, 40, 10_000)
+        ),
     );
     let results = concurrent_queries(&sg, 8).await;
     let st = sg.status().await;
@@ -98,22 +105,7 @@ enabled = false
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_on_a_worker_found_stalled_is_hedged_before_the_timer() {
     let be = backend(2);
-    let sg = Sloguard::spawn(
-        &be.addrs(),
-        r#"
-[[route]]
-name = "query"
-match = { method = "GET", path_prefix = "/v1/metrics" }
-slo = { p95_ms = 2500 }
-hedge_after_ms = 1500
-
-[guard]
-mode = "enforce"
-
-[upstream.health]
-stall_after_ms = 60
-"#,
-    );
+    let sg = Sloguard::spawn(&be.addrs(), &hedging_policy(2500, 1500, 60));
     // Warm both workers so the concurrent queries spread over them.
     let warm = concurrent_queries(&sg, 4).await;
     assert!(warm.iter().all(|r| r.0 == 200));

@@ -350,20 +350,48 @@ impl Drop for RedisServer {
     }
 }
 
+/// The body of `GET url`, as text (a scrape of a `/metrics`, mostly).
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Times the event `e` of `customer` is in the backend's store.
+pub fn stored(be: &Backend, customer: &str) -> u64 {
+    be.store()
+        .query(&analytics_backend::Query::new(customer, "e"))
+        .series[0]
+        .points
+        .iter()
+        .map(|p| p.count)
+        .sum()
+}
+
+/// Sum of a sloguard metric over all its series (`name{...} value` and `name value`).
+pub async fn metric_sum(sg: &Sloguard, name: &str) -> f64 {
+    get_text(&sg.admin_url("/metrics"))
+        .await
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Requests the backend's workers have answered (from their own Prometheus counters), not
 /// counting scrapes and health probes: proof of what reached the backend.
 pub async fn backend_seen(be: &Backend) -> u64 {
-    let http = client();
     let mut total = 0;
     for addr in be.addrs() {
-        let text = http
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&format!("http://{addr}/metrics")).await;
         total += text
             .lines()
             .filter(|l| l.starts_with("analytics_requests_total{"))
