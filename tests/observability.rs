@@ -44,10 +44,19 @@ async fn metrics_count_outcomes_refusals_and_worker_state() {
             ..FaultSpec::default()
         },
     );
-    tokio::time::sleep(Duration::from_millis(700)).await; // detection, then a gauge refresh
-    let r = http.get(sg.admin_url("/metrics")).send().await.unwrap();
-    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
-    let text = r.text().await.unwrap();
+    // Detection (a probe timing out after 500 ms), then a gauge refresh: scrape until the
+    // gauge shows it, within the stall.
+    let ejected = "sloguard_worker_state{worker=\"2\",state=\"ejected\"}";
+    let started = std::time::Instant::now();
+    let text = loop {
+        let r = http.get(sg.admin_url("/metrics")).send().await.unwrap();
+        assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
+        let text = r.text().await.unwrap();
+        if value(&text, ejected) == Some(1.0) || started.elapsed() > Duration::from_millis(1800) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let ok: f64 = ["1", "2"]
         .iter()
         .filter_map(|w| value(&text, &format!("sloguard_requests_total{{route=\"ingest\",status_class=\"2xx\",worker=\"{w}\"}}")))
