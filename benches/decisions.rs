@@ -129,7 +129,12 @@ fn wait_queue(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             q.push(prio(n), deadline, start, n);
-            let e = q.pop_next(start + Duration::from_millis(1), false, &mut expired);
+            let e = q.pop_next(
+                start + Duration::from_millis(1),
+                false,
+                &mut expired,
+                |_, _| true,
+            );
             expired.clear();
             black_box(e.map(|e| e.payload))
         })

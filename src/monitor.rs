@@ -12,7 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::state::State;
-use crate::workers::health::may_eject;
+use crate::workers::health::{may_eject, outliers};
 use crate::workers::probe::probe_once;
 use crate::workers::{GuardMode, HealthState, Transition};
 
@@ -21,11 +21,16 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 pub struct Monitor {
     state: Arc<State>,
+    /// A shared (fleet-wide) signal was logged and has not cleared since.
+    shared_noted: AtomicBool,
 }
 
 impl Monitor {
     pub fn new(state: Arc<State>) -> Monitor {
-        Monitor { state }
+        Monitor {
+            state,
+            shared_noted: AtomicBool::new(false),
+        }
     }
 
     /// One tick: evaluate every worker, bounded by `max_ejected_percent`.
@@ -34,12 +39,41 @@ impl Monitor {
         let workers = self.state.workers();
         let cfg = &policy.upstream;
         let mut ejected = workers.ejected();
+        // A stall, a lag or a slow probe that the whole fleet shows is the host's or the
+        // load's, not a worker's: only a worker that stands out is ejected for one.
+        let serving: Vec<_> = workers
+            .iter()
+            .filter(|w| w.state() != HealthState::Ejected)
+            .collect();
+        let severities: Vec<f64> = serving
+            .iter()
+            .map(|w| w.severity(&cfg.health, now))
+            .collect();
+        let stands_out = outliers(&severities);
+        let shared = severities
+            .iter()
+            .zip(&stands_out)
+            .filter(|(s, out)| **s >= 1.0 && !**out)
+            .count();
+        if shared >= 2 && !self.shared_noted.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                workers = shared,
+                serving = serving.len(),
+                "several workers look stalled or late together: the host or the load, not a worker; not ejecting for it"
+            );
+        } else if shared < 2 {
+            self.shared_noted.store(false, Ordering::Relaxed);
+        }
         for w in workers.iter() {
             // Shadow decides as enforce does (what it would eject shows on the status page);
             // off still tracks health for operators but never ejects.
             let may = policy.guard != GuardMode::Off
                 && may_eject(ejected, workers.len(), cfg.max_ejected_percent);
-            match w.evaluate(&cfg.health, may, now) {
+            let out = serving
+                .iter()
+                .position(|s| Arc::ptr_eq(s, w))
+                .is_none_or(|i| stands_out[i]);
+            match w.evaluate_in_fleet(&cfg.health, may, out, now) {
                 Some(Transition::Ejected { reason, for_ }) => {
                     ejected += 1;
                     tracing::warn!(worker = w.id, addr = %w.addr, %reason, ejected_for_ms = for_.as_millis() as u64, mode = policy.guard.as_str(), "worker ejected");
@@ -54,8 +88,11 @@ impl Monitor {
                 None => {}
             }
         }
-        let admission = &self.state.admission;
-        while admission.waiting() > 0 && workers.has_room() && admission.wake_next(now) {}
+        // Slots may have freed by other means than a release (a readmission, a raised
+        // limit, work draining): start the wake chain if a waiter fits somewhere.
+        self.state
+            .admission
+            .wake_one_if_idle(|r| workers.has_room(r));
     }
 
     /// SIGTERM: Pingora has stopped accepting. Report not ready, wait until nothing is in
@@ -183,23 +220,11 @@ impl Monitor {
         }
     }
 
+    /// Feeds the admission queue's drain-rate estimate every 50 ms.
     async fn drain_rate_loop(state: Arc<State>) {
-        let mut last = (Instant::now(), state.admission.completions());
-        let mut rate = 0.0;
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = (Instant::now(), state.admission.completions());
-            let dt = now.0.duration_since(last.0).as_secs_f64();
-            if dt > 0.0 {
-                let sample = (now.1 - last.1) as f64 / dt;
-                rate = if rate == 0.0 {
-                    sample
-                } else {
-                    0.7 * rate + 0.3 * sample
-                };
-                state.admission.set_drain_rate(rate);
-            }
-            last = now;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            state.admission.on_tick(Instant::now());
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::stages::admission::Admission;
 use crate::stages::conn_guard::ConnLimits;
 use crate::stages::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
-use crate::workers::WorkerSet;
+use crate::workers::{RouteCosts, WorkerSet};
 
 pub struct State {
     policy: ArcSwap<Policy>,
@@ -32,6 +32,9 @@ pub struct State {
     /// Hedged requests: second attempts sent, and won.
     pub hedges: HedgeStats,
     ratelimiter: ArcSwap<RateLimiter>,
+    /// What a request of each route costs a worker (see `workers::service`), by the route
+    /// index of the policy in force; rebuilt by name when a reload changes the routes.
+    route_costs: ArcSwap<RouteCosts>,
     /// The outcome of the last reload attempt, for the status page.
     pub last_reload: Mutex<Option<ReloadRecord>>,
     /// Prometheus handles for the current policy (rebound on reload).
@@ -57,7 +60,10 @@ impl State {
             RateLimiter::new(&RateLimitConfig::default()).expect("no url, no error")
         });
         let metrics = ArcSwap::from_pointee(Metrics::new(&policy));
+        let route_costs =
+            RouteCosts::new(policy.routes.iter().map(|r| &r.name), None, Instant::now());
         State {
+            route_costs: ArcSwap::from_pointee(route_costs),
             policy: ArcSwap::from_pointee(policy),
             workers: ArcSwap::from_pointee(workers),
             admission,
@@ -105,6 +111,16 @@ impl State {
         self.ratelimiter.load_full()
     }
 
+    /// Who is told when a worker slot frees: the admission queue.
+    pub fn slot_listener(&self) -> Arc<dyn crate::workers::SlotListener> {
+        self.admission.clone()
+    }
+
+    /// Route costs for the policy in force (borrowed: read on every request).
+    pub fn route_costs(&self) -> arc_swap::Guard<Arc<RouteCosts>> {
+        self.route_costs.load()
+    }
+
     /// Swaps in a validated policy. Requests in flight keep the snapshot they started with.
     /// Per-worker state (health, limits, latency) survives when the worker list is the same;
     /// rate-limit state survives when the Redis settings are. Listeners cannot move while
@@ -135,6 +151,15 @@ impl State {
                     "rate limits: cannot use the new redis url ({e}); keeping the old one"
                 )),
             }
+        }
+        let costs = self.route_costs.load();
+        if !costs.same_routes(new.routes.iter().map(|r| &r.name)) {
+            let rebuilt = RouteCosts::new(
+                new.routes.iter().map(|r| &r.name),
+                Some(&costs),
+                Instant::now(),
+            );
+            self.route_costs.store(Arc::new(rebuilt));
         }
         self.admission.reconfigure(new.shedding.clone());
         self.metrics

@@ -28,7 +28,9 @@
 //! - [`fault`]: fault specs and the pure decision of who gets hit;
 //! - `conn`: the connection faults' socket wrapper (trickle, reset, close
 //!   after an answer);
-//! - [`stats`]: per-worker counters and the Prometheus text.
+//! - [`stats`]: per-worker counters and the Prometheus text;
+//! - [`pyfleet`]: the same API in Python (FastAPI on uvicorn, one process per
+//!   port), started for tests and benchmarks.
 
 pub mod api;
 mod conn;
@@ -36,6 +38,7 @@ mod error;
 pub mod event;
 pub mod fault;
 pub mod lag;
+pub mod pyfleet;
 pub mod query;
 mod stats;
 mod stop;

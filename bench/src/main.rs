@@ -2,6 +2,7 @@
 //! redis-server if missing, runs the scenarios against every contender on 127.0.0.1, stops
 //! everything it started, and writes BENCHMARKS.md and bench/results.json. See BENCHMARKS.md.
 
+mod cgroup;
 mod configs;
 mod foreign;
 mod loadgen;
@@ -9,6 +10,7 @@ mod micro;
 mod procs;
 mod redis;
 mod report;
+mod report_guard;
 mod report_ratelimit;
 mod report_sections;
 mod scenarios;
@@ -22,7 +24,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use scenarios::{incident, overhead, overload, ratelimit, say, soak, Env, Plan};
+use scenarios::{
+    incident, lifecycle, overhead, overload, ratelimit, say, soak, starved, Env, FleetKind, Plan,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks sloguard against direct, nginx and HAProxy on this machine")]
@@ -57,10 +61,26 @@ enum Cmd {
     Overhead,
     /// Scenario 2 only (prints its tables).
     Incident,
-    /// Scenario 3 only (prints its tables).
-    Overload,
+    /// Scenario 3 only (prints its tables), on `--fleet`.
+    Overload {
+        #[arg(long, value_enum, default_value_t = FleetArg::Both)]
+        fleet: FleetArg,
+    },
     /// Scenario 4 only, rate limits (prints its tables).
     Ratelimit,
+    /// The starved-sidecar scenario only (sloguard under a 0.5 CPU quota), on `--fleet`.
+    Starved {
+        #[arg(long, value_enum, default_value_t = FleetArg::Both)]
+        fleet: FleetArg,
+    },
+    /// The lifecycle scenario only (cold start, steady, reload, after idle), on `--fleet`.
+    Lifecycle {
+        #[arg(long, value_enum, default_value_t = FleetArg::Both)]
+        fleet: FleetArg,
+        /// Only the contenders whose name contains this (for a closer look at one).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Not part of `all`: minutes of load at half the capacity with one fault a minute;
     /// prints a row a minute and writes bench/soak.json (and BENCHMARKS.md with --write).
     Soak {
@@ -85,6 +105,24 @@ enum Cmd {
         #[arg(long)]
         perf: Option<String>,
     },
+}
+
+/// Which fleets a guard scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FleetArg {
+    Rust,
+    Python,
+    Both,
+}
+
+impl FleetArg {
+    fn kinds(self) -> Vec<FleetKind> {
+        match self {
+            FleetArg::Rust => vec![FleetKind::Rust],
+            FleetArg::Python => vec![FleetKind::Python],
+            FleetArg::Both => vec![FleetKind::Python, FleetKind::Rust],
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -200,6 +238,19 @@ fn main() -> anyhow::Result<()> {
         say(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
         return Ok(());
     }
+    if let Cmd::Lifecycle { fleet, only } = &cli.command {
+        let l = lifecycle::run(&env, &fleet.kinds(), only.as_deref());
+        if cli.keep_temp {
+            say(format!(
+                "configs and logs kept in {}",
+                env.dir.keep().display()
+            ));
+        }
+        let l = l?;
+        println!("\n## Lifecycle\n\n{}", report_guard::lifecycle(&l));
+        say(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
+        return Ok(());
+    }
     let want = |c: Cmd| cli.command == Cmd::All || cli.command == c;
     let over = want(Cmd::Overhead)
         .then(|| attempt("overhead", &mut failures, || overhead::run(&env)))
@@ -207,8 +258,28 @@ fn main() -> anyhow::Result<()> {
     let inc = want(Cmd::Incident)
         .then(|| attempt("stalled worker", &mut failures, || incident::run(&env)))
         .flatten();
-    let ovl = want(Cmd::Overload)
-        .then(|| attempt("overload", &mut failures, || overload::run(&env)))
+    let ovl = match &cli.command {
+        Cmd::All => Some(FleetArg::Both),
+        Cmd::Overload { fleet } => Some(*fleet),
+        _ => None,
+    }
+    .and_then(|f| {
+        attempt("overload", &mut failures, || {
+            overload::run(&env, &f.kinds())
+        })
+    });
+    let starve = match &cli.command {
+        Cmd::All => Some(FleetArg::Both),
+        Cmd::Starved { fleet } => Some(*fleet),
+        _ => None,
+    }
+    .and_then(|f| attempt("starved", &mut failures, || starved::run(&env, &f.kinds())));
+    let life = (cli.command == Cmd::All)
+        .then(|| {
+            attempt("lifecycle", &mut failures, || {
+                lifecycle::run(&env, &FleetArg::Both.kinds(), None)
+            })
+        })
         .flatten();
     let rl = want(Cmd::Ratelimit)
         .then(|| attempt("rate limits", &mut failures, || ratelimit::run(&env)))
@@ -230,6 +301,8 @@ fn main() -> anyhow::Result<()> {
         overhead: over,
         incident: inc,
         overload: ovl,
+        lifecycle: life,
+        starved: starve,
         ratelimit: rl,
         memory,
         micro,
@@ -312,8 +385,10 @@ fn command_line(cli: &Cli) -> String {
         Cmd::All => "all",
         Cmd::Overhead => "overhead",
         Cmd::Incident => "incident",
-        Cmd::Overload => "overload",
+        Cmd::Overload { .. } => "overload",
         Cmd::Ratelimit => "ratelimit",
+        Cmd::Lifecycle { .. } => "lifecycle",
+        Cmd::Starved { .. } => "starved",
         Cmd::Profile { .. } => "profile",
         Cmd::Soak { .. } => "soak",
     };

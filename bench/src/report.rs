@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::micro::Micro;
 use crate::scenarios::incident::Incident;
+use crate::scenarios::lifecycle::Lifecycle;
 use crate::scenarios::overhead::Overhead;
 use crate::scenarios::overload::Overload;
 use crate::scenarios::ratelimit::RateLimits;
@@ -28,6 +29,8 @@ pub struct Results {
     pub overhead: Option<Overhead>,
     pub incident: Option<Incident>,
     pub overload: Option<Overload>,
+    pub lifecycle: Option<Lifecycle>,
+    pub starved: Option<crate::scenarios::starved::Starved>,
     pub ratelimit: Option<RateLimits>,
     pub memory: Vec<MemSample>,
     pub micro: Vec<Micro>,
@@ -40,6 +43,8 @@ pub const SKELETON: &str = "# Benchmarks\n\n## Run\n\n<!-- bench:run -->\n<!-- /
 ## 1. Overhead\n\n<!-- bench:overhead -->\n<!-- /bench:overhead -->\n\n\
 ## 2. Stalled worker\n\n<!-- bench:incident -->\n<!-- /bench:incident -->\n\n\
 ## 3. Overload\n\n<!-- bench:overload -->\n<!-- /bench:overload -->\n\n\
+## 3b. Lifecycle\n\n<!-- bench:lifecycle -->\n<!-- /bench:lifecycle -->\n\n\
+## 3c. Starved sidecar\n\n<!-- bench:starved -->\n<!-- /bench:starved -->\n\n\
 ## 4. Rate limits\n\n<!-- bench:ratelimit -->\n<!-- /bench:ratelimit -->\n\n\
 ## 5. Memory\n\n<!-- bench:memory -->\n<!-- /bench:memory -->\n\n\
 ## 6. Soak\n\n<!-- bench:soak -->\n<!-- /bench:soak -->\n\n\
@@ -109,7 +114,13 @@ pub fn sections(r: &Results) -> Vec<(&'static str, String)> {
         m.push(("incident", crate::report_sections::incident(i)));
     }
     if let Some(o) = &r.overload {
-        m.push(("overload", crate::report_sections::overload(o)));
+        m.push(("overload", crate::report_guard::overload(o)));
+    }
+    if let Some(l) = &r.lifecycle {
+        m.push(("lifecycle", crate::report_guard::lifecycle(l)));
+    }
+    if let Some(s) = &r.starved {
+        m.push(("starved", crate::report_guard::starved(s)));
     }
     if let Some(rl) = &r.ratelimit {
         m.push(("ratelimit", crate::report_ratelimit::section(rl)));
@@ -186,8 +197,13 @@ fn foreign_shares(r: &Results) -> Vec<f64> {
         }
     }
     let open = r.incident.iter().flat_map(|i| &i.results);
-    let open = open.chain(r.overload.iter().flat_map(|o| &o.results));
     v.extend(open.flat_map(|c| c.rounds.iter().map(|s| s.foreign_cpu)));
+    let overload = r.overload.iter().flat_map(|o| &o.fleets);
+    let overload = overload.flat_map(|f| &f.results);
+    v.extend(overload.flat_map(|c| c.rounds.iter().map(|s| s.foreign_cpu)));
+    let phases = r.lifecycle.iter().flat_map(|l| &l.fleets);
+    let phases = phases.flat_map(|f| &f.results);
+    v.extend(phases.flat_map(|c| c.rounds.iter().map(|s| s.foreign_cpu)));
     v
 }
 
@@ -278,6 +294,8 @@ mod tests {
             "overhead",
             "incident",
             "overload",
+            "lifecycle",
+            "starved",
             "ratelimit",
             "memory",
             "soak",

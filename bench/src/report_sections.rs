@@ -4,7 +4,6 @@
 use crate::report::{added_us, find_result, ms, pct, table};
 use crate::scenarios::incident::{Incident, FAULT};
 use crate::scenarios::overhead::Overhead;
-use crate::scenarios::overload::Overload;
 use crate::scenarios::OpenResult;
 
 const SG: &str = "sloguard (enforce)";
@@ -197,59 +196,6 @@ pub fn incident(i: &Incident) -> String {
         );
     }
     s + &skipped(&i.skipped)
-}
-
-pub fn overload(o: &Overload) -> String {
-    let rows: Vec<Vec<String>> = o
-        .results
-        .iter()
-        .map(|r| {
-            let m = &r.median;
-            vec![
-                r.contender.clone(),
-                format!("{:.0}", m.goodput_rps),
-                m.ok.to_string(),
-                pct(m.shed_share),
-                ms(m.shed_p50_ms),
-                ms(m.shed_p99_ms),
-                format!("{} ({})", m.errors, pct(m.error_share)),
-                ms(m.p50_ms),
-                ms(m.p99_ms),
-            ]
-        })
-        .collect();
-    let mut s = format!(
-        "Every worker `block=4ms,every=1` (capacity about {:.0} events/s), `POST /v1/events` \
-         only, open loop at {:.0} requests/s; SLO 150 ms; the generator gives up after 2 s \
-         (counted as errors) (medians of the rounds):\n\n",
-        o.capacity_rps, o.rate
-    );
-    s += &table(
-        &[
-            "contender",
-            "goodput in SLO (req/s)",
-            "2xx",
-            "shed (503)",
-            "shed p50 (ms)",
-            "shed p99 (ms)",
-            "errors, timeouts",
-            "p50 all (ms)",
-            "p99 all (ms)",
-        ],
-        &rows,
-    );
-    let line: Vec<String> = o
-        .results
-        .iter()
-        .map(|r| format!("{} {:.0}", r.contender, r.median.goodput_rps))
-        .collect();
-    if !line.is_empty() {
-        s += &format!(
-            "\n**Headline**: goodput within SLO at twice the capacity (requests/s): {}.\n",
-            line.join(", ")
-        );
-    }
-    s + &skipped(&o.skipped)
 }
 
 #[cfg(test)]

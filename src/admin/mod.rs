@@ -107,6 +107,7 @@ impl AdminApp {
                     "ejections": health.ejections,
                     "in_flight": w.in_flight(),
                     "limit": w.limit(),
+                    "work_ms": ms(w.work()),
                     "latency_ms": ms(health.latency()),
                     "baseline_ms": limiter.baseline().map(ms),
                     "loop_lag_ms": health.last_lag().map(ms),
@@ -122,11 +123,14 @@ impl AdminApp {
                 })
             })
             .collect();
+        let costs = self.state.route_costs();
         let routes: Vec<_> = policy
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 json!({
+                    "cost_ms": costs.get_named(i, &r.name).map(ms),
                     "name": &*r.name,
                     "priority": r.priority.as_str(),
                     "slo_p95_ms": r.slo.and_then(|s| s.p95).map(|d| d.as_millis() as u64),
@@ -164,7 +168,8 @@ impl AdminApp {
             "admission": {
                 "waiting": admission.waiting(),
                 "shadow_would_queue": admission.shadow_queued(),
-                "drain_rate_per_s": (admission.drain_rate() * 10.0).round() / 10.0,
+                "drain_rate_per_s": admission.drain_rate().map(|r| (r * 10.0).round() / 10.0),
+                "own_delay_ms": ms(admission.own_delay()),
             },
             "uptime_seconds": self.state.started.elapsed().as_secs(),
             "workers": workers,

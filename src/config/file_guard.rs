@@ -78,6 +78,7 @@ pub struct ConcurrencyFile {
     pub smoothing: Option<Spanned<f64>>,
     pub window_ms: Option<Spanned<u64>>,
     pub aimd_backoff: Option<Spanned<f64>>,
+    pub worker_budget_share: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]

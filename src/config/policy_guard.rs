@@ -208,6 +208,12 @@ impl Validator<'_> {
             tolerance: self.ratio_or(&c.tolerance, &k("tolerance"), d.tolerance, (1.0, 10.0))?,
             smoothing: self.ratio_or(&c.smoothing, &k("smoothing"), d.smoothing, (0.01, 1.0))?,
             window: self.ms_or(&c.window_ms, &k("window_ms"), d.window)?,
+            worker_budget_share: self.ratio_or(
+                &c.worker_budget_share,
+                &k("worker_budget_share"),
+                d.worker_budget_share,
+                (0.05, 0.95),
+            )?,
             ..d
         })
     }

@@ -11,24 +11,35 @@ use super::{respond, RequestCtx, SloGuard};
 use crate::config::Policy;
 use crate::stages::admission::Wait;
 use crate::stages::ratelimit::KeySource;
-use crate::stages::route::{Priority, Route, RouteTable};
+use crate::stages::route::{Priority, Route, RouteId, RouteTable};
 use crate::stages::Rejection;
-use crate::workers::{GuardMode, HealthState};
+use crate::workers::{GuardMode, SlotRule};
 
 impl SloGuard {
-    /// The queue budget of `route` now: see [`RouteTable::queue_budget`]. The expected
-    /// service time is the slowest serving worker's latency estimate (conservative: the
-    /// request may land on it).
-    pub(super) fn queue_budget(&self, policy: &Policy, route: &Route) -> Duration {
-        let expected = self
-            .state
-            .workers()
-            .iter()
-            .filter(|w| w.state() != HealthState::Ejected)
-            .map(|w| w.latency())
-            .max()
-            .unwrap_or_default();
-        RouteTable::queue_budget(route, expected, policy.shedding.default_queue_budget)
+    /// The queue budget of `route`: see [`RouteTable::queue_budget`].
+    pub(super) fn queue_budget(policy: &Policy, route: &Route) -> Duration {
+        RouteTable::queue_budget(
+            route,
+            policy.concurrency.worker_budget_share,
+            policy.shedding.default_queue_budget,
+        )
+    }
+
+    /// Which workers may take a request of `route` (index `id`) while a higher class waits:
+    /// see [`crate::workers::Worker::has_slot`]. The work cap is the tightest latency target
+    /// any route needs from a worker, so every class leaves room for the most demanding one;
+    /// the priority's share applies once the fleet is full for a higher class
+    /// ([`SlotRule::unreserved`] otherwise).
+    pub(super) fn slot_rule(&self, policy: &Policy, id: RouteId, route: &Route) -> SlotRule {
+        SlotRule {
+            share: route.priority.limit_share(),
+            cost: self.state.route_costs().get_named(id, &route.name),
+            work_cap: policy.routes.tightest_worker_target(
+                policy.concurrency.worker_budget_share,
+                policy.shedding.default_queue_budget,
+            ),
+            ceiling: policy.concurrency.max_limit,
+        }
     }
 
     /// Admission: take a worker slot now, or wait for one in priority order until the
@@ -37,24 +48,36 @@ impl SloGuard {
         &self,
         ctx: &mut RequestCtx,
         priority: Priority,
+        rule: SlotRule,
         budget: Duration,
     ) -> std::result::Result<(), Rejection> {
         let admission = &self.state.admission;
         let deadline = ctx.started + budget;
         let arrived = Instant::now();
         let mut woken = false;
+        // Held while a woken request tries for its slot (see `WakeToken`).
+        let mut claim = None;
         loop {
             if woken || !admission.must_queue() {
                 let workers = self.state.workers();
-                if let Some(lease) = workers.acquire(
-                    GuardMode::Enforce,
-                    0,
-                    Some(priority.limit_share()),
-                    Some(admission),
-                ) {
+                let listener = self.state.slot_listener();
+                // Capacity is kept for higher classes only while some of them wait.
+                let effective = if woken && admission.higher_waiting(priority) {
+                    rule
+                } else {
+                    rule.unreserved()
+                };
+                let lease =
+                    workers.acquire(GuardMode::Enforce, 0, Some(&effective), Some(listener));
+                // The woken request has tried for its slot: the claim is spent either way.
+                drop(claim.take());
+                if let Some(lease) = lease {
                     if !woken {
                         admission.on_admitted_directly(Instant::now());
                     }
+                    // This request's slot is taken: pass the turn on while slots are free,
+                    // so the queue empties into every free slot, not one per release.
+                    admission.wake_one_if_idle(|r| workers.has_room(r));
                     ctx.lease = Some(lease);
                     if woken {
                         ctx.queued = arrived.elapsed();
@@ -69,13 +92,16 @@ impl SloGuard {
             }
             let outcome = if woken {
                 admission
-                    .wait_again(priority, budget, deadline, ctx.started)
+                    .wait_again(priority, rule, budget, deadline, ctx.started)
                     .await
             } else {
-                admission.wait(priority, budget, deadline).await
+                admission.wait(priority, rule, budget, deadline).await
             };
             match outcome {
-                Wait::Woken { .. } => woken = true,
+                Wait::Woken(token) => {
+                    woken = true;
+                    claim = Some(token);
+                }
                 Wait::Shed(reason) => {
                     ctx.queued = arrived.elapsed();
                     let mut rejection = reason.rejection(budget);

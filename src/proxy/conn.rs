@@ -158,6 +158,8 @@ impl ServerApp for ConnGuard {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // This thread's measure of its own backlog, started by its first connection.
+        super::self_lag::ensure_ticker(&self.state.admission);
         if !self.is_plain_http1(&stream) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }

@@ -56,6 +56,9 @@ pub struct RequestCtx {
     pub pending_rejection: Option<Rejection>,
     /// Counts this request in flight for graceful drain; released with the context.
     pub guard: Option<RequestGuard>,
+    /// The answer's time when the request was sent to an idle worker: a clean measure of
+    /// its route's cost, fed to the route costs when the request ends.
+    pub idle_rtt: Option<std::time::Duration>,
 }
 
 impl RequestCtx {
@@ -82,6 +85,7 @@ impl RequestCtx {
             json: None,
             pending_rejection: None,
             guard: None,
+            idle_rtt: None,
         }
     }
 
@@ -103,19 +107,23 @@ impl RequestCtx {
         else {
             return;
         };
-        record_attempt(policy, lease, sent, status, lag);
+        let rtt = record_attempt(policy, lease, sent, status, lag);
+        if lease.in_flight_before() == 0 && status < 500 {
+            self.idle_rtt = Some(rtt);
+        }
         self.response_seen = true;
     }
 }
 
-/// Feeds one attempt's answer (or failure, as a 5xx) to its worker's signals and limiter.
+/// Feeds one attempt's answer (or failure, as a 5xx) to its worker's signals and limiter;
+/// returns its time from dispatch.
 pub fn record_attempt(
     policy: &Policy,
     lease: &WorkerLease,
     sent: Instant,
     status: u16,
     lag: Option<std::time::Duration>,
-) {
+) -> std::time::Duration {
     let now = Instant::now();
     let sample = Sample {
         rtt: now.saturating_duration_since(sent),
@@ -125,6 +133,7 @@ pub fn record_attempt(
     lease
         .worker()
         .on_response(&policy.upstream, &policy.concurrency, status, sample, now);
+    sample.rtt
 }
 
 impl Default for RequestCtx {

@@ -110,7 +110,7 @@ impl SloGuard {
         let lease = match ctx.lease.take() {
             Some(lease) => lease,
             None => workers
-                .acquire(policy.guard, 0, None, Some(&self.state.admission))
+                .acquire(policy.guard, 0, None, Some(self.state.slot_listener()))
                 .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no worker"))?,
         };
         let mut req = session.req_header().clone();
@@ -249,10 +249,12 @@ impl SloGuard {
         } else {
             0
         };
-        let lease =
-            self.state
-                .workers()
-                .acquire(policy.guard, tried, None, Some(&self.state.admission))?;
+        let lease = self.state.workers().acquire(
+            policy.guard,
+            tried,
+            None,
+            Some(self.state.slot_listener()),
+        )?;
         Some(Attempt::new(lease, policy))
     }
 

@@ -17,6 +17,7 @@ mod ctx;
 mod head_io;
 mod hedge;
 mod respond;
+mod self_lag;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,11 +135,17 @@ impl ProxyHttp for SloGuard {
         match mode {
             GuardMode::Enforce => {
                 // Only the enforcing guard queues, so only it needs the queue budget.
-                let budget = match &ctx.policy {
-                    Some(p) => self.queue_budget(p, p.routes.get(ctx.route)),
-                    None => Duration::ZERO,
+                let (rule, budget) = match &ctx.policy {
+                    Some(p) => {
+                        let route = p.routes.get(ctx.route);
+                        (
+                            self.slot_rule(p, ctx.route, route),
+                            Self::queue_budget(p, route),
+                        )
+                    }
+                    None => return Ok(false),
                 };
-                if let Err(rejection) = self.admit(ctx, priority, budget).await {
+                if let Err(rejection) = self.admit(ctx, priority, rule, budget).await {
                     self.reject(session, ctx, rejection).await?;
                     return Ok(true);
                 }
@@ -146,7 +153,11 @@ impl ProxyHttp for SloGuard {
             GuardMode::Shadow => {
                 // Shadow: note that enforce would have made this request wait (and perhaps
                 // shed it), then let it through.
-                if !self.state.workers().has_room() {
+                let rule = ctx
+                    .policy
+                    .as_ref()
+                    .map(|p| self.slot_rule(p, ctx.route, p.routes.get(ctx.route)));
+                if rule.is_some_and(|r| !self.state.workers().has_room(&r)) {
                     self.state.admission.note_shadow_queued();
                     tracing::debug!(request_id = %ctx.request_id, route = ctx.route_name(), "shadow: no worker under its limit; enforce would queue or shed");
                 }
@@ -173,7 +184,12 @@ impl ProxyHttp for SloGuard {
             _ => {
                 let workers = self.state.workers();
                 workers
-                    .acquire(policy.guard, ctx.tried, None, Some(&self.state.admission))
+                    .acquire(
+                        policy.guard,
+                        ctx.tried,
+                        None,
+                        Some(self.state.slot_listener()),
+                    )
                     .ok_or_else(|| {
                         Error::explain(
                             ErrorType::ConnectNoRoute,
@@ -376,6 +392,12 @@ impl ProxyHttp for SloGuard {
             ctx.record_outcome(502, None);
         }
         ctx.lease = None;
+        if let (Some(rtt), Some(policy)) = (ctx.idle_rtt, &ctx.policy) {
+            let name = &policy.routes.get(ctx.route).name;
+            self.state
+                .route_costs()
+                .observe(ctx.route, name, rtt, Instant::now());
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

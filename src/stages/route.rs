@@ -138,17 +138,37 @@ impl RouteTable {
         self.routes.iter().chain(std::iter::once(&self.default))
     }
 
+    /// How long a request of `route` may spend on its worker, queueing inside the worker
+    /// included: `worker_share` of its p95 target (p99 if only that), or `default` (the
+    /// policy's `default_queue_ms`) without an SLO. A worker's capacity for the request is
+    /// how many requests it completes within this (see `Worker::capacity`).
+    pub fn worker_target(route: &Route, worker_share: f64, default: Duration) -> Duration {
+        match route.slo.and_then(|s| s.p95.or(s.p99)) {
+            Some(target) => target.mul_f64(worker_share).max(Duration::from_millis(1)),
+            None => default,
+        }
+    }
+
     /// The longest a request of `route` may wait for a worker slot: the explicit budget, or
-    /// what its p95 target leaves after the expected service time (at least 1 ms), or the
+    /// what its p95 target leaves after the worker's share (at least 1 ms), or the
     /// policy-wide default without an SLO.
-    pub fn queue_budget(route: &Route, expected_service: Duration, default: Duration) -> Duration {
+    pub fn queue_budget(route: &Route, worker_share: f64, default: Duration) -> Duration {
         match (route.queue_budget, route.slo.and_then(|s| s.p95.or(s.p99))) {
             (Some(b), _) => b,
             (None, Some(target)) => target
-                .saturating_sub(expected_service)
+                .mul_f64(1.0 - worker_share)
                 .max(Duration::from_millis(1)),
             (None, None) => default,
         }
+    }
+
+    /// The tightest [`RouteTable::worker_target`] of any route: a worker with room for it
+    /// has room for every request (the ticker wakes queued requests with it).
+    pub fn tightest_worker_target(&self, worker_share: f64, default: Duration) -> Duration {
+        self.iter()
+            .map(|r| RouteTable::worker_target(r, worker_share, default))
+            .min()
+            .unwrap_or(default)
     }
 
     /// Whether `name` is a declared route or `default`.

@@ -84,6 +84,21 @@ pub enum EjectReason {
     ServerErrors(u32),
 }
 
+impl EjectReason {
+    /// A signal every worker shows at once when the host, not a worker, is the trouble: a
+    /// CPU-starved pod makes every loop late, every probe slow and every worker look
+    /// stalled. Errors and refused connections are the worker's own.
+    pub fn host_sensitive(self) -> bool {
+        matches!(
+            self,
+            EjectReason::Stalled(_)
+                | EjectReason::LoopLag(_)
+                | EjectReason::SlowProbe(_)
+                | EjectReason::ProbeFailed
+        )
+    }
+}
+
 impl std::fmt::Display for EjectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -165,8 +180,13 @@ impl WorkerHealth {
     }
 
     /// A signal asked for an ejection that the next evaluation will decide on.
+    ///
+    /// Only the worker's own failures (5xx, refused connections) count: the next tick
+    /// decides on host-sensitive signals with the whole fleet in view, and a lagging loop
+    /// already costs more in the choice (its latency estimate), so it is not taken out of
+    /// the choice on one report that may be the host's.
     pub fn ejection_pending(&self) -> bool {
-        self.pending.is_some()
+        self.pending.is_some_and(|r| !r.host_sensitive())
     }
 
     pub fn last_reason(&self) -> Option<EjectReason> {
@@ -289,6 +309,22 @@ impl WorkerHealth {
         }
     }
 
+    /// What the signals ask for now, without acting on it: a stall of `stall_after` or
+    /// more, or a reason an input left pending.
+    pub fn ejection_signal(
+        &mut self,
+        cfg: &HealthConfig,
+        in_flight: usize,
+        now: Instant,
+    ) -> Option<EjectReason> {
+        let stalled_for = self.stall.stalled_for(in_flight, now);
+        if stalled_for >= cfg.stall_after {
+            Some(EjectReason::Stalled(stalled_for))
+        } else {
+            self.pending
+        }
+    }
+
     /// Applies what the signals say. `may_eject` says whether ejecting one more worker stays
     /// within `max_ejected_percent`; when it does not, the worker stays in (and is counted
     /// as suspect so the choice avoids it), and shedding protects the SLO instead.
@@ -299,12 +335,40 @@ impl WorkerHealth {
         may_eject: bool,
         now: Instant,
     ) -> Option<Transition> {
-        let stalled_for = self.stall.stalled_for(in_flight, now);
-        let reason = if stalled_for >= cfg.stall_after {
-            Some(EjectReason::Stalled(stalled_for))
-        } else {
-            self.pending
+        self.evaluate_in_fleet(cfg, in_flight, may_eject, true, now)
+    }
+
+    /// How badly the host-sensitive signals look now, in units of their thresholds: the
+    /// stall over `stall_after`, the last reported lag and the last probe over
+    /// `lag_eject` (a failed probe counts 10). At 1 or more the worker signals.
+    pub fn severity(&mut self, cfg: &HealthConfig, in_flight: usize, now: Instant) -> f64 {
+        let ratio = |d: Duration, of: Duration| d.as_secs_f64() / of.as_secs_f64().max(1e-6);
+        let stall = ratio(self.stall.stalled_for(in_flight, now), cfg.stall_after);
+        let lag = self.last_lag.map_or(0.0, |l| ratio(l, cfg.lag_eject));
+        let probe = match self.last_probe {
+            Some(Ok(d)) => ratio(d, cfg.lag_eject),
+            Some(Err(())) => 10.0,
+            None => 0.0,
         };
+        stall.max(lag).max(probe)
+    }
+
+    /// [`WorkerHealth::evaluate`], knowing whether this worker stands out from the fleet
+    /// (see [`outliers`]): a host-sensitive signal it shares with the others is the host's
+    /// or the load's (every loop lags behind the work it was sent), and ejecting a worker
+    /// for it would only take capacity away, so it is set aside.
+    pub fn evaluate_in_fleet(
+        &mut self,
+        cfg: &HealthConfig,
+        in_flight: usize,
+        may_eject: bool,
+        stands_out: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        let stalled_for = self.stall.stalled_for(in_flight, now);
+        let reason = self
+            .ejection_signal(cfg, in_flight, now)
+            .filter(|r| stands_out || !r.host_sensitive());
         self.pending = None;
 
         match (self.state, reason) {
@@ -370,6 +434,33 @@ impl WorkerHealth {
         Transition::Ejected { reason, for_ }
     }
 }
+
+/// Which serving workers stand out from the others by the [`WorkerHealth::severity`] of their
+/// host-sensitive signals: at least [`OUTLIER_FACTOR`] times the median of the other
+/// workers' (which counts at least 0.1). One blocked loop among four healthy ones (250 ms of
+/// lag against 2 ms) stands out; four loops that all lag behind their own queue of dear
+/// requests, or a CPU-starved pod, do not. A lone worker always stands out.
+pub fn outliers(severities: &[f64]) -> Vec<bool> {
+    (0..severities.len())
+        .map(|i| {
+            let mut others: Vec<f64> = severities
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, s)| *s)
+                .collect();
+            if others.is_empty() {
+                return true;
+            }
+            others.sort_by(f64::total_cmp);
+            let median = others[others.len() / 2].max(0.1);
+            severities[i] >= OUTLIER_FACTOR * median
+        })
+        .collect()
+}
+
+/// How far a worker's signals must exceed the fleet's to be its own.
+pub const OUTLIER_FACTOR: f64 = 3.0;
 
 /// Whether one more worker may be ejected: at most `max_percent`% of `total` are out at once.
 pub fn may_eject(already_ejected: usize, total: usize, max_percent: u8) -> bool {

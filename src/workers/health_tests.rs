@@ -206,3 +206,47 @@ fn max_ejected_percent_bounds_how_many_are_out() {
     assert!(may_eject(0, 1, 100));
     assert!(!may_eject(0, 4, 0));
 }
+
+#[test]
+fn a_worker_stands_out_only_when_the_fleet_does_not_share_its_trouble() {
+    // The incident: worker 3 blocked 250 ms (lag 3.3x its threshold), the others fine.
+    assert_eq!(
+        outliers(&[0.02, 0.03, 3.3, 0.01]),
+        [false, false, true, false]
+    );
+    // Every loop lags behind its own queue of dear requests, or the pod is starved: the
+    // worst is no outlier.
+    assert_eq!(outliers(&[1.8, 1.0, 0.7, 0.6]), [false; 4]);
+    assert!(outliers(&[2.0, 2.0, 2.0, 2.0]).iter().all(|o| !o));
+    // Two blocked of four: both stand out from the two healthy ones.
+    assert_eq!(
+        outliers(&[3.0, 3.0, 0.05, 0.05]),
+        [true, true, false, false]
+    );
+    // A lone worker stands out (max_ejected_percent keeps it in anyway).
+    assert_eq!(outliers(&[5.0]), [true]);
+    assert!(outliers(&[]).is_empty());
+}
+
+#[test]
+fn a_shared_lag_is_set_aside_but_errors_still_eject() {
+    let cfg = HealthConfig::default();
+    let t0 = Instant::now();
+    let mut h = WorkerHealth::new(&cfg, t0);
+    h.on_response(&cfg, 200, 5 * MS, Some(120 * MS), t0);
+    assert!(h.severity(&cfg, 0, t0) > 1.5);
+    assert!(!h.ejection_pending(), "a lag waits for the tick's verdict");
+    assert_eq!(h.evaluate_in_fleet(&cfg, 0, true, false, t0), None);
+    assert_eq!(h.state(), HealthState::Healthy);
+    for _ in 0..cfg.consecutive_failures {
+        h.on_response(&cfg, 500, 5 * MS, None, t0);
+    }
+    assert!(h.ejection_pending());
+    assert!(matches!(
+        h.evaluate_in_fleet(&cfg, 0, true, false, t0),
+        Some(Transition::Ejected {
+            reason: EjectReason::ServerErrors(_),
+            ..
+        })
+    ));
+}

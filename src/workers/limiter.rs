@@ -46,6 +46,11 @@ pub struct LimiterConfig {
     /// Reported lag up to this is timer noise, not queueing (workers report whole ms and a
     /// healthy loop shows 1-2 ms). Default 5 ms.
     pub lag_noise: Duration,
+    /// Share of a request's latency target it may spend on its worker, queueing there
+    /// included; the rest is the admission queue's. A worker takes requests beyond its
+    /// learnt limit while its predicted latency stays within this share (see
+    /// `Worker::capacity`). Default 1/3.
+    pub worker_budget_share: f64,
 }
 
 /// Which update rule.
@@ -71,6 +76,7 @@ impl Default for LimiterConfig {
             min_samples: 8,
             baseline_decay: Duration::from_secs(1),
             lag_noise: Duration::from_millis(5),
+            worker_budget_share: 1.0 / 3.0,
         }
     }
 }

@@ -13,6 +13,7 @@ mod health_props;
 pub mod limiter;
 mod pick;
 pub mod probe;
+pub mod service;
 pub mod signals;
 
 use std::net::SocketAddr;
@@ -24,8 +25,7 @@ pub use health::{EjectReason, HealthConfig, HealthState, Transition, WorkerHealt
 pub use limiter::{Algorithm, ConcurrencyLimiter, LimiterConfig, Sample};
 pub use pick::{pick_least_loaded, pick_p2c};
 pub use probe::ProbeConfig;
-
-use crate::stages::admission::Admission;
+pub use service::{RouteCosts, ServiceTime};
 
 /// `[upstream]`, validated (with its `health` and `probe` subsections).
 #[derive(Debug, Clone, PartialEq)]
@@ -86,8 +86,53 @@ pub struct Worker {
     ejection_pending: AtomicBool,
     /// Slow-start weight x 1000.
     weight_milli: AtomicU32,
+    /// Outstanding work: the summed cost of the requests in flight whose route cost is
+    /// known, ns (see [`Worker::work`]).
+    work_ns: AtomicU64,
+    /// Since when (ns after [`epoch`]) the worker has been silent: the later of its last
+    /// completion (answer or good probe) and the moment it became busy. With requests in
+    /// flight, `now - quiet_from` is how long it has been stalled so far.
+    quiet_from_ns: AtomicU64,
     health: Mutex<WorkerHealth>,
     limiter: Mutex<ConcurrencyLimiter>,
+}
+
+/// Told when a lease releases a worker slot (the admission queue wakes a waiter that can
+/// use it). A trait so this layer does not know who listens.
+pub trait SlotListener: Send + Sync + std::fmt::Debug {
+    fn slot_freed(&self, worker: &Worker);
+}
+
+/// Which workers may take a request now (see [`Worker::has_slot`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlotRule {
+    /// Share of a worker's learnt limit and work cap the request may fill: its priority's
+    /// share (`Priority::limit_share`) while a higher class waits for a slot, all of it
+    /// otherwise ([`SlotRule::unreserved`]).
+    pub share: f64,
+    /// What the request costs a worker, once its route's cost is known.
+    pub cost: Option<Duration>,
+    /// Outstanding work past which a worker takes no more: the tightest latency target any
+    /// route needs from a worker.
+    pub work_cap: Duration,
+    /// Most requests one worker holds however cheap they are (`[concurrency] max_limit`):
+    /// each holds an upstream connection.
+    pub ceiling: u32,
+}
+
+impl SlotRule {
+    /// The rule with nothing reserved for higher classes: no higher-priority request waits,
+    /// so the fleet is not full for them and this one may use any free capacity.
+    pub fn unreserved(self) -> SlotRule {
+        SlotRule { share: 1.0, ..self }
+    }
+}
+
+/// Nanoseconds from a process-wide origin to `t`, for instants kept in atomics.
+fn since_epoch(t: Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| t.checked_sub(Duration::from_secs(1)).unwrap_or(t));
+    t.saturating_duration_since(epoch).as_nanos() as u64
 }
 
 fn state_code(s: HealthState) -> u8 {
@@ -120,6 +165,8 @@ impl Worker {
             latency_ns: AtomicU64::new(1_000_000),
             ejection_pending: AtomicBool::new(false),
             weight_milli: AtomicU32::new(1000),
+            work_ns: AtomicU64::new(0),
+            quiet_from_ns: AtomicU64::new(since_epoch(now)),
             health: Mutex::new(WorkerHealth::new(health, now)),
             limiter: Mutex::new(limiter),
         }
@@ -169,10 +216,60 @@ impl Worker {
         Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed))
     }
 
+    /// Outstanding work: how long the requests in flight on it will keep its loop busy,
+    /// from their routes' costs (requests of a route with no known cost count nothing).
+    pub fn work(&self) -> Duration {
+        Duration::from_nanos(self.work_ns.load(Ordering::Relaxed))
+    }
+
+    /// Whether the worker may take one more request under `rule`:
+    /// - an idle worker always takes one;
+    /// - under its learnt concurrency limit (the priority's share of it): the limit finds
+    ///   the knee of a worker whose requests overlap (they await I/O), where counting work
+    ///   would understate what it can hold;
+    /// - or, its cost known, while the work already there lets it start within the rule's
+    ///   cap (and under the ceiling): a learnt limit never refuses work that would still be
+    ///   served in time, and dear requests (a 25 ms aggregation) count for what they cost,
+    ///   so a lower class cannot fill a loop with work a critical request would then wait
+    ///   behind. Starting within the cap, rather than finishing within it, always leaves a
+    ///   request ready behind the one running when requests are dear compared to the cap:
+    ///   the loop never idles for a round trip between two of them.
+    pub fn has_slot(&self, rule: &SlotRule) -> bool {
+        let in_flight = self.in_flight();
+        if in_flight == 0 {
+            return true;
+        }
+        let allowed = ((f64::from(self.limit()) * rule.share) as usize).max(1);
+        if in_flight < allowed {
+            return true;
+        }
+        rule.cost.is_some() && in_flight < rule.ceiling as usize && {
+            let weight = f64::from(self.weight_milli.load(Ordering::Relaxed)) / 1000.0;
+            self.work() < rule.work_cap.mul_f64(weight * rule.share)
+        }
+    }
+
     /// Cost for the choice: latency estimate x (in flight + 1), over the slow-start weight.
-    pub fn cost(&self) -> f64 {
+    /// The latency estimate is at least how long the worker has been stalled so far (busy,
+    /// and nothing completed): peak-EWMA only learns of a blocked loop when its answers
+    /// finally come, but a worker silent for 20 ms is at least 20 ms slow now, so it stops
+    /// getting requests within milliseconds, long before the stall ejects it.
+    pub fn cost(&self, now_ns: u64) -> f64 {
         let w = f64::from(self.weight_milli.load(Ordering::Relaxed).max(1)) / 1000.0;
-        self.latency_ns.load(Ordering::Relaxed) as f64 * (self.in_flight() as f64 + 1.0) / w
+        let in_flight = self.in_flight();
+        let stalled = if in_flight > 0 {
+            now_ns.saturating_sub(self.quiet_from_ns.load(Ordering::Relaxed))
+        } else {
+            0
+        };
+        let latency = self.latency_ns.load(Ordering::Relaxed).max(stalled);
+        latency as f64 * (in_flight as f64 + 1.0) / w
+    }
+
+    /// The worker's loop turned now (an answer or a good probe), or it became busy.
+    fn note_progress(&self, now: Instant) {
+        self.quiet_from_ns
+            .fetch_max(since_epoch(now), Ordering::Relaxed);
     }
 
     /// Reads the health record (for status pages and tests).
@@ -217,6 +314,7 @@ impl Worker {
             &self.failures
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.note_progress(now);
         {
             let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
             h.on_response(&cfg.health, status, sample.rtt, sample.lag, now);
@@ -250,6 +348,9 @@ impl Worker {
         result: Result<(Duration, Option<Duration>), ()>,
         now: Instant,
     ) {
+        if result.is_ok() {
+            self.note_progress(now);
+        }
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.on_probe(cfg, result, now);
         self.refresh(&h, cfg, now);
@@ -262,10 +363,28 @@ impl Worker {
         may_eject: bool,
         now: Instant,
     ) -> Option<Transition> {
+        self.evaluate_in_fleet(cfg, may_eject, false, now)
+    }
+
+    /// [`Worker::evaluate`], knowing whether the worker stands out from the fleet (see
+    /// [`health::outliers`]).
+    pub fn evaluate_in_fleet(
+        &self,
+        cfg: &HealthConfig,
+        may_eject: bool,
+        stands_out: bool,
+        now: Instant,
+    ) -> Option<Transition> {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        let t = h.evaluate(cfg, self.in_flight(), may_eject, now);
+        let t = h.evaluate_in_fleet(cfg, self.in_flight(), may_eject, stands_out, now);
         self.refresh(&h, cfg, now);
         t
+    }
+
+    /// How badly its host-sensitive signals look now (see [`WorkerHealth::severity`]).
+    pub fn severity(&self, cfg: &HealthConfig, now: Instant) -> f64 {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.severity(cfg, self.in_flight(), now)
     }
 }
 
@@ -300,10 +419,6 @@ impl WorkerSet {
         self.workers.iter()
     }
 
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.workers.iter().map(|w| w.addr).collect()
-    }
-
     pub fn ejected(&self) -> usize {
         self.workers
             .iter()
@@ -315,15 +430,15 @@ impl WorkerSet {
     ///
     /// `tried` has a bit per worker index this request already failed on. With the guard
     /// off (or in shadow), the choice is fewest in flight, ties at random. Enforced, it is
-    /// power of two choices on [`Worker::cost`] among workers that are not ejected and are
-    /// under `limit_share` of their concurrency limit (`None`: limits ignored, for retries;
-    /// at least one slot of an idle worker is always usable).
+    /// power of two choices on [`Worker::cost`] among workers that are not ejected and have
+    /// a slot under `rule` (`None`: capacity ignored, for retries; at least one slot of an
+    /// idle worker is always usable).
     pub fn acquire(
         &self,
         mode: GuardMode,
         tried: u64,
-        limit_share: Option<f64>,
-        admission: Option<&Arc<Admission>>,
+        rule: Option<&SlotRule>,
+        listener: Option<Arc<dyn SlotListener>>,
     ) -> Option<WorkerLease> {
         let entropy = rand::random::<u64>();
         let idx = match mode {
@@ -335,34 +450,35 @@ impl WorkerSet {
                     (i >= 64 || tried & (1 << i) == 0)
                         && w.state() != HealthState::Ejected
                         && !w.ejection_pending.load(Ordering::Relaxed)
-                        && limit_share.is_none_or(|share| {
-                            let cap = ((f64::from(w.limit()) * share) as u32).max(1);
-                            (w.in_flight() as u32) < cap
-                        })
+                        && rule.is_none_or(|r| w.has_slot(r))
                 };
                 let mut costs = [(0usize, 0f64); 64];
                 let mut n = 0;
+                let now_ns = since_epoch(Instant::now());
                 for (i, w) in self.workers.iter().enumerate().take(64) {
                     if eligible(i, w) {
-                        costs[n] = (i, w.cost());
+                        costs[n] = (i, w.cost(now_ns));
                         n += 1;
                     }
                 }
                 pick_p2c(&costs[..n], entropy)?
             }
         };
+        let cost = rule.and_then(|r| r.cost).unwrap_or_default();
         Some(WorkerLease::new(
             idx,
             self.workers[idx].clone(),
-            admission.cloned(),
+            cost,
+            listener,
         ))
     }
 
-    /// Whether some worker could take a request now (for waking queued requests).
-    pub fn has_room(&self) -> bool {
+    /// Whether some worker could take a request under `rule` now (for waking queued
+    /// requests).
+    pub fn has_room(&self, rule: &SlotRule) -> bool {
         self.workers
             .iter()
-            .any(|w| w.state() != HealthState::Ejected && (w.in_flight() as u32) < w.limit())
+            .any(|w| w.state() != HealthState::Ejected && !w.is_out() && w.has_slot(rule))
     }
 }
 
@@ -375,25 +491,37 @@ pub struct WorkerLease {
     worker: Arc<Worker>,
     /// In flight on the worker before this request.
     in_flight_before: usize,
-    admission: Option<Arc<Admission>>,
+    /// What this request adds to the worker's outstanding work, ns.
+    cost_ns: u64,
+    listener: Option<Arc<dyn SlotListener>>,
 }
 
 impl WorkerLease {
-    fn new(index: usize, worker: Arc<Worker>, admission: Option<Arc<Admission>>) -> WorkerLease {
+    fn new(
+        index: usize,
+        worker: Arc<Worker>,
+        cost: Duration,
+        listener: Option<Arc<dyn SlotListener>>,
+    ) -> WorkerLease {
+        let cost_ns = cost.as_nanos() as u64;
+        worker.work_ns.fetch_add(cost_ns, Ordering::Relaxed);
         let before = worker.in_flight.fetch_add(1, Ordering::Relaxed);
         worker.requests.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
+            let now = Instant::now();
+            worker.note_progress(now);
             worker
                 .health
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .on_dispatch(0, Instant::now());
+                .on_dispatch(0, now);
         }
         WorkerLease {
             index,
             worker,
             in_flight_before: before,
-            admission,
+            cost_ns,
+            listener,
         }
     }
 
@@ -413,9 +541,12 @@ impl WorkerLease {
 
 impl Drop for WorkerLease {
     fn drop(&mut self) {
+        self.worker
+            .work_ns
+            .fetch_sub(self.cost_ns, Ordering::Relaxed);
         self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(a) = &self.admission {
-            a.on_release();
+        if let Some(l) = &self.listener {
+            l.slot_freed(&self.worker);
         }
     }
 }

@@ -23,6 +23,35 @@ fn set(n: usize) -> WorkerSet {
     WorkerSet::new(&cfg(n), &LimiterConfig::default())
 }
 
+/// A request of unknown cost: only the learnt limit (its share) admits it.
+fn rule(share: f64) -> SlotRule {
+    SlotRule {
+        share,
+        cost: None,
+        work_cap: Duration::from_millis(50),
+        ceiling: 64,
+    }
+}
+
+/// A request that costs `ms` of loop time, under a 50 ms target.
+fn costing(share: f64, ms: u64) -> SlotRule {
+    SlotRule {
+        cost: Some(Duration::from_millis(ms)),
+        ..rule(share)
+    }
+}
+
+/// Feeds worker `w` an answer `rtt` after it was sent with `before` others in flight.
+fn answer(w: &Worker, rtt: Duration, before: usize, now: Instant) {
+    let up = cfg(1);
+    let sample = Sample {
+        rtt,
+        in_flight_before: before,
+        lag: None,
+    };
+    w.on_response(&up, &LimiterConfig::default(), 200, sample, now);
+}
+
 #[test]
 fn leases_count_in_flight_and_release_on_drop() {
     let s = set(2);
@@ -41,13 +70,13 @@ fn leases_count_in_flight_and_release_on_drop() {
 fn tried_workers_are_skipped_until_none_is_left() {
     for mode in [GuardMode::Off, GuardMode::Enforce] {
         let s = set(3);
-        let first = s.acquire(mode, 0, Some(1.0), None).unwrap().index();
+        let first = s.acquire(mode, 0, Some(&rule(1.0)), None).unwrap().index();
         let second = s
-            .acquire(mode, 1 << first, Some(1.0), None)
+            .acquire(mode, 1 << first, Some(&rule(1.0)), None)
             .unwrap()
             .index();
         assert_ne!(first, second);
-        assert!(s.acquire(mode, 0b111, Some(1.0), None).is_none());
+        assert!(s.acquire(mode, 0b111, Some(&rule(1.0)), None).is_none());
     }
 }
 
@@ -66,15 +95,17 @@ fn enforced_choice_skips_ejected_workers_and_full_ones() {
     ));
     let mut leases = vec![];
     // Two workers left, each with the initial limit of 8.
-    while let Some(l) = s.acquire(GuardMode::Enforce, 0, Some(1.0), None) {
+    while let Some(l) = s.acquire(GuardMode::Enforce, 0, Some(&rule(1.0)), None) {
         assert_ne!(l.index(), 0, "an ejected worker got a request");
         leases.push(l);
         assert!(leases.len() <= 16);
     }
     assert_eq!(leases.len(), 16);
-    assert!(!s.has_room());
+    assert!(!s.has_room(&rule(1.0)));
     // A lower class's share of a full worker is used up too.
-    assert!(s.acquire(GuardMode::Enforce, 0, Some(0.5), None).is_none());
+    assert!(s
+        .acquire(GuardMode::Enforce, 0, Some(&rule(0.5)), None)
+        .is_none());
     // Without limits (a retry), a full worker can still be chosen; the ejected one not.
     assert_ne!(
         s.acquire(GuardMode::Enforce, 0, None, None)
@@ -84,4 +115,78 @@ fn enforced_choice_skips_ejected_workers_and_full_ones() {
     );
     // With the guard off, the ejected worker is just another worker.
     assert_eq!(s.acquire(GuardMode::Off, 0, None, None).unwrap().index(), 0);
+}
+
+#[test]
+fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
+    let s = set(1);
+    let w = &s.workers[0];
+    // 1 ms requests, each starting within a 50 ms cap: 50 fit, whatever the learnt limit.
+    let mut leases = vec![];
+    while let Some(l) = s.acquire(GuardMode::Enforce, 0, Some(&costing(1.0, 1)), None) {
+        leases.push(l);
+        assert!(leases.len() <= 64);
+    }
+    assert_eq!(leases.len(), 50);
+    assert_eq!(w.work(), Duration::from_millis(50));
+    // Releases give the work back.
+    drop(leases.split_off(10));
+    assert_eq!(w.work(), Duration::from_millis(10));
+    // A normal request while a higher class waits (half the cap: 25 ms) starts within it
+    // behind 10 ms of work...
+    assert!(w.has_slot(&costing(0.5, 25)));
+    // ...not behind 30 ms: a critical request would wait behind it.
+    let more: Vec<_> = (0..20)
+        .map(|_| {
+            s.acquire(GuardMode::Enforce, 0, Some(&costing(1.0, 1)), None)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(w.work(), Duration::from_millis(30));
+    assert!(!w.has_slot(&costing(0.5, 1)));
+    drop(more);
+    // Unknown cost: the learnt limit's share (8 x 0.5 = 4) is used up.
+    assert!(!w.has_slot(&rule(0.5)));
+    drop(leases);
+    assert_eq!(w.work(), Duration::ZERO);
+    // An idle worker takes any request, even one dearer than the cap.
+    assert!(w.has_slot(&costing(0.25, 100)));
+    // The ceiling bounds cheap requests.
+    let cheap = SlotRule {
+        ceiling: 10,
+        ..costing(1.0, 0)
+    };
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            s.acquire(GuardMode::Enforce, 0, Some(&cheap), None)
+                .unwrap()
+        })
+        .collect();
+    assert!(!w.has_slot(&cheap));
+    drop(held);
+}
+
+#[test]
+fn a_silent_busy_worker_stops_getting_requests_before_it_is_ejected() {
+    let s = set(2);
+    let now = Instant::now();
+    for w in s.iter() {
+        for i in 0..20u32 {
+            answer(
+                w,
+                Duration::from_millis(1),
+                0,
+                now + Duration::from_millis(u64::from(i)),
+            );
+        }
+    }
+    // Worker 0 takes one request and goes silent (a blocked loop); its last answer was at
+    // +19 ms. Costs are read 30 ms after that: worker 0 counts as at least 30 ms slow.
+    let stuck = s
+        .acquire(GuardMode::Enforce, 0b10, Some(&rule(1.0)), None)
+        .unwrap();
+    assert_eq!(stuck.index(), 0);
+    let later = since_epoch(now + Duration::from_millis(49));
+    let (c0, c1) = (s.workers[0].cost(later), s.workers[1].cost(later));
+    assert!(c0 > 30.0 * c1, "stalled {c0} vs healthy {c1}");
 }

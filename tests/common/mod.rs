@@ -5,6 +5,7 @@
 //! - sloguard runs as its own process (the real binary), on ports found free just before.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod fleet;
 pub mod load;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -6,9 +6,11 @@
 
 mod closed;
 mod open;
+mod pool;
 
 pub use closed::{closed_loop, ClosedLoop, ClosedRun};
-pub use open::{open_loop, OpenLoop};
+pub use open::{open_loop, OpenLoop, OpenRun};
+pub use pool::{pool_loop, PoolLoop, Stretch, TimedOutcome};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,8 +72,6 @@ pub const TENANTS: u64 = 50;
 pub enum Mix {
     /// `GET /healthz` only.
     Health,
-    /// `POST /v1/events` only.
-    Ingest,
     /// 80% `POST /v1/events`, 20% `GET /v1/metrics`, interleaved deterministically.
     Incident,
     /// `POST /v1/events` naming its tenant in [`TENANT_HEADER`], the 50 tenants in turn.
@@ -81,15 +81,20 @@ pub enum Mix {
     HotTenant,
     /// The incident mix with [`TENANT_HEADER`] on every request, the 50 tenants in turn.
     TenantIncident,
+    /// 20% `POST /v1/events` (the critical route), 80% `GET /v1/metrics` (normal): at twice
+    /// the capacity, critical traffic is 40% of what the workers can serve.
+    Priority,
 }
 
 impl Mix {
     pub fn kind(self, i: u64) -> Kind {
         match self {
             Mix::Health => Kind::Health,
-            Mix::Ingest | Mix::TenantIngest | Mix::HotTenant => Kind::Ingest,
+            Mix::TenantIngest | Mix::HotTenant => Kind::Ingest,
             Mix::Incident | Mix::TenantIncident if (i * 37) % 100 < 80 => Kind::Ingest,
             Mix::Incident | Mix::TenantIncident => Kind::Query,
+            Mix::Priority if (i * 37) % 100 < 20 => Kind::Ingest,
+            Mix::Priority => Kind::Query,
         }
     }
 
@@ -201,13 +206,21 @@ mod tests {
             .filter(|i| Mix::Incident.kind(*i) == Kind::Ingest)
             .count();
         assert_eq!(ingest, 80);
-        assert!((0..1000).all(|i| Mix::Ingest.kind(i) == Kind::Ingest));
+        assert!((0..1000).all(|i| Mix::TenantIngest.kind(i) == Kind::Ingest));
+    }
+
+    #[test]
+    fn priority_mix_is_20_80() {
+        let ingest = (0..100)
+            .filter(|i| Mix::Priority.kind(*i) == Kind::Ingest)
+            .count();
+        assert_eq!(ingest, 20);
     }
 
     #[test]
     fn requests_are_well_formed() {
         let p = Payloads::new();
-        let r = p.request(Mix::Ingest, 3, "http://127.0.0.1:1", "127.0.0.1:1");
+        let r = p.request(Mix::Incident, 0, "http://127.0.0.1:1", "127.0.0.1:1");
         assert_eq!(r.method(), Method::POST);
         assert_eq!(r.uri(), "http://127.0.0.1:1/v1/events");
         assert!(r.headers().get(TENANT_HEADER).is_none());

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use analytics_backend::pyfleet::{PyFleet, PyFleetConfig};
+use serde::Serialize;
+
 use super::Plan;
 use crate::configs::{self, Balance, PolicyOverrides, RateLimitSpec};
 use crate::foreign;
@@ -109,12 +112,59 @@ impl Env {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| anyhow::anyhow!("unexpected backend output: {lines:?}"))?;
         proc.wait_listening(&addrs)?;
-        Ok(Backend { proc, addrs })
+        Ok(Backend {
+            workers: Workers::Rust(proc),
+            addrs,
+        })
+    }
+
+    /// Starts a fleet of `workers` workers of `kind` with `faults` (`WORKER:SPEC`, the same
+    /// spec for both fleets), pinned with the system under test.
+    pub fn fleet(
+        &self,
+        kind: FleetKind,
+        workers: usize,
+        faults: &[String],
+    ) -> anyhow::Result<Backend> {
+        match kind {
+            FleetKind::Rust => self.backend(workers, faults),
+            FleetKind::Python => {
+                let faults = faults
+                    .iter()
+                    .map(|f| {
+                        let (w, spec) = f
+                            .split_once(':')
+                            .ok_or_else(|| anyhow::anyhow!("fault without a worker: {f}"))?;
+                        Ok((w.parse()?, spec.to_string()))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let log_dir = self.path("pyfleet");
+                std::fs::create_dir_all(&log_dir)?;
+                let fleet = PyFleet::start(&PyFleetConfig {
+                    workers,
+                    faults,
+                    cpu: self.sut_cpu,
+                    log_dir: Some(log_dir),
+                    ..PyFleetConfig::default()
+                })?;
+                let addrs = fleet.addrs().to_vec();
+                Ok(Backend {
+                    workers: Workers::Python(fleet),
+                    addrs,
+                })
+            }
+        }
     }
 
     /// Starts a proxy in front of `workers`, retrying on new ports if one was taken.
     pub fn proxy(&self, kind: ProxyKind, workers: &[SocketAddr]) -> anyhow::Result<Running> {
-        self.retrying(|| self.try_proxy(kind, workers, None))
+        self.retrying(|| self.try_proxy(kind, workers, None, true))
+    }
+
+    /// Like [`Env::proxy`], but returns the moment the listeners accept: no settling time
+    /// for probes and health checks (a cold start).
+    pub fn proxy_cold(&self, kind: ProxyKind, workers: &[SocketAddr]) -> anyhow::Result<Running> {
+        self.retrying(|| self.try_proxy(kind, workers, None, false))
     }
 
     /// Starts sloguard (`mode`, one thread) in front of `workers` with a `[ratelimit]`
@@ -129,7 +179,7 @@ impl Env {
             mode,
             fixed_limit: None,
         };
-        self.retrying(|| self.try_proxy(kind, workers, ratelimit))
+        self.retrying(|| self.try_proxy(kind, workers, ratelimit, true))
     }
 
     fn retrying(&self, start: impl Fn() -> anyhow::Result<Running>) -> anyhow::Result<Running> {
@@ -158,6 +208,7 @@ impl Env {
         kind: ProxyKind,
         workers: &[SocketAddr],
         ratelimit: Option<&RateLimitSpec>,
+        settle: bool,
     ) -> anyhow::Result<Running> {
         let listen = procs::free_addr()?;
         let mut policy_file = None;
@@ -242,8 +293,10 @@ impl Env {
         let mut wait_for = vec![listen];
         wait_for.extend(admin);
         proc.wait_listening(&wait_for)?;
-        // Let health checks and probes see every worker up before any load.
-        std::thread::sleep(Duration::from_millis(300));
+        if settle {
+            // Let health checks and probes see every worker up before any load.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         proc.check_alive()?;
         let idle_rss_kib = proc.rss_kib();
         Ok(Running {
@@ -262,6 +315,17 @@ impl Env {
         let mut s = stats::summarize_open(&run.outcomes, cfg.duration, &run.send_lag);
         s.foreign_cpu = window.share();
         Ok(s)
+    }
+
+    /// An open-loop run against `targets`: every outcome, and the CPU others used meanwhile.
+    pub fn open_raw(
+        &self,
+        targets: &[SocketAddr],
+        cfg: &OpenLoop,
+    ) -> anyhow::Result<(loadgen::OpenRun, f64)> {
+        let window = foreign::Window::open();
+        let run = self.rt.block_on(loadgen::open_loop(targets, cfg))?;
+        Ok((run, window.share()))
     }
 
     /// A closed-loop run against `targets`, summarised (with the CPU others used meanwhile).
@@ -293,16 +357,42 @@ pub fn parse_worker_line(line: &str) -> Option<SocketAddr> {
     line.rsplit(' ').next()?.parse().ok()
 }
 
+/// Which workers serve the API: the Rust backend (one process, a thread per worker,
+/// answers in microseconds) or the Python fleet (FastAPI on uvicorn, a process per worker,
+/// with a real interpreter's costs and noise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FleetKind {
+    Rust,
+    Python,
+}
+
+impl FleetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FleetKind::Rust => "Rust workers",
+            FleetKind::Python => "Python workers (FastAPI/uvicorn)",
+        }
+    }
+}
+
+enum Workers {
+    Rust(Proc),
+    Python(PyFleet),
+}
+
 /// A running backend (stopped on drop).
 pub struct Backend {
-    proc: Proc,
+    workers: Workers,
     pub addrs: Vec<SocketAddr>,
 }
 
 impl Backend {
-    /// Kills the whole backend process at once (SIGKILL): a crash.
+    /// Kills the whole backend at once (SIGKILL): a crash.
     pub fn kill_now(&mut self) {
-        self.proc.kill_now();
+        match &mut self.workers {
+            Workers::Rust(p) => p.kill_now(),
+            Workers::Python(f) => (1..=self.addrs.len()).for_each(|w| f.kill_worker(w)),
+        }
     }
 }
 

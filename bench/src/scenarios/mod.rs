@@ -10,13 +10,15 @@
 
 mod env;
 pub mod incident;
+pub mod lifecycle;
 pub mod overhead;
 pub mod overload;
 pub mod profile;
 pub mod ratelimit;
 pub mod soak;
+pub mod starved;
 
-pub use env::{Env, ProxyKind, Running};
+pub use env::{Env, FleetKind, ProxyKind, Running};
 
 use std::time::Duration;
 

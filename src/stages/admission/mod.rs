@@ -10,17 +10,22 @@
 //! a newcomer evicts the newest waiter of a lower priority, or is shed itself. With
 //! `adaptive_lifo`, a standing queue (CoDel's test) makes each lane serve newest first.
 
+pub mod arrival;
+pub mod drain;
 pub mod queue;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use self::arrival::{Arrival, Verdict};
+use self::drain::DrainEstimate;
 use self::queue::{Entry, OverloadDetector, WaitQueue};
 use super::route::Priority;
 use super::Rejection;
+use crate::workers::{SlotListener, SlotRule, Worker};
 
 /// `[shedding]`, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,16 +121,42 @@ impl ShedReason {
 /// The outcome of waiting for a slot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wait {
-    /// A slot may be free: try to take one.
-    Woken {
-        waited: Duration,
-    },
+    /// A slot may be free: try to take one, holding the token meanwhile.
+    Woken(WakeToken),
     Shed(ShedReason),
 }
 
+/// A woken waiter's claim on the slot that woke it: while held, newcomers queue instead of
+/// taking that slot first (which would push the woken request back into the queue and
+/// break first-come order). Dropped once the waiter has tried to take the slot, or gave up.
+#[derive(Debug)]
+pub struct WakeToken(Arc<AtomicUsize>);
+
+impl Drop for WakeToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for WakeToken {
+    fn eq(&self, _: &WakeToken) -> bool {
+        true
+    }
+}
+
+impl Eq for WakeToken {}
+
+/// A queued request: how to wake it, and which slots it can use.
+#[derive(Debug)]
+struct Waiter {
+    tx: oneshot::Sender<Wait>,
+    rule: SlotRule,
+}
+
 struct Inner {
-    queue: WaitQueue<oneshot::Sender<Option<ShedReason>>>,
+    queue: WaitQueue<Waiter>,
     detector: OverloadDetector,
+    drain: DrainEstimate,
 }
 
 /// The shared admission queue of one upstream.
@@ -133,9 +164,15 @@ pub struct Admission {
     inner: Mutex<Inner>,
     /// Mirrors `queue.len()` so releases skip the lock when nobody waits.
     waiting: AtomicUsize,
-    /// Completed requests per second, EWMA, as f64 bits (updated by the guard ticker).
+    /// The queue's drain rate when the fleet is full (requests/s, f64 bits; NaN while
+    /// unknown), from [`DrainEstimate`], updated by the guard ticker.
     drain_rate_bits: AtomicU64,
     completions: AtomicU64,
+    /// Waiters woken for a free slot that have not tried to take it yet: newcomers queue
+    /// behind them instead of taking the slot first (see [`WakeToken`]).
+    woken: Arc<AtomicUsize>,
+    /// sloguard's own loop lateness, ns (see [`Admission::set_own_delay`]).
+    own_delay_ns: AtomicU64,
     /// Requests that shadow mode let through although enforce would have queued them.
     shadow_queued: AtomicU64,
     cfg: Mutex<SheddingConfig>,
@@ -156,10 +193,13 @@ impl Admission {
             inner: Mutex::new(Inner {
                 queue: WaitQueue::default(),
                 detector: OverloadDetector::new(cfg.lifo_target, cfg.lifo_interval, now),
+                drain: DrainEstimate::new(now),
             }),
             waiting: AtomicUsize::new(0),
-            drain_rate_bits: AtomicU64::new(0f64.to_bits()),
+            drain_rate_bits: AtomicU64::new(f64::NAN.to_bits()),
             completions: AtomicU64::new(0),
+            woken: Arc::new(AtomicUsize::new(0)),
+            own_delay_ns: AtomicU64::new(0),
             shadow_queued: AtomicU64::new(0),
             cfg: Mutex::new(cfg),
         }
@@ -174,9 +214,11 @@ impl Admission {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Completions per second (EWMA).
-    pub fn drain_rate(&self) -> f64 {
-        f64::from_bits(self.drain_rate_bits.load(Ordering::Relaxed))
+    /// Requests per second the queue drains at when the fleet is full, once measured (see
+    /// [`DrainEstimate`]).
+    pub fn drain_rate(&self) -> Option<f64> {
+        let r = f64::from_bits(self.drain_rate_bits.load(Ordering::Relaxed));
+        (!r.is_nan()).then_some(r)
     }
 
     /// Shadow mode: a request found no worker under its limit and went through anyway.
@@ -189,25 +231,46 @@ impl Admission {
         self.shadow_queued.load(Ordering::Relaxed)
     }
 
-    /// Total completions, for the ticker's rate estimate.
-    pub fn completions(&self) -> u64 {
-        self.completions.load(Ordering::Relaxed)
+    /// How far behind sloguard's own event loop runs (see [`Admission::set_own_delay`]).
+    pub fn own_delay(&self) -> Duration {
+        Duration::from_nanos(self.own_delay_ns.load(Ordering::Relaxed))
     }
 
-    pub fn set_drain_rate(&self, per_second: f64) {
+    /// Sets how far behind sloguard's own event loop runs now (its runtime's timer
+    /// lateness): every request already waited about that long before it was read.
+    pub fn set_own_delay(&self, delay: Duration) {
+        self.own_delay_ns
+            .store(delay.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Sets the drain rate directly (tests of the waiting mechanics).
+    #[cfg(test)]
+    pub(crate) fn set_drain_rate(&self, per_second: f64) {
         self.drain_rate_bits
             .store(per_second.to_bits(), Ordering::Relaxed);
     }
 
-    /// How long the backlog ahead of a `priority` request takes to drain, at the current rate.
+    /// Total completions (slots released).
+    pub fn completions(&self) -> u64 {
+        self.completions.load(Ordering::Relaxed)
+    }
+
+    /// The ticker's turn: feeds the drain-rate estimate (see [`DrainEstimate`]).
+    pub fn on_tick(&self, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = !inner.queue.is_empty();
+        inner.drain.on_tick(now, self.completions(), waiting);
+        let rate = inner.drain.rate().unwrap_or(f64::NAN);
+        self.drain_rate_bits
+            .store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// How long the backlog of `ahead` requests takes to drain. Zero with no backlog or
+    /// while the drain rate is unknown: no early verdict, the deadline still bounds the wait.
     pub fn expected_wait(&self, ahead: usize) -> Duration {
-        let rate = self.drain_rate();
-        if ahead == 0 || rate <= 1.0 {
-            // No backlog, or no rate measured yet (the first 100 ms): no early verdict;
-            // the deadline still bounds the wait.
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(ahead as f64 / rate)
+        match self.drain_rate() {
+            Some(rate) if ahead > 0 && rate > 0.0 => Duration::from_secs_f64(ahead as f64 / rate),
+            _ => Duration::ZERO,
         }
     }
 
@@ -219,9 +282,10 @@ impl Admission {
             .max(1.0) as u64
     }
 
-    /// Whether a new request must queue rather than try for a slot at once (others wait).
+    /// Whether a new request must queue rather than try for a slot at once: others wait,
+    /// or were just woken for a slot and have not taken it yet.
     pub fn must_queue(&self) -> bool {
-        self.waiting() > 0
+        self.waiting() > 0 || self.woken.load(Ordering::Relaxed) > 0
     }
 
     /// A request got a slot without waiting (for the overload detector).
@@ -232,10 +296,16 @@ impl Admission {
         }
     }
 
-    /// Waits for a slot until `deadline`. Sheds at once when the queue is full or the
-    /// backlog cannot drain in time.
-    pub async fn wait(&self, priority: Priority, budget: Duration, deadline: Instant) -> Wait {
-        self.wait_from(priority, budget, deadline, None).await
+    /// Waits for a slot `rule` can use until `deadline`. Sheds at once when the queue is
+    /// full or the backlog cannot drain in time (see [`arrival::decide`]).
+    pub async fn wait(
+        &self,
+        priority: Priority,
+        rule: SlotRule,
+        budget: Duration,
+        deadline: Instant,
+    ) -> Wait {
+        self.wait_from(priority, rule, budget, deadline, None).await
     }
 
     /// Like [`Admission::wait`], for a request that was woken but found no slot (another
@@ -243,62 +313,67 @@ impl Admission {
     pub async fn wait_again(
         &self,
         priority: Priority,
+        rule: SlotRule,
         budget: Duration,
         deadline: Instant,
         since: Instant,
     ) -> Wait {
-        self.wait_from(priority, budget, deadline, Some(since))
+        self.wait_from(priority, rule, budget, deadline, Some(since))
             .await
     }
 
     async fn wait_from(
         &self,
         priority: Priority,
+        rule: SlotRule,
         budget: Duration,
         deadline: Instant,
         requeued: Option<Instant>,
     ) -> Wait {
         let now = Instant::now();
         let (tx, rx) = oneshot::channel();
+        let waiter = Waiter { tx, rule };
         let id = {
             let cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(since) = requeued {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
-                inner.queue.push_front(priority, deadline, since, tx)
+                inner.queue.push_front(priority, deadline, since, waiter)
             } else {
                 let ahead = inner.queue.ahead_of(priority);
-                // Lower classes are shed first: a request that would wait behind higher-priority
-                // ones is not worth queueing (those keep arriving ahead of it). Below capacity
-                // nobody waits, so this sheds nothing there.
-                if inner.queue.higher_than(priority) > 0 {
-                    return Wait::Shed(ShedReason::Priority);
-                }
-                // The drain-time estimate is an average; a 25% margin keeps requests admitted to
-                // the queue from timing out in it (a late shed is the worst outcome).
-                if self.expected_wait(ahead).mul_f64(1.25) > budget.min(cfg.target_queue_delay) {
-                    return Wait::Shed(ShedReason::DeadlineUnreachable);
-                }
-                if inner.queue.len() >= cfg.max_queue {
-                    match inner.queue.evict_below(priority) {
-                        Some(evicted) => {
-                            let _ = evicted.payload.send(Some(ShedReason::Evicted));
+                let arrival = Arrival {
+                    priority,
+                    ahead,
+                    higher: inner.queue.higher_than(priority),
+                    queue_len: inner.queue.len(),
+                    max_queue: cfg.max_queue,
+                    lower_waiting: inner.queue.len() > ahead,
+                    higher_sustained: inner.queue.higher_busy_for(priority, now)
+                        >= cfg.lifo_interval,
+                    expected_wait: self.expected_wait(ahead),
+                    own_delay: self.own_delay(),
+                    budget,
+                    target_delay: cfg.target_queue_delay,
+                };
+                match arrival::decide(&arrival) {
+                    Verdict::Shed(reason) => return Wait::Shed(reason),
+                    Verdict::EvictAndQueue => {
+                        if let Some(evicted) = inner.queue.evict_below(priority) {
+                            let _ = evicted.payload.tx.send(Wait::Shed(ShedReason::Evicted));
                             self.waiting.fetch_sub(1, Ordering::Relaxed);
                         }
-                        None => return Wait::Shed(ShedReason::QueueFull),
                     }
+                    Verdict::Queue => {}
                 }
                 self.waiting.fetch_add(1, Ordering::Relaxed);
-                inner.queue.push(priority, deadline, now, tx)
+                inner.queue.push(priority, deadline, now, waiter)
             }
         };
         let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         tokio::select! {
-            woken = rx => match woken {
-                Ok(None) => Wait::Woken { waited: requeued.unwrap_or(now).elapsed() },
-                Ok(Some(reason)) => Wait::Shed(reason),
-                Err(_) => Wait::Shed(ShedReason::QueueTimeout),
-            },
+            // A wake that arrived wins over a deadline passing at the same moment.
+            biased;
+            woken = rx => woken.unwrap_or(Wait::Shed(ShedReason::QueueTimeout)),
             _ = timeout => {
                 let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                 if inner.queue.remove(id).is_some() {
@@ -309,16 +384,40 @@ impl Admission {
         }
     }
 
-    /// A slot was released: wake the next waiter (if any).
-    pub fn on_release(&self) {
+    /// Whether requests of a higher priority than `priority` wait: the fleet is full for
+    /// them, and lower classes only get their reserved share.
+    pub fn higher_waiting(&self, priority: Priority) -> bool {
+        self.waiting() > 0
+            && self
+                .inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .queue
+                .higher_than(priority)
+                > 0
+    }
+
+    /// A slot was released (on a worker now fitting `fits`): counts a completion and wakes
+    /// the best waiter that can use it, if any.
+    pub fn on_release(&self, fits: impl Fn(&SlotRule) -> bool) {
         self.completions.fetch_add(1, Ordering::Relaxed);
         if self.waiting() > 0 {
-            self.wake_next(Instant::now());
+            self.wake_fitting(Instant::now(), fits);
         }
     }
 
-    /// Wakes the best waiter, telling expired ones they were shed. Returns whether one woke.
-    pub fn wake_next(&self, now: Instant) -> bool {
+    /// Wakes waiters one slot at a time while none is already on its way to a slot (a
+    /// woken request that got its slot calls this again: the queue empties into free slots
+    /// as fast as they are taken, without waking a herd for one slot).
+    pub fn wake_one_if_idle(&self, fits: impl Fn(&SlotRule) -> bool) {
+        if self.waiting() > 0 && self.woken.load(Ordering::Relaxed) == 0 {
+            self.wake_fitting(Instant::now(), fits);
+        }
+    }
+
+    /// Wakes the best waiter whose rule `fits` a free slot, telling expired ones they were
+    /// shed. Returns whether one woke.
+    pub fn wake_fitting(&self, now: Instant, fits: impl Fn(&SlotRule) -> bool) -> bool {
         let adaptive_lifo = self
             .cfg
             .lock()
@@ -328,21 +427,43 @@ impl Admission {
         let lifo = inner.detector.overloaded(now) && adaptive_lifo;
         let mut expired: Vec<Entry<_>> = Vec::new();
         loop {
-            let next = inner.queue.pop_next(now, lifo, &mut expired);
+            let next = inner
+                .queue
+                .pop_next(now, lifo, &mut expired, |w: &Waiter, reserved| {
+                    fits(&if reserved {
+                        w.rule
+                    } else {
+                        w.rule.unreserved()
+                    })
+                });
             for e in expired.drain(..) {
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
-                let _ = e.payload.send(Some(ShedReason::QueueTimeout));
+                let _ = e.payload.tx.send(Wait::Shed(ShedReason::QueueTimeout));
             }
             let Some(entry) = next else { return false };
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             inner
                 .detector
                 .on_dequeue(now.saturating_duration_since(entry.enqueued_at), now);
-            // A waiter whose client left has dropped its receiver: try the next one.
-            if entry.payload.send(None).is_ok() {
+            // A waiter whose client left has dropped its receiver: try the next one. The
+            // token travels in the message: whoever ends up dropping it (the waiter, or the
+            // channel of a waiter that left) gives the claim back.
+            self.woken.fetch_add(1, Ordering::Relaxed);
+            if entry
+                .payload
+                .tx
+                .send(Wait::Woken(WakeToken(self.woken.clone())))
+                .is_ok()
+            {
                 return true;
             }
         }
+    }
+}
+
+impl SlotListener for Admission {
+    fn slot_freed(&self, worker: &Worker) {
+        self.on_release(|rule| worker.has_slot(rule));
     }
 }
 

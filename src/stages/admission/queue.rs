@@ -26,6 +26,8 @@ pub struct Entry<T> {
 pub struct WaitQueue<T> {
     /// Index 0 = sheddable, 1 = normal, 2 = critical.
     lanes: [VecDeque<Entry<T>>; 3],
+    /// Since when each lane has held a waiter without emptying.
+    busy_since: [Option<Instant>; 3],
     next_id: u64,
 }
 
@@ -41,6 +43,7 @@ impl<T> Default for WaitQueue<T> {
     fn default() -> Self {
         WaitQueue {
             lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+            busy_since: [None; 3],
             next_id: 0,
         }
     }
@@ -60,6 +63,27 @@ impl<T> WaitQueue<T> {
         self.lanes[lane(p)..].iter().map(VecDeque::len).sum()
     }
 
+    /// How long requests of a strictly higher priority than `p` have waited without their
+    /// lane emptying (zero when none wait): under sustained overload higher classes keep
+    /// arriving ahead of `p`, and this grows; a passing burst keeps it short.
+    pub fn higher_busy_for(&self, p: Priority, now: Instant) -> Duration {
+        self.busy_since[lane(p) + 1..]
+            .iter()
+            .flatten()
+            .map(|since| now.saturating_duration_since(*since))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Forgets when emptied lanes became busy (after every removal).
+    fn settle(&mut self) {
+        for (since, q) in self.busy_since.iter_mut().zip(&self.lanes) {
+            if q.is_empty() {
+                *since = None;
+            }
+        }
+    }
+
     /// Waiting requests of a strictly higher priority than `p`.
     pub fn higher_than(&self, p: Priority) -> usize {
         self.lanes[lane(p) + 1..].iter().map(VecDeque::len).sum()
@@ -69,6 +93,7 @@ impl<T> WaitQueue<T> {
     pub fn push(&mut self, priority: Priority, deadline: Instant, now: Instant, payload: T) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        self.busy_since[lane(priority)].get_or_insert(now);
         self.lanes[lane(priority)].push_back(Entry {
             id,
             priority,
@@ -90,6 +115,7 @@ impl<T> WaitQueue<T> {
     ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        self.busy_since[lane(priority)].get_or_insert(enqueued_at);
         self.lanes[lane(priority)].push_front(Entry {
             id,
             priority,
@@ -101,14 +127,33 @@ impl<T> WaitQueue<T> {
     }
 
     /// Takes the next request to serve: highest priority first, then oldest (or newest when
-    /// `lifo`). Entries past their deadline are returned in `expired` so their waiters can
-    /// be told they were shed.
+    /// `lifo`), among lane heads that `fits` (a slot is free for them; the flag says a higher
+    /// class waits, so the head may only use its reserved share). A head that does not fit
+    /// (a dear request, the slot too small) lets a lower lane's head through rather than
+    /// leave the slot idle. Entries past their deadline are returned in `expired` so their
+    /// waiters can be told they were shed.
     pub fn pop_next(
         &mut self,
         now: Instant,
         lifo: bool,
         expired: &mut Vec<Entry<T>>,
+        fits: impl Fn(&T, bool) -> bool,
     ) -> Option<Entry<T>> {
+        let next = self.take_next(now, lifo, expired, fits);
+        self.settle();
+        next
+    }
+
+    fn take_next(
+        &mut self,
+        now: Instant,
+        lifo: bool,
+        expired: &mut Vec<Entry<T>>,
+        fits: impl Fn(&T, bool) -> bool,
+    ) -> Option<Entry<T>> {
+        // Whether a higher lane holds a waiter that did not fit: the lower class then only
+        // gets its reserved share (see `fits`).
+        let mut passed_over = false;
         for q in self.lanes.iter_mut().rev() {
             // Expired entries sit anywhere; sweep this lane first (cheap: lanes are short
             // when the guard does its job, and bounded by max_queue when it cannot).
@@ -120,31 +165,37 @@ impl<T> WaitQueue<T> {
                     i += 1;
                 }
             }
-            let next = if lifo { q.pop_back() } else { q.pop_front() };
-            if next.is_some() {
-                return next;
+            let head = if lifo { q.back() } else { q.front() };
+            if head.is_some_and(|e| fits(&e.payload, passed_over)) {
+                return if lifo { q.pop_back() } else { q.pop_front() };
             }
+            passed_over |= head.is_some();
         }
         None
     }
 
     /// Removes a request that gave up (client gone, deadline hit on its side).
     pub fn remove(&mut self, id: u64) -> Option<Entry<T>> {
+        let mut found = None;
         for q in self.lanes.iter_mut() {
             if let Some(pos) = q.iter().position(|e| e.id == id) {
-                return q.remove(pos);
+                found = q.remove(pos);
+                break;
             }
         }
-        None
+        self.settle();
+        found
     }
 
     /// Makes room for a request of priority `p` by evicting the newest waiter of the lowest
     /// priority strictly below `p`. `None` when nobody ranks below `p`.
     pub fn evict_below(&mut self, p: Priority) -> Option<Entry<T>> {
-        self.lanes[..lane(p)]
+        let evicted = self.lanes[..lane(p)]
             .iter_mut()
             .find(|q| !q.is_empty())
-            .and_then(VecDeque::pop_back)
+            .and_then(VecDeque::pop_back);
+        self.settle();
+        evicted
     }
 }
 
@@ -209,15 +260,26 @@ mod tests {
         q.push(Priority::Normal, far, t0, "n2");
         q.push(Priority::Critical, far, t0, "c1");
         let mut exp = vec![];
-        let order: Vec<&str> =
-            std::iter::from_fn(|| q.pop_next(t0, false, &mut exp).map(|e| e.payload)).collect();
+        let order: Vec<&str> = std::iter::from_fn(|| {
+            q.pop_next(t0, false, &mut exp, |_, _| true)
+                .map(|e| e.payload)
+        })
+        .collect();
         assert_eq!(order, ["c1", "n1", "n2", "s1"]);
 
         q.push(Priority::Normal, far, t0, "n1");
         q.push(Priority::Normal, far, t0, "n2");
-        assert_eq!(q.pop_next(t0, true, &mut exp).unwrap().payload, "n2");
+        assert_eq!(
+            q.pop_next(t0, true, &mut exp, |_, _| true).unwrap().payload,
+            "n2"
+        );
         q.push_front(Priority::Normal, far, t0, "n0");
-        assert_eq!(q.pop_next(t0, false, &mut exp).unwrap().payload, "n0");
+        assert_eq!(
+            q.pop_next(t0, false, &mut exp, |_, _| true)
+                .unwrap()
+                .payload,
+            "n0"
+        );
         assert!(exp.is_empty());
     }
 
@@ -228,10 +290,64 @@ mod tests {
         q.push(Priority::Normal, t0 + 5 * MS, t0, 1);
         q.push(Priority::Normal, t0 + 50 * MS, t0, 2);
         let mut exp = vec![];
-        let next = q.pop_next(t0 + 10 * MS, false, &mut exp).unwrap();
+        let next = q
+            .pop_next(t0 + 10 * MS, false, &mut exp, |_, _| true)
+            .unwrap();
         assert_eq!(next.payload, 2);
         assert_eq!(exp.iter().map(|e| e.payload).collect::<Vec<_>>(), [1]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_head_that_does_not_fit_lets_a_lower_lane_through() {
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(10);
+        let mut q = WaitQueue::default();
+        q.push(Priority::Critical, far, t0, 40u32); // a dear request: 40 ms of work
+        q.push(Priority::Normal, far, t0, 1);
+        q.push(Priority::Normal, far, t0, 2);
+        let mut exp = vec![];
+        // A slot with room for 10 ms: the normal head goes (told a higher class waits), the
+        // critical one keeps its place.
+        let fits = |cost: &u32, reserved: bool| *cost <= 10 && reserved;
+        assert_eq!(q.pop_next(t0, false, &mut exp, fits).unwrap().payload, 1);
+        let unreserved = |_: &u32, reserved: bool| !reserved;
+        assert_eq!(
+            q.pop_next(t0, false, &mut exp, unreserved).unwrap().payload,
+            40
+        );
+        // Nothing fits: nobody is taken.
+        assert!(q.pop_next(t0, false, &mut exp, |_, _| false).is_none());
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn higher_lanes_busy_time_grows_while_they_never_empty() {
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(10);
+        let mut q = WaitQueue::default();
+        let mut exp = vec![];
+        q.push(Priority::Critical, far, t0, 1);
+        assert_eq!(q.higher_busy_for(Priority::Normal, t0 + 30 * MS), 30 * MS);
+        assert_eq!(
+            q.higher_busy_for(Priority::Critical, t0 + 30 * MS),
+            Duration::ZERO
+        );
+        // Another arrives before the first leaves: the lane never emptied.
+        q.push(Priority::Critical, far, t0 + 40 * MS, 2);
+        q.pop_next(t0 + 50 * MS, false, &mut exp, |_, _| true);
+        assert_eq!(q.higher_busy_for(Priority::Normal, t0 + 120 * MS), 120 * MS);
+        // It empties: the clock restarts with the next arrival.
+        q.pop_next(t0 + 130 * MS, false, &mut exp, |_, _| true);
+        assert_eq!(
+            q.higher_busy_for(Priority::Sheddable, t0 + 140 * MS),
+            Duration::ZERO
+        );
+        q.push(Priority::Normal, far, t0 + 150 * MS, 3);
+        assert_eq!(
+            q.higher_busy_for(Priority::Sheddable, t0 + 160 * MS),
+            10 * MS
+        );
     }
 
     #[test]

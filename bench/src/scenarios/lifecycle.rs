@@ -1,0 +1,326 @@
+//! Scenario: the incident over a proxy's whole life, on each fleet. Four workers, worker 3
+//! blocking its loop 250 ms on one event in four; 80% events / 20% queries at half the
+//! healthy capacity, on 1250 client connections (an ingress's pool) that all open the
+//! instant the proxy accepts. One run per contender and round, cut into phases:
+//!
+//! - cold start (0-3 s): no warm-up, no probe has run, 1250 connections arrive at once;
+//! - steady (3-11 s);
+//! - reload (11-14 s): the policy is rewritten at 11 s (nginx gets SIGHUP; HAProxy is not
+//!   reloaded here);
+//! - idle (14-22 s): no traffic, connections stay open;
+//! - after idle (22-27 s): the same load again, at once.
+//!
+//! What counts: nothing shed and nothing failed below capacity in any phase, and a tail
+//! close to the healthy workers alone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{say, Contender, Env, ProxyKind, SLOGUARD_ENFORCE, SLOGUARD_OFF};
+use crate::configs::Balance;
+use crate::loadgen::{self, ClosedLoop, Mix, PoolLoop, Stretch, TimedOutcome};
+use crate::scenarios::env::FleetKind;
+use crate::stats::{self, ClosedSummary, OpenSummary};
+
+/// The incident's fault, as both fleets take it.
+pub const FAULT: &str = "3:block=250ms,every=4";
+
+/// Client connections, all opened at the start (the 1000 + 250).
+pub const CONNECTIONS: usize = 1250;
+
+/// When the policy is rewritten, seconds into the run.
+pub const RELOAD_AT: f64 = 11.0;
+
+/// A phase: its name and its stretch of the run, seconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Phase {
+    pub name: &'static str,
+    pub from: f64,
+    pub to: f64,
+}
+
+pub const PHASES: [Phase; 4] = [
+    Phase {
+        name: "cold start",
+        from: 0.0,
+        to: 3.0,
+    },
+    Phase {
+        name: "steady",
+        from: 3.0,
+        to: 11.0,
+    },
+    Phase {
+        name: "reload",
+        from: 11.0,
+        to: 14.0,
+    },
+    Phase {
+        name: "after idle",
+        from: 22.0,
+        to: 27.0,
+    },
+];
+
+/// The load: `rate` for 14 s, idle 8 s, `rate` again for 5 s.
+pub fn schedule(rate: f64) -> Vec<Stretch> {
+    vec![
+        Stretch { rate, secs: 14.0 },
+        Stretch {
+            rate: 0.0,
+            secs: 8.0,
+        },
+        Stretch { rate, secs: 5.0 },
+    ]
+}
+
+/// One contender's phase, over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseResult {
+    pub contender: String,
+    pub phase: &'static str,
+    pub rounds: Vec<OpenSummary>,
+    pub median: OpenSummary,
+}
+
+/// One fleet's runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetLifecycle {
+    pub fleet: FleetKind,
+    pub capacity_rps: f64,
+    pub capacity: ClosedSummary,
+    pub rate: f64,
+    pub results: Vec<PhaseResult>,
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Lifecycle {
+    pub connections: usize,
+    pub fleets: Vec<FleetLifecycle>,
+}
+
+pub fn contenders() -> Vec<Contender> {
+    vec![
+        Contender {
+            name: "sloguard (enforce)",
+            proxy: Some(SLOGUARD_ENFORCE),
+            only: None,
+        },
+        Contender {
+            name: "nginx least_conn",
+            proxy: Some(ProxyKind::Nginx(Balance::LeastConn)),
+            only: None,
+        },
+        Contender {
+            name: "HAProxy leastconn",
+            proxy: Some(ProxyKind::Haproxy(Balance::LeastConn)),
+            only: None,
+        },
+        Contender {
+            name: "healthy only (1,2,4)",
+            proxy: Some(SLOGUARD_OFF),
+            only: Some(&[0, 1, 3]),
+        },
+    ]
+}
+
+/// Half the capacity, in steps of 100, between 200 and 6000 requests/s.
+pub fn rate_for(capacity_rps: f64) -> f64 {
+    ((capacity_rps * 0.5 / 100.0).floor() * 100.0).clamp(200.0, 6000.0)
+}
+
+/// Closed-loop throughput of four healthy workers of `fleet`, direct, on the incident mix.
+pub fn measure_capacity(env: &Env, fleet: FleetKind) -> anyhow::Result<ClosedSummary> {
+    say(format!(
+        "measuring the healthy capacity of the {} (closed loop, direct, 80/20 mix)",
+        fleet.name()
+    ));
+    let backend = env.fleet(fleet, 4, &[])?;
+    let cfg = ClosedLoop {
+        connections: 64,
+        warmup: Duration::from_millis(500),
+        duration: Duration::from_secs(env.plan.capacity_secs),
+        mix: Mix::Incident,
+    };
+    env.closed(&backend.addrs, &cfg)
+}
+
+/// Runs the scenario on `fleets`, with every contender or `only` those whose name contains
+/// it.
+pub fn run(env: &Env, fleets: &[FleetKind], only: Option<&str>) -> anyhow::Result<Lifecycle> {
+    let mut out = Vec::new();
+    for &fleet in fleets {
+        out.push(run_fleet(env, fleet, only)?);
+    }
+    Ok(Lifecycle {
+        connections: CONNECTIONS,
+        fleets: out,
+    })
+}
+
+fn run_fleet(env: &Env, fleet: FleetKind, only: Option<&str>) -> anyhow::Result<FleetLifecycle> {
+    let capacity = measure_capacity(env, fleet)?;
+    let rate = rate_for(capacity.rps);
+    say(format!(
+        "lifecycle, {}: healthy capacity {:.0} req/s, offering {rate:.0} req/s",
+        fleet.name(),
+        capacity.rps
+    ));
+    let cfg = PoolLoop {
+        connections: CONNECTIONS,
+        schedule: schedule(rate),
+        mix: Mix::Incident,
+        timeout: env.plan.timeout,
+    };
+    let (list, skipped): (Vec<_>, Vec<_>) = contenders()
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| c.name.contains(o)))
+        .partition(|c| env.available(c.proxy));
+    let mut rounds: Vec<Vec<Vec<OpenSummary>>> = vec![vec![Vec::new(); PHASES.len()]; list.len()];
+    for round in 0..env.plan.rounds {
+        for (i, c) in list.iter().enumerate() {
+            say(format!(
+                "lifecycle, {}: round {}, {}",
+                fleet.name(),
+                round + 1,
+                c.name
+            ));
+            let backend = env.fleet(fleet, 4, &[FAULT.to_string()])?;
+            let workers: Vec<SocketAddr> = match c.only {
+                Some(idx) => idx.iter().map(|&j| backend.addrs[j]).collect(),
+                None => backend.addrs.clone(),
+            };
+            let kind = c.proxy.expect("lifecycle contenders are proxies");
+            let proxy = env.proxy_cold(kind, &workers)?;
+            let reload = Reload::of(kind, &proxy);
+            let trigger = std::thread::spawn(move || {
+                let at = Instant::now() + Duration::from_secs_f64(RELOAD_AT);
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                reload.apply()
+            });
+            let outcomes = env.rt.block_on(loadgen::pool_loop(proxy.addr, &cfg))?;
+            if let Ok(Err(e)) = trigger.join() {
+                say(format!("lifecycle: the reload failed: {e:#}"));
+            }
+            // Every outcome, for a closer look at a run (kept with --keep-temp).
+            let csv = env.path(&format!(
+                "outcomes-{}.csv",
+                c.name.replace([' ', '(', ')', ','], "")
+            ));
+            std::fs::write(&csv, outcomes_csv(&outcomes))?;
+            for (p, phase) in PHASES.iter().enumerate() {
+                rounds[i][p].push(summarize_phase(&outcomes, phase));
+            }
+        }
+    }
+    let mut results = Vec::new();
+    for (c, per_phase) in list.iter().zip(rounds) {
+        for (phase, rounds) in PHASES.iter().zip(per_phase) {
+            results.push(PhaseResult {
+                contender: c.name.to_string(),
+                phase: phase.name,
+                median: stats::median_open(&rounds),
+                rounds,
+            });
+        }
+    }
+    Ok(FleetLifecycle {
+        fleet,
+        capacity_rps: capacity.rps,
+        capacity,
+        rate,
+        results,
+        skipped: skipped.iter().map(|c| c.name.to_string()).collect(),
+    })
+}
+
+/// The outcomes of requests meant to start within `phase`, summarised.
+pub fn summarize_phase(outcomes: &[TimedOutcome], phase: &Phase) -> OpenSummary {
+    let from = Duration::from_secs_f64(phase.from);
+    let to = Duration::from_secs_f64(phase.to);
+    let of: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.at >= from && o.at < to)
+        .map(|o| o.outcome)
+        .collect();
+    stats::summarize_open(&of, to - from, &loadgen::histogram())
+}
+
+/// `at_ms,kind,status,latency_ms` per request.
+fn outcomes_csv(outcomes: &[TimedOutcome]) -> String {
+    let mut s = String::from("at_ms,kind,status,latency_ms\n");
+    for o in outcomes {
+        s += &format!(
+            "{:.3},{:?},{},{:.3}\n",
+            o.at.as_secs_f64() * 1e3,
+            o.outcome.kind,
+            o.outcome.status,
+            o.outcome.latency.as_secs_f64() * 1e3
+        );
+    }
+    s
+}
+
+/// How a contender is reloaded in the reload phase.
+enum Reload {
+    /// Rewrite sloguard's policy with one more route (it reloads on the file change).
+    Policy(PathBuf),
+    /// nginx: SIGHUP (new worker processes take over, the old ones finish their requests).
+    Hangup(u32),
+    None,
+}
+
+impl Reload {
+    fn of(kind: ProxyKind, proxy: &super::Running) -> Reload {
+        match (kind, &proxy.policy_file) {
+            (ProxyKind::Sloguard { .. }, Some(f)) => Reload::Policy(f.clone()),
+            (ProxyKind::Nginx(_), _) => Reload::Hangup(proxy.proc.pid()),
+            _ => Reload::None,
+        }
+    }
+
+    fn apply(self) -> anyhow::Result<()> {
+        match self {
+            Reload::Policy(file) => {
+                let mut text = std::fs::read_to_string(&file)?;
+                let route =
+                    "\n[[route]]\nname = \"reloaded\"\nmatch = { path_prefix = \"/never\" }\n";
+                // Routes are matched in order: insert before the catch-all `default` route.
+                match text.find("[[route]]\nname = \"default\"") {
+                    Some(at) => text.insert_str(at, &route[1..]),
+                    None => text.push_str(route),
+                }
+                std::fs::write(&file, text)?;
+                Ok(())
+            }
+            Reload::Hangup(pid) => {
+                // SAFETY: kill(2) with a pid of a child we started and still hold.
+                if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                Ok(())
+            }
+            Reload::None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_sit_inside_the_schedule_and_skip_the_idle_gap() {
+        let s = schedule(100.0);
+        let total: f64 = s.iter().map(|s| s.secs).sum();
+        assert!(PHASES.iter().all(|p| p.from < p.to && p.to <= total));
+        // The idle stretch (14-22 s) is in no phase.
+        assert!(PHASES.iter().all(|p| p.to <= 14.0 || p.from >= 22.0));
+        assert_eq!(rate_for(5222.0), 2600.0);
+        assert_eq!(rate_for(100.0), 200.0);
+    }
+}

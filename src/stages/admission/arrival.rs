@@ -1,0 +1,180 @@
+//! The verdict on a request that found no free worker slot: wait in the queue (perhaps
+//! taking a lower-priority waiter's place), or be shed at once. Pure: the queue's state and
+//! the estimates are passed in.
+//!
+//! A request is refused only when the SLO cannot be kept anyway: when its predicted wait
+//! (the backlog ahead of it at the queue's drain rate, plus how far behind sloguard itself
+//! runs) exceeds what its budget allows, or when the queue is full of requests that rank as
+//! high. Lower classes give way to higher ones only under sustained overload (higher-priority
+//! requests have kept waiting for a whole interval): a passing burst just queues them behind.
+
+use std::time::Duration;
+
+use super::ShedReason;
+use crate::stages::route::Priority;
+
+/// What the verdict depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub priority: Priority,
+    /// Waiters that would be served before this request.
+    pub ahead: usize,
+    /// Waiters of a strictly higher priority.
+    pub higher: usize,
+    pub queue_len: usize,
+    pub max_queue: usize,
+    /// Some waiter ranks below this request (and could be evicted for it).
+    pub lower_waiting: bool,
+    /// Higher-priority requests have waited for a whole interval without their lane
+    /// emptying: sustained overload, they keep arriving ahead of this one.
+    pub higher_sustained: bool,
+    /// How long the backlog ahead takes to drain (zero while the drain rate is unknown).
+    pub expected_wait: Duration,
+    /// How far behind sloguard's own event loop runs: every request already waited that
+    /// long before it was read.
+    pub own_delay: Duration,
+    /// The longest this request may wait (its route's queue budget).
+    pub budget: Duration,
+    /// The longest expected queueing accepted on arrival, whatever the budget.
+    pub target_delay: Duration,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Queue,
+    /// Queue, after evicting the newest waiter of the lowest lower priority.
+    EvictAndQueue,
+    Shed(ShedReason),
+}
+
+/// The drain-time estimate is an average: a 25% margin keeps requests admitted to the queue
+/// from timing out in it (a late shed is the worst outcome: the client waited for nothing).
+const MARGIN: f64 = 1.25;
+
+pub fn decide(a: &Arrival) -> Verdict {
+    if a.higher > 0 && a.higher_sustained {
+        // Higher-priority requests keep arriving ahead of this one.
+        return Verdict::Shed(ShedReason::Priority);
+    }
+    let predicted = a.expected_wait.mul_f64(MARGIN) + a.own_delay;
+    if predicted > a.budget.min(a.target_delay) {
+        return Verdict::Shed(ShedReason::DeadlineUnreachable);
+    }
+    if a.queue_len >= a.max_queue {
+        return if a.lower_waiting {
+            Verdict::EvictAndQueue
+        } else {
+            Verdict::Shed(ShedReason::QueueFull)
+        };
+    }
+    Verdict::Queue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn base() -> Arrival {
+        Arrival {
+            priority: Priority::Normal,
+            ahead: 0,
+            higher: 0,
+            queue_len: 0,
+            max_queue: 1024,
+            lower_waiting: false,
+            higher_sustained: false,
+            expected_wait: Duration::ZERO,
+            own_delay: Duration::ZERO,
+            budget: 100 * MS,
+            target_delay: 50 * MS,
+        }
+    }
+
+    #[test]
+    fn with_no_estimate_and_room_in_the_queue_a_request_waits() {
+        assert_eq!(decide(&base()), Verdict::Queue);
+        // Unknown drain rate: zero expected wait, even behind a long queue.
+        let a = Arrival {
+            ahead: 500,
+            queue_len: 500,
+            ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Queue);
+    }
+
+    #[test]
+    fn a_passing_burst_queues_a_lower_class_behind_a_higher_one() {
+        let a = Arrival {
+            higher: 3,
+            ahead: 3,
+            queue_len: 3,
+            ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Queue);
+        // Sustained overload: it gives way at once.
+        let a = Arrival {
+            higher_sustained: true,
+            ..a
+        };
+        assert_eq!(decide(&a), Verdict::Shed(ShedReason::Priority));
+        // A sustained queue of its own class or lower does not shed it for priority.
+        let a = Arrival { higher: 0, ..a };
+        assert_eq!(decide(&a), Verdict::Queue);
+    }
+
+    #[test]
+    fn a_backlog_that_cannot_drain_within_the_budget_or_the_target_sheds_at_once() {
+        // 40 ms expected, x1.25 = 50 ms: at the 50 ms target, admitted.
+        let a = Arrival {
+            expected_wait: 40 * MS,
+            ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Queue);
+        let a = Arrival {
+            expected_wait: 41 * MS,
+            ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Shed(ShedReason::DeadlineUnreachable));
+        // A budget tighter than the target binds.
+        let a = Arrival {
+            expected_wait: 10 * MS,
+            budget: 12 * MS,
+            ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Shed(ShedReason::DeadlineUnreachable));
+    }
+
+    #[test]
+    fn sloguards_own_delay_counts_against_the_budget() {
+        // A starved proxy: its loop runs 45 ms late; with 5 ms of backlog ahead (x1.25) the
+        // request cannot start within the 50 ms target.
+        let a = Arrival {
+            expected_wait: 5 * MS,
+            own_delay: 45 * MS,
+            ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Shed(ShedReason::DeadlineUnreachable));
+        let a = Arrival {
+            own_delay: 10 * MS,
+            ..a
+        };
+        assert_eq!(decide(&a), Verdict::Queue);
+    }
+
+    #[test]
+    fn a_full_queue_evicts_a_lower_class_or_sheds_the_newcomer() {
+        let full = Arrival {
+            queue_len: 1024,
+            ..base()
+        };
+        assert_eq!(decide(&full), Verdict::Shed(ShedReason::QueueFull));
+        let a = Arrival {
+            lower_waiting: true,
+            ..full
+        };
+        assert_eq!(decide(&a), Verdict::EvictAndQueue);
+    }
+}
