@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -50,7 +51,13 @@ pub fn build_server(policy: Policy) -> Built {
         "sloguard proxy".to_string(),
         ConnGuard::new(http, state.clone()),
     );
-    proxy.add_tcp(&proxy_addr);
+    // No read buffer in front of a client connection: Pingora reads each request head into
+    // a buffer of its own anyway, and the default 64 KiB one was allocated (and zeroed)
+    // for every connection, idle ones included: most of a connection's memory, and most of
+    // the CPU of a burst of new connections.
+    proxy.add_listener(
+        ListenerConfig::tcp(&proxy_addr).l4_buffer(L4BufferSettings::default().read(0)),
+    );
 
     let mut admin = Service::new("sloguard admin".to_string(), AdminApp::new(state.clone()));
     admin.add_tcp(&admin_addr);

@@ -13,7 +13,10 @@
 //! The estimate is an EWMA over time (1 s constant, at least 1% per sample). A sample over
 //! 8x the estimate is clipped to it: a stall or a GC pause is the stall detector's business
 //! and must not make a route look dear for seconds; a real change in cost is still mostly
-//! learnt within a second (63% of the step).
+//! learnt within a second (63% of the step). A cheaper sample moves it at least 10% at once:
+//! a request's cost is a floor that interference only adds to (a cold start's first answers,
+//! slowed by a burst of new connections, would otherwise keep every worker's share of work
+//! small for a second).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +26,8 @@ use std::time::{Duration, Instant};
 const DECAY: Duration = Duration::from_secs(1);
 /// A sample counts for at least this much, so a burst of samples in one instant moves it.
 const MIN_WEIGHT: f64 = 0.01;
+/// A sample under the estimate counts for at least this much.
+const MIN_WEIGHT_DOWN: f64 = 0.1;
 /// A sample above this multiple of the estimate is clipped to it.
 const CLIP: f64 = 8.0;
 
@@ -49,7 +54,12 @@ impl ServiceTime {
             None => sample,
             Some(s) => {
                 let dt = now.saturating_duration_since(self.stamp).as_secs_f64();
-                let w = (1.0 - (-dt / DECAY.as_secs_f64()).exp()).max(MIN_WEIGHT);
+                let floor = if sample < s {
+                    MIN_WEIGHT_DOWN
+                } else {
+                    MIN_WEIGHT
+                };
+                let w = (1.0 - (-dt / DECAY.as_secs_f64()).exp()).max(floor);
                 s + w * (sample.min(s * CLIP) - s)
             }
         });
@@ -189,6 +199,18 @@ mod tests {
         }
         let got = s.get().unwrap().as_secs_f64() * 1e3;
         assert!(got > 3.4, "{got}");
+    }
+
+    #[test]
+    fn a_cold_first_answer_is_forgotten_within_a_few_samples() {
+        let t0 = Instant::now();
+        let mut s = ServiceTime::new(t0);
+        // The first answer came during a burst of new connections: 30 ms for a 1 ms route.
+        s.observe(30 * MS, t0);
+        for i in 1..=40u32 {
+            s.observe(MS, t0 + i * Duration::from_micros(500));
+        }
+        assert!(s.get().unwrap() < 2 * MS, "{:?}", s.get());
     }
 
     #[test]

@@ -37,12 +37,24 @@ pub struct PoolLoop {
     pub timeout: Duration,
 }
 
-/// One request's outcome, with when it was meant to start (from the run's start).
+/// One request's outcome, with when it was meant to start (from the run's start), and the
+/// reason sloguard gave when it answered itself (`x-sloguard-reason`).
 #[derive(Debug, Clone, Copy)]
 pub struct TimedOutcome {
     pub at: Duration,
     pub outcome: super::Outcome,
+    pub reason: Option<&'static str>,
 }
+
+/// The reasons kept from `x-sloguard-reason` (so an outcome stays `Copy`).
+const REASONS: [&str; 6] = [
+    "deadline_unreachable",
+    "queue_timeout",
+    "queue_full",
+    "evicted",
+    "priority",
+    "upstream_unavailable",
+];
 
 impl PoolLoop {
     /// The intended start of every request, from the run's start.
@@ -118,7 +130,7 @@ async fn connection(
 ) {
     let payloads = Payloads::new();
     let host = target.to_string();
-    let record = |at: Duration, i: u64, status: u16, intended: Instant| {
+    let record = |at: Duration, i: u64, status: u16, reason, intended: Instant| {
         let o = TimedOutcome {
             at,
             outcome: super::Outcome {
@@ -126,6 +138,7 @@ async fn connection(
                 status,
                 latency: intended.elapsed(),
             },
+            reason,
         };
         outcomes.lock().unwrap_or_else(|e| e.into_inner()).push(o);
     };
@@ -142,29 +155,34 @@ async fn connection(
             let req = payloads.request(mix, i, "", &host);
             let resp = s.send_request(req).await.ok()?;
             let status = resp.status().as_u16();
+            let reason = resp
+                .headers()
+                .get("x-sloguard-reason")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| REASONS.iter().find(|r| **r == v).copied());
             let close = resp
                 .headers()
                 .get(http::header::CONNECTION)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
             resp.into_body().collect().await.ok()?;
-            Some((status, close))
+            Some((status, reason, close))
         })
         .await;
         match result {
-            Ok(Some((status, close))) => {
+            Ok(Some((status, reason, close))) => {
                 if close {
                     sender = None;
                 }
-                record(at, i, status, intended);
+                record(at, i, status, reason, intended);
             }
             Ok(None) => {
                 sender = None;
-                record(at, i, ERR_TRANSPORT, intended);
+                record(at, i, ERR_TRANSPORT, None, intended);
             }
             Err(_) => {
                 sender = None;
-                record(at, i, ERR_TIMEOUT, intended);
+                record(at, i, ERR_TIMEOUT, None, intended);
             }
         }
     }

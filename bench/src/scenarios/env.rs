@@ -230,10 +230,12 @@ impl Env {
                 let file = self.path(&format!("sloguard-{mode}.toml"));
                 std::fs::write(&file, policy)?;
                 let mut cmd = Command::new(&self.sloguard);
+                // SLOGUARD_BENCH_LOG overrides the filter, for a closer look at one run.
+                let filter = std::env::var("SLOGUARD_BENCH_LOG").unwrap_or_else(|_| "warn".into());
                 cmd.arg("run")
                     .arg("--config")
                     .arg(&file)
-                    .env("RUST_LOG", "warn");
+                    .env("RUST_LOG", filter);
                 let log = file.with_extension("log");
                 let p = Proc::spawn("sloguard", cmd, self.sut_cpu, &log, libc::SIGINT)?;
                 policy_file = Some(file);

@@ -250,16 +250,17 @@ pub fn summarize_phase(outcomes: &[TimedOutcome], phase: &Phase) -> OpenSummary 
     stats::summarize_open(&of, to - from, &loadgen::histogram())
 }
 
-/// `at_ms,kind,status,latency_ms` per request.
+/// `at_ms,kind,status,latency_ms,reason` per request.
 fn outcomes_csv(outcomes: &[TimedOutcome]) -> String {
-    let mut s = String::from("at_ms,kind,status,latency_ms\n");
+    let mut s = String::from("at_ms,kind,status,latency_ms,reason\n");
     for o in outcomes {
         s += &format!(
-            "{:.3},{:?},{},{:.3}\n",
+            "{:.3},{:?},{},{:.3},{}\n",
             o.at.as_secs_f64() * 1e3,
             o.outcome.kind,
             o.outcome.status,
-            o.outcome.latency.as_secs_f64() * 1e3
+            o.outcome.latency.as_secs_f64() * 1e3,
+            o.reason.unwrap_or("")
         );
     }
     s

@@ -57,8 +57,11 @@ pub fn decide(a: &Arrival) -> Verdict {
         // Higher-priority requests keep arriving ahead of this one.
         return Verdict::Shed(ShedReason::Priority);
     }
-    let predicted = a.expected_wait.mul_f64(MARGIN) + a.own_delay;
-    if predicted > a.budget.min(a.target_delay) {
+    // The queue holds at most its target delay of backlog; and whatever sloguard's own
+    // backlog already cost the request comes off its budget, not off the queue's target
+    // (a request read 40 ms late can still wait 60 ms of a 100 ms budget).
+    let queueing = a.expected_wait.mul_f64(MARGIN);
+    if queueing > a.target_delay || queueing + a.own_delay > a.budget {
         return Verdict::Shed(ShedReason::DeadlineUnreachable);
     }
     if a.queue_len >= a.max_queue {
@@ -149,16 +152,18 @@ mod tests {
 
     #[test]
     fn sloguards_own_delay_counts_against_the_budget() {
-        // A starved proxy: its loop runs 45 ms late; with 5 ms of backlog ahead (x1.25) the
-        // request cannot start within the 50 ms target.
+        // A starved proxy: its loop runs 95 ms late; with 5 ms of backlog ahead (x1.25) the
+        // request cannot start within its 100 ms budget.
         let a = Arrival {
             expected_wait: 5 * MS,
-            own_delay: 45 * MS,
+            own_delay: 95 * MS,
             ..base()
         };
         assert_eq!(decide(&a), Verdict::Shed(ShedReason::DeadlineUnreachable));
+        // 45 ms late: it still has time to wait its turn (the queue's 50 ms target is about
+        // the backlog it holds, not about time already lost).
         let a = Arrival {
-            own_delay: 10 * MS,
+            own_delay: 45 * MS,
             ..a
         };
         assert_eq!(decide(&a), Verdict::Queue);

@@ -356,7 +356,19 @@ impl Admission {
                     target_delay: cfg.target_queue_delay,
                 };
                 match arrival::decide(&arrival) {
-                    Verdict::Shed(reason) => return Wait::Shed(reason),
+                    Verdict::Shed(reason) => {
+                        tracing::debug!(
+                            reason = reason.as_str(),
+                            ahead = arrival.ahead,
+                            queue = arrival.queue_len,
+                            expected_wait_ms = arrival.expected_wait.as_secs_f64() * 1e3,
+                            own_delay_ms = arrival.own_delay.as_secs_f64() * 1e3,
+                            budget_ms = arrival.budget.as_secs_f64() * 1e3,
+                            drain_rate = self.drain_rate(),
+                            "shed on arrival"
+                        );
+                        return Wait::Shed(reason);
+                    }
                     Verdict::EvictAndQueue => {
                         if let Some(evicted) = inner.queue.evict_below(priority) {
                             let _ = evicted.payload.tx.send(Wait::Shed(ShedReason::Evicted));
