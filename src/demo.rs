@@ -30,6 +30,8 @@ pub enum DemoError {
     },
     #[error("backend worker {0} did not start listening within 10 s (is the port taken?)")]
     BackendNotListening(SocketAddr),
+    #[error(transparent)]
+    Start(#[from] crate::server::StartError),
 }
 
 /// Kills the backend when the demo ends, whichever way it ends.
@@ -102,7 +104,7 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
         }
     }
     print_banner(&policy);
-    crate::server::run(policy);
+    crate::server::run(policy)?;
     Ok(())
 }
 

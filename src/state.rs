@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::admin::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
-use crate::config::Policy;
+use crate::config::{Listen, Policy};
 use crate::reload::ReloadRecord;
 use crate::stages::admission::Admission;
 use crate::stages::conn_guard::ConnLimits;
@@ -112,12 +112,19 @@ impl State {
     pub fn apply(&self, mut new: Policy) -> Vec<String> {
         let old = self.policy();
         let mut notes = Vec::new();
-        if new.listen != old.listen {
+        // `trusted_proxies` is read per request, so it applies now; the rest of `[listen]`
+        // is the sockets themselves.
+        let mut listeners = new.listen.clone();
+        listeners.trusted_proxies = old.listen.trusted_proxies.clone();
+        if listeners != old.listen {
             notes.push(
                 "[listen] changes take effect at the next restart; the listeners stay as they are"
                     .to_string(),
             );
-            new.listen = old.listen.clone();
+            new.listen = Listen {
+                trusted_proxies: new.listen.trusted_proxies.clone(),
+                ..old.listen.clone()
+            };
         }
         if new.upstream.workers != old.upstream.workers {
             self.workers
