@@ -112,6 +112,12 @@ fn main() -> ExitCode {
         Command::Run { config } => match Policy::load(&config) {
             Ok(policy) => {
                 exit_on_panic();
+                // Read the Redis credentials now: a Secret that is not mounted, or an unset
+                // variable, fails the start with its key rather than limiting in-process.
+                if let Err(e) = policy.ratelimit.redis_auth.resolve() {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
                 tracing::info!(file = %config.display(), version = %policy.version, proxy = %policy.listen.proxy, admin = %policy.listen.admin, "serving");
                 match server::run(policy) {
                     Ok(()) => ExitCode::SUCCESS,
@@ -126,15 +132,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo { config, backend } => match {
+        Command::Demo { config, backend } => {
             exit_on_panic();
-            demo::run(&config, backend)
-        } {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("demo: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+            demo_exit(demo::run(&config, backend))
+        }
+    }
+}
+
+/// The exit status of `sloguard demo`.
+fn demo_exit(result: Result<(), demo::DemoError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

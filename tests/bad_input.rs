@@ -173,7 +173,10 @@ async fn a_chunk_size_past_64_bits_is_a_400_naming_the_rule() {
         assert!(line.starts_with("HTTP/1.1 400"), "{path}: {got}");
         assert_eq!(json["reason"], "bad_chunked_body", "{path}: {json}");
         assert_eq!(json["limit"], "rfc9112.chunked", "{path}: {json}");
-        assert!(got.to_ascii_lowercase().contains("connection: close"), "{got}");
+        assert!(
+            got.to_ascii_lowercase().contains("connection: close"),
+            "{got}"
+        );
     }
     assert_eq!(be.store().total_events(), 0);
 }
@@ -195,12 +198,19 @@ async fn a_missing_host_is_a_400_naming_the_rule_and_http10_may_omit_it() {
         assert_eq!(json["value"], value, "{json}");
         assert_eq!(json["route"], "query", "{json}");
     }
-    assert_eq!(backend_seen(&be).await, before, "the backend saw none of them");
+    assert_eq!(
+        backend_seen(&be).await,
+        before,
+        "the backend saw none of them"
+    );
     let got = raw_exchange(
         sg.proxy,
         b"GET /v1/metrics?customer=a&event=e HTTP/1.0\r\n\r\n",
         Duration::from_secs(2),
     )
     .await;
-    assert!(got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.0 200"), "{got}");
+    assert!(
+        got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.0 200"),
+        "{got}"
+    );
 }

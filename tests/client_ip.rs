@@ -38,11 +38,7 @@ async fn echo(sg: &Sloguard, xff: Option<&str>, id: &str) -> (u16, Vec<String>) 
     let doc: serde_json::Value = r.json().await.unwrap();
     let seen = doc["headers"]["x-forwarded-for"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect()
-        })
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
         .unwrap_or_default();
     (status, seen)
 }
@@ -83,7 +79,11 @@ async fn from_an_untrusted_peer_a_spoofed_forwarded_for_is_ignored_everywhere() 
     let (s1, xff1) = echo(&sg, Some("203.0.113.1"), "u-1").await;
     let (s2, xff2) = echo(&sg, Some("203.0.113.2, 10.0.0.9"), "u-2").await;
     let (s3, _) = echo(&sg, Some("203.0.113.3"), "u-3").await;
-    assert_eq!((s1, s2, s3), (200, 200, 429), "one shared limit: 2 a minute");
+    assert_eq!(
+        (s1, s2, s3),
+        (200, 200, 429),
+        "one shared limit: 2 a minute"
+    );
     assert_eq!(xff1, vec!["127.0.0.1"], "the forged entry is dropped");
     assert_eq!(xff2, vec!["127.0.0.1"]);
     let line = wait_access_line(&sg, "u-2").await;

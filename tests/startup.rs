@@ -40,8 +40,8 @@ fn run_until_exit(
     let ran = started.elapsed();
     if status.is_none() {
         let _ = child.kill();
-        let _ = child.wait();
     }
+    let _ = child.wait();
     (status, std::fs::read_to_string(err).unwrap(), ran)
 }
 
@@ -71,7 +71,10 @@ fn a_proxy_port_in_use_ends_the_process_within_the_retry_window_with_one_clear_l
             .any(|l| l == format!("proxy listener {proxy}: address in use")),
         "{stderr}"
     );
-    assert!(ran >= Duration::from_millis(1900), "retried for the window: {ran:?}");
+    assert!(
+        ran >= Duration::from_millis(1900),
+        "retried for the window: {ran:?}"
+    );
     // Nothing was served meanwhile: the admin port was never bound.
     assert!(TcpListener::bind(admin).is_ok());
 }

@@ -164,11 +164,7 @@ mod tests {
         let t = trusted(&["10.0.0.0/8", "192.168.1.1"]);
         // The client forged "6.6.6.6" on the left; the ingress (10.0.0.7) appended the real
         // peer 198.51.100.4, and the node proxy (192.168.1.1) appended the ingress.
-        let c = resolve(
-            ip("192.168.1.1"),
-            ["6.6.6.6, 198.51.100.4", "10.0.0.7"],
-            &t,
-        );
+        let c = resolve(ip("192.168.1.1"), ["6.6.6.6, 198.51.100.4", "10.0.0.7"], &t);
         assert_eq!(c.ip, ip("198.51.100.4"));
         assert_eq!(c.via, vec![ip("10.0.0.7"), ip("192.168.1.1")]);
         assert_eq!(c.forwarded_for(), "198.51.100.4, 10.0.0.7, 192.168.1.1");
@@ -178,7 +174,13 @@ mod tests {
     fn a_trusted_peer_without_a_header_is_the_client() {
         let t = trusted(&["127.0.0.1/32"]);
         let c = resolve(ip("127.0.0.1"), [], &t);
-        assert_eq!(c, ClientIp { ip: ip("127.0.0.1"), via: vec![] });
+        assert_eq!(
+            c,
+            ClientIp {
+                ip: ip("127.0.0.1"),
+                via: vec![]
+            }
+        );
     }
 
     #[test]
@@ -220,11 +222,15 @@ mod tests {
     #[test]
     fn entries_parse_as_cidrs_or_hosts() {
         assert_eq!(
-            TrustedProxies::parse_entry("10.1.2.3/8").unwrap().to_string(),
+            TrustedProxies::parse_entry("10.1.2.3/8")
+                .unwrap()
+                .to_string(),
             "10.0.0.0/8"
         );
         assert_eq!(
-            TrustedProxies::parse_entry("127.0.0.1").unwrap().to_string(),
+            TrustedProxies::parse_entry("127.0.0.1")
+                .unwrap()
+                .to_string(),
             "127.0.0.1/32"
         );
         assert!(TrustedProxies::parse_entry("10.0.0.0/33").is_err());

@@ -196,7 +196,10 @@ mod tests {
     fn host_is_required_once_on_http11_and_at_most_once_on_http10() {
         use http::Version;
         let r = check_host(Version::HTTP_11, 0).unwrap_err();
-        assert_eq!((r.status, r.reason, r.limit), (400, "bad_host", Some("rfc9112.host")));
+        assert_eq!(
+            (r.status, r.reason, r.limit),
+            (400, "bad_host", Some("rfc9112.host"))
+        );
         assert!(check_host(Version::HTTP_11, 1).is_ok());
         assert_eq!(check_host(Version::HTTP_11, 2).unwrap_err().value, Some(2));
         assert!(check_host(Version::HTTP_10, 0).is_ok());

@@ -91,9 +91,20 @@ impl Sloguard {
         rest: &str,
         filter: &str,
     ) -> Sloguard {
+        Sloguard::spawn_with_env(workers, listen, rest, filter, &[])
+    }
+
+    /// Like `spawn_with_listen`, with environment variables `env` set for the process.
+    pub fn spawn_with_env(
+        workers: &[SocketAddr],
+        listen: &str,
+        rest: &str,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Sloguard {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Sloguard::try_spawn(workers, listen, rest, filter) {
+            match Sloguard::try_spawn(workers, listen, rest, filter, env) {
                 Ok(s) => return s,
                 Err(e) => last_err = e,
             }
@@ -106,6 +117,7 @@ impl Sloguard {
         listen: &str,
         rest: &str,
         filter: &str,
+        env: &[(&str, &str)],
     ) -> Result<Sloguard, String> {
         let dir = tempfile::tempdir().unwrap();
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -122,6 +134,7 @@ impl Sloguard {
             .args(["--log-format", "json", "run", "--config"])
             .arg(&policy_path)
             .env("RUST_LOG", filter)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
