@@ -18,7 +18,7 @@ pub const DEMO_FAULT: &str = "3:block=250ms,every=4";
 pub enum DemoError {
     #[error(transparent)]
     Policy(#[from] crate::PolicyError),
-    #[error("cannot find the analytics-backend binary at {0}; build both with `cargo build --release --workspace`")]
+    #[error("cannot find the analytics-backend binary at {0}; build both with `cargo xtask demo` (or `cargo build --release -p sloguard -p analytics-backend`)")]
     BackendMissing(PathBuf),
     #[error("the demo starts the backend itself, so the policy's workers must be consecutive ports on one address ({0})")]
     WorkersNotConsecutive(String),
