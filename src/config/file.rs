@@ -56,6 +56,10 @@ pub struct ListenFile {
     /// Peers whose `X-Forwarded-For` is believed (CIDRs or plain addresses). Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the client;
+    /// only from `trusted_proxies`. Default false.
+    #[serde(default = "default_false")]
+    pub proxy_protocol: Spanned<bool>,
 }
 
 fn default_threads() -> Spanned<u64> {
@@ -63,6 +67,9 @@ fn default_threads() -> Spanned<u64> {
 }
 fn default_drain_timeout_ms() -> Spanned<u64> {
     Spanned::new(0..0, 10_000)
+}
+fn default_false() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 /// Long enough for a previous process still closing its listener (a quick restart), short
 /// enough that a port taken for good fails the start within seconds, not Pingora's 30 s.

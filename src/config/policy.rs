@@ -71,6 +71,8 @@ pub struct Listen {
     pub bind_retry: Duration,
     /// Peers whose `X-Forwarded-For` is believed (the one key here a reload applies).
     pub trusted_proxies: TrustedProxies,
+    /// Connections start with a PROXY protocol header from a trusted balancer.
+    pub proxy_protocol: bool,
 }
 
 impl Policy {
@@ -182,6 +184,13 @@ impl Validator<'_> {
                 .map_err(|m| self.invalid(t.span(), format!("listen.trusted_proxies[{i}]"), m))?;
             trusted.push(net);
         }
+        if *l.proxy_protocol.get_ref() && trusted.is_empty() {
+            return Err(self.invalid(
+                l.proxy_protocol.span(),
+                "listen.proxy_protocol",
+                "needs listen.trusted_proxies: the balancers whose PROXY headers are believed",
+            ));
+        }
         Ok(Listen {
             proxy,
             admin,
@@ -189,6 +198,7 @@ impl Validator<'_> {
             drain_timeout: self.millis(&l.drain_timeout_ms, "listen.drain_timeout_ms")?,
             bind_retry: Duration::from_millis(*l.bind_retry_ms.get_ref()),
             trusted_proxies: TrustedProxies::new(trusted),
+            proxy_protocol: *l.proxy_protocol.get_ref(),
         })
     }
 
