@@ -18,7 +18,7 @@ pub const DEMO_FAULT: &str = "3:block=250ms,every=4";
 pub enum DemoError {
     #[error(transparent)]
     Policy(#[from] crate::PolicyError),
-    #[error("cannot find the analytics-backend binary at {0}; build both with `cargo build --release --workspace`")]
+    #[error("cannot find the analytics-backend binary at {0}; build both with `cargo xtask demo` (or `cargo build --release -p sloguard -p analytics-backend`)")]
     BackendMissing(PathBuf),
     #[error("the demo starts the backend itself, so the policy's workers must be consecutive ports on one address ({0})")]
     WorkersNotConsecutive(String),
@@ -30,6 +30,8 @@ pub enum DemoError {
     },
     #[error("backend worker {0} did not start listening within 10 s (is the port taken?)")]
     BackendNotListening(SocketAddr),
+    #[error(transparent)]
+    Start(#[from] crate::server::StartError),
 }
 
 /// Kills the backend when the demo ends, whichever way it ends.
@@ -102,7 +104,7 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
         }
     }
     print_banner(&policy);
-    crate::server::run(policy);
+    crate::server::run(policy)?;
     Ok(())
 }
 

@@ -6,7 +6,10 @@
 //! - [`server`] builds the Pingora server: the proxy listener and the admin listener.
 //! - [`proxy`] holds the Pingora phases; they sequence the stages and write answers. Around
 //!   them, `proxy::ConnGuard` runs each connection: the per-client connection cap and the
-//!   deadline on reading each request head ([`stages::conn_guard`] decides).
+//!   deadline on reading each request head ([`stages::conn_guard`] decides), and with
+//!   `[listen] proxy_protocol` the PROXY header that names the client.
+//! - [`stages::client_ip`] resolves each request's client through `trusted_proxies`
+//!   (`X-Forwarded-For`, right-most untrusted entry) for rate-limit keys, logs and upstream.
 //! - [`stages`] decide: [`stages::route`] (which route), [`stages::payload`] (body caps),
 //!   [`stages::admission`] (wait for a worker slot within the deadline, or be shed).
 //! - [`workers`] choose the upstream worker and hold in-flight leases.

@@ -64,6 +64,24 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Ends the process (status 101) on a panic in any thread. Pingora runs each service in
+/// its own threads, and a panic there (its listener setup, say) ended only that service:
+/// the process stayed up with `/healthz` answering 200 and no proxy. A panic is a bug, and
+/// the state it leaves (a lease never released, a lock poisoned) cannot be trusted, so
+/// sloguard stops and lets its supervisor (the kubelet) start it afresh.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        eprintln!(
+            "sloguard: panic in thread `{}`; exiting",
+            thread.name().unwrap_or("unnamed")
+        );
+        std::process::exit(101);
+    }));
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
@@ -93,21 +111,41 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => match Policy::load(&config) {
             Ok(policy) => {
+                exit_on_panic();
+                // Read the Redis credentials now: a Secret that is not mounted, or an unset
+                // variable, fails the start with its key rather than limiting in-process.
+                if let Err(e) = policy.ratelimit.redis_auth.resolve() {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
                 tracing::info!(file = %config.display(), version = %policy.version, proxy = %policy.listen.proxy, admin = %policy.listen.admin, "serving");
-                server::run(policy);
-                ExitCode::SUCCESS
+                match server::run(policy) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
-        Command::Demo { config, backend } => match demo::run(&config, backend) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("demo: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Demo { config, backend } => {
+            exit_on_panic();
+            demo_exit(demo::run(&config, backend))
+        }
+    }
+}
+
+/// The exit status of `sloguard demo`.
+fn demo_exit(result: Result<(), demo::DemoError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

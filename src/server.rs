@@ -1,6 +1,9 @@
-//! Builds the Pingora server from a policy: the proxy service and the admin service.
+//! Builds the Pingora server from a policy: the proxy service and the admin service; and
+//! checks, before handing them to Pingora, that both listener addresses can be bound.
 
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::Opt;
@@ -74,9 +77,68 @@ pub fn build_server(policy: Policy) -> Built {
     Built { server, state }
 }
 
+/// sloguard could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address cannot be bound: in use past `listen.bind_retry_ms`, not an
+    /// address of this host, or a privileged port.
+    #[error("{listener} listener {addr}: {reason}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// Time between two tries of an address in use.
+const BIND_RETRY_STEP: Duration = Duration::from_millis(100);
+
+/// Binds `addr` once to see that it can be (then lets it go for Pingora to bind), retrying
+/// while it is in use for up to `retry`. Pingora's own bind retries an address in use for
+/// 30 s, then panics in its service thread while the process and its other listener stay
+/// up: a pod would be Live and Ready with nothing on its proxy port. So we find out first.
+/// The gap between this probe and Pingora's bind is a few microseconds; a port taken in it
+/// is the panic case, and `main` ends the process on any panic.
+pub fn check_bind(
+    listener: &'static str,
+    addr: SocketAddr,
+    retry: Duration,
+) -> Result<(), StartError> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        let err = match TcpListener::bind(addr) {
+            Ok(_probe) => return Ok(()),
+            Err(e) => e,
+        };
+        let in_use = err.kind() == std::io::ErrorKind::AddrInUse;
+        if !in_use || started.elapsed() + BIND_RETRY_STEP > retry {
+            let reason = if in_use {
+                "address in use".to_string()
+            } else {
+                err.to_string().to_lowercase()
+            };
+            return Err(StartError::Bind {
+                listener,
+                addr,
+                reason,
+            });
+        }
+        if !warned {
+            tracing::warn!(%addr, retry_ms = retry.as_millis() as u64, "{listener} listener: address in use; retrying");
+            warned = true;
+        }
+        std::thread::sleep(BIND_RETRY_STEP);
+    }
+}
+
 /// Runs until SIGTERM (graceful: in-flight requests finish within the drain timeout) or
-/// SIGINT (fast).
-pub fn run(policy: Policy) {
+/// SIGINT (fast). Fails at once, before serving anything, when a listener cannot be bound.
+pub fn run(policy: Policy) -> Result<(), StartError> {
+    let l = &policy.listen;
+    check_bind("proxy", l.proxy, l.bind_retry)?;
+    check_bind("admin", l.admin, l.bind_retry)?;
     let built = build_server(policy);
     built.server.run(RunArgs::default());
+    Ok(())
 }

@@ -15,11 +15,11 @@ use arc_swap::ArcSwap;
 
 use crate::admin::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
-use crate::config::Policy;
+use crate::config::{Listen, Policy};
 use crate::reload::ReloadRecord;
 use crate::stages::admission::Admission;
 use crate::stages::conn_guard::ConnLimits;
-use crate::stages::ratelimit::{RateLimitConfig, RateLimiter};
+use crate::stages::ratelimit::{LimiterError, RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
 use crate::workers::{RouteCosts, WorkerSet};
 
@@ -56,7 +56,7 @@ impl State {
         let admission = Arc::new(Admission::new(policy.shedding.clone()));
         // The URL was checked when the policy was validated.
         let ratelimiter = RateLimiter::new(&policy.ratelimit).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "rate limits: cannot use the redis url; limiting in-process");
+            tracing::error!(error = %e, "rate limits: cannot use the redis settings; limiting in-process");
             RateLimiter::new(&RateLimitConfig::default()).expect("no url, no error")
         });
         let metrics = ArcSwap::from_pointee(Metrics::new(&policy));
@@ -128,27 +128,42 @@ impl State {
     pub fn apply(&self, mut new: Policy) -> Vec<String> {
         let old = self.policy();
         let mut notes = Vec::new();
-        if new.listen != old.listen {
+        // `trusted_proxies` is read per request, so it applies now; the rest of `[listen]`
+        // is the sockets themselves.
+        let mut listeners = new.listen.clone();
+        listeners.trusted_proxies = old.listen.trusted_proxies.clone();
+        if listeners != old.listen {
             notes.push(
                 "[listen] changes take effect at the next restart; the listeners stay as they are"
                     .to_string(),
             );
-            new.listen = old.listen.clone();
+            new.listen = Listen {
+                trusted_proxies: new.listen.trusted_proxies.clone(),
+                ..old.listen.clone()
+            };
         }
         if new.upstream.workers != old.upstream.workers {
             self.workers
                 .store(Arc::new(WorkerSet::new(&new.upstream, &new.concurrency)));
             notes.push("the worker list changed: per-worker state starts afresh".to_string());
         }
+        // The credentials are read again on every reload, so a rotated Secret (same file,
+        // new password) is taken up by `POST /reload` or SIGHUP.
+        let credentials = new.ratelimit.redis_auth.resolve();
         let redis_same = new.ratelimit.redis_url == old.ratelimit.redis_url
             && new.ratelimit.redis_cluster_nodes == old.ratelimit.redis_cluster_nodes
             && new.ratelimit.timeout == old.ratelimit.timeout
-            && new.ratelimit.failures_to_open == old.ratelimit.failures_to_open;
+            && new.ratelimit.failures_to_open == old.ratelimit.failures_to_open
+            && new.ratelimit.redis_auth == old.ratelimit.redis_auth
+            && credentials.as_ref().ok() == Some(self.ratelimiter().credentials());
         if !redis_same {
-            match RateLimiter::new(&new.ratelimit) {
+            match credentials
+                .map_err(LimiterError::from)
+                .and_then(|c| RateLimiter::with_credentials(&new.ratelimit, c))
+            {
                 Ok(r) => self.ratelimiter.store(Arc::new(r)),
                 Err(e) => notes.push(format!(
-                    "rate limits: cannot use the new redis url ({e}); keeping the old one"
+                    "rate limits: cannot use the new redis settings ({e}); keeping the old ones"
                 )),
             }
         }

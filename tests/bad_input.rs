@@ -32,6 +32,21 @@ const CASES: &[(&str, &str, &str)] = &[
         "HTTP/1.1 400",
     ),
     (
+        "a chunk size past 64 bits, on a capped route (body read whole)",
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
+        "HTTP/1.1 without a Host header (RFC 9112 3.2)",
+        "GET /v1/metrics?customer=a&event=e HTTP/1.1\r\naccept: */*\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
+        "two Host headers",
+        "GET /v1/metrics?customer=a&event=e HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
         "a space before the colon",
         "GET /v1/metrics HTTP/1.1\r\nhost: x\r\nx-a : b\r\n\r\n",
         "HTTP/1.1 400",
@@ -129,5 +144,73 @@ async fn a_cl_te_smuggling_attempt_cannot_desync_the_connection() {
         backend_seen(&be).await - before,
         1,
         "the smuggled GET never reached the backend"
+    );
+}
+
+/// The JSON body of a raw answer, and its status line.
+fn status_and_json(raw: &str) -> (String, serde_json::Value) {
+    let line = raw.lines().next().unwrap_or_default().to_string();
+    let body = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    (line, json)
+}
+
+/// A broken chunked body is the client's fault: 400 with the JSON body naming the rule,
+/// whether the route reads the body whole (it never reaches the backend) or streams it (the
+/// worker gets a broken request, cut off, and stores nothing). It was a 500.
+#[tokio::test]
+async fn a_chunk_size_past_64_bits_is_a_400_naming_the_rule() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(&be.addrs(), ROUTES);
+    for path in ["/v1/events", "/debug/echo"] {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+             FFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"
+        );
+        let got = raw_exchange(sg.proxy, raw.as_bytes(), Duration::from_secs(2)).await;
+        let (line, json) = status_and_json(&got);
+        println!("{path}: {line} {json}");
+        assert!(line.starts_with("HTTP/1.1 400"), "{path}: {got}");
+        assert_eq!(json["reason"], "bad_chunked_body", "{path}: {json}");
+        assert_eq!(json["limit"], "rfc9112.chunked", "{path}: {json}");
+        assert!(
+            got.to_ascii_lowercase().contains("connection: close"),
+            "{got}"
+        );
+    }
+    assert_eq!(be.store().total_events(), 0);
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without a Host header is answered 400 by
+/// sloguard (it was proxied), and HTTP/1.0 without one still passes. (Two Host headers are
+/// refused by Pingora's own parser already: the table above.)
+#[tokio::test]
+async fn a_missing_host_is_a_400_naming_the_rule_and_http10_may_omit_it() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(&be.addrs(), ROUTES);
+    let before = backend_seen(&be).await;
+    for (raw, value) in [("GET /v1/metrics?customer=a&event=e HTTP/1.1\r\n\r\n", 0)] {
+        let got = raw_exchange(sg.proxy, raw.as_bytes(), Duration::from_secs(2)).await;
+        let (line, json) = status_and_json(&got);
+        assert!(line.starts_with("HTTP/1.1 400"), "{got}");
+        assert_eq!(json["reason"], "bad_host", "{json}");
+        assert_eq!(json["limit"], "rfc9112.host", "{json}");
+        assert_eq!(json["value"], value, "{json}");
+        assert_eq!(json["route"], "query", "{json}");
+    }
+    assert_eq!(
+        backend_seen(&be).await,
+        before,
+        "the backend saw none of them"
+    );
+    let got = raw_exchange(
+        sg.proxy,
+        b"GET /v1/metrics?customer=a&event=e HTTP/1.0\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.0 200"),
+        "{got}"
     );
 }

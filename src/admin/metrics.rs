@@ -63,7 +63,11 @@ pub const REJECT_REASONS: [&str; 15] = [
 ];
 /// Refusals of a connection rather than of a routed request (see `stages::conn_guard`):
 /// counted in `sloguard_rejections_total` with `route="-"`, since no route was chosen.
-pub const CONNECTION_REASONS: [&str; 2] = ["header_timeout", "too_many_connections"];
+pub const CONNECTION_REASONS: [&str; 3] = [
+    "header_timeout",
+    "too_many_connections",
+    "bad_proxy_protocol",
+];
 /// The `route` label of connection refusals (the access log's "no route" too).
 pub const NO_ROUTE: &str = "-";
 const RATE_RESULTS: [&str; 4] = ["allowed", "limited", "shadow_denied", "near_limit"];

@@ -49,6 +49,17 @@ pub struct ListenFile {
     /// How long SIGTERM waits for in-flight requests before exiting, ms. Default 10 000.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: Spanned<u64>,
+    /// How long to keep retrying a listener address that is in use at start, ms. Default
+    /// 2000; 0 = one try.
+    #[serde(default = "default_bind_retry_ms")]
+    pub bind_retry_ms: Spanned<u64>,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs or plain addresses). Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the client;
+    /// only from `trusted_proxies`. Default false.
+    #[serde(default = "default_false")]
+    pub proxy_protocol: Spanned<bool>,
 }
 
 fn default_threads() -> Spanned<u64> {
@@ -56,6 +67,14 @@ fn default_threads() -> Spanned<u64> {
 }
 fn default_drain_timeout_ms() -> Spanned<u64> {
     Spanned::new(0..0, 10_000)
+}
+fn default_false() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+/// Long enough for a previous process still closing its listener (a quick restart), short
+/// enough that a port taken for good fails the start within seconds, not Pingora's 30 s.
+fn default_bind_retry_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 2_000)
 }
 
 /// `[upstream]`: the workers of the service sloguard guards.

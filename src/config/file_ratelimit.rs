@@ -12,6 +12,14 @@ pub struct RateLimitFile {
     /// Seed nodes of a Redis Cluster (`["redis://a:6379", ...]`), instead of `redis_url`.
     #[serde(default)]
     pub redis_cluster_nodes: Vec<Spanned<String>>,
+    /// PEM CA certificates that verify a `rediss://` server (default: the system's roots).
+    pub redis_ca_file: Option<Spanned<String>>,
+    /// The Redis ACL user (default: `default`).
+    pub redis_username: Option<Spanned<String>>,
+    /// Name of the environment variable holding the Redis password.
+    pub redis_password_env: Option<Spanned<String>>,
+    /// File holding the Redis password (a mounted Secret).
+    pub redis_password_file: Option<Spanned<String>>,
     pub timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub on_redis_error: OnRedisErrorFile,

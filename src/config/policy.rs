@@ -16,6 +16,7 @@ use super::file::{PolicyFile, PriorityFile, RouteFile};
 use super::locate::{fingerprint, key_path_at};
 use crate::admin::access_log::AccessLogConfig;
 use crate::stages::admission::SheddingConfig;
+use crate::stages::client_ip::TrustedProxies;
 use crate::stages::conn_guard::ConnLimits;
 use crate::stages::json_guard::JsonLimits;
 use crate::stages::payload::HeadLimits;
@@ -66,6 +67,12 @@ pub struct Listen {
     pub threads: usize,
     /// Time SIGTERM allows in-flight requests to finish.
     pub drain_timeout: Duration,
+    /// How long a listener address found in use at start is retried before giving up.
+    pub bind_retry: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (the one key here a reload applies).
+    pub trusted_proxies: TrustedProxies,
+    /// Connections start with a PROXY protocol header from a trusted balancer.
+    pub proxy_protocol: bool,
 }
 
 impl Policy {
@@ -164,11 +171,34 @@ impl Validator<'_> {
         if threads > 64 {
             return Err(self.invalid(l.threads.span(), "listen.threads", "must be at most 64"));
         }
+        if *l.bind_retry_ms.get_ref() > 600_000 {
+            return Err(self.invalid(
+                l.bind_retry_ms.span(),
+                "listen.bind_retry_ms",
+                "must be at most 600000 (10 minutes)",
+            ));
+        }
+        let mut trusted = Vec::with_capacity(l.trusted_proxies.len());
+        for (i, t) in l.trusted_proxies.iter().enumerate() {
+            let net = TrustedProxies::parse_entry(t.get_ref())
+                .map_err(|m| self.invalid(t.span(), format!("listen.trusted_proxies[{i}]"), m))?;
+            trusted.push(net);
+        }
+        if *l.proxy_protocol.get_ref() && trusted.is_empty() {
+            return Err(self.invalid(
+                l.proxy_protocol.span(),
+                "listen.proxy_protocol",
+                "needs listen.trusted_proxies: the balancers whose PROXY headers are believed",
+            ));
+        }
         Ok(Listen {
             proxy,
             admin,
             threads: threads as usize,
             drain_timeout: self.millis(&l.drain_timeout_ms, "listen.drain_timeout_ms")?,
+            bind_retry: Duration::from_millis(*l.bind_retry_ms.get_ref()),
+            trusted_proxies: TrustedProxies::new(trusted),
+            proxy_protocol: *l.proxy_protocol.get_ref(),
         })
     }
 

@@ -7,6 +7,7 @@ use super::Validator;
 use crate::config::error::PolicyError;
 use crate::config::file::{MissingKeyFile, OnRedisErrorFile, RateLimitFile, RuleModeFile};
 use crate::stages::ratelimit::gcra::Gcra;
+use crate::stages::ratelimit::secret::{redact_url, PasswordSource, RedisAuth};
 use crate::stages::ratelimit::{
     KeyPart, MissingKey, OnRedisError, RateLimitConfig, Rule, RuleMode,
 };
@@ -26,7 +27,10 @@ impl Validator<'_> {
                     return Err(self.invalid(
                         u.span(),
                         "ratelimit.redis_url",
-                        format!("`{}` is not a Redis URL (redis://host:port)", u.get_ref()),
+                        format!(
+                            "`{}` is not a Redis URL (redis://host:port or rediss://host:port)",
+                            redact_url(u.get_ref())
+                        ),
                     ));
                 }
                 Some(u.get_ref().clone())
@@ -38,7 +42,7 @@ impl Validator<'_> {
                 return Err(self.invalid(
                     node.span(),
                     "ratelimit.redis_cluster_nodes",
-                    format!("`{}` is not a Redis URL", node.get_ref()),
+                    format!("`{}` is not a Redis URL", redact_url(node.get_ref())),
                 ));
             }
             redis_cluster_nodes.push(node.get_ref().clone());
@@ -50,6 +54,8 @@ impl Validator<'_> {
                 "give redis_url or redis_cluster_nodes, not both",
             ));
         }
+        let redis_auth =
+            self.redis_auth(r, redis_url.is_some() || !redis_cluster_nodes.is_empty())?;
         let replicas_hint = match &r.replicas_hint {
             None => 1,
             Some(v) => self.positive(v, "ratelimit.replicas_hint")?,
@@ -154,6 +160,7 @@ impl Validator<'_> {
         Ok(RateLimitConfig {
             redis_url,
             redis_cluster_nodes,
+            redis_auth,
             timeout: match &r.timeout_ms {
                 None => d.timeout,
                 Some(t) => self.millis(t, "ratelimit.timeout_ms")?,
@@ -171,5 +178,97 @@ impl Validator<'_> {
             },
             rules,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `redis_username`, `redis_password_env` / `redis_password_file` and `redis_ca_file`:
+    /// checked for shape here; read when the policy is put to use (see
+    /// `stages::ratelimit::secret`). Relative paths are from the policy file's directory.
+    fn redis_auth(&self, r: &RateLimitFile, has_redis: bool) -> Result<RedisAuth, PolicyError> {
+        let keys = [
+            ("ratelimit.redis_ca_file", &r.redis_ca_file),
+            ("ratelimit.redis_username", &r.redis_username),
+            ("ratelimit.redis_password_env", &r.redis_password_env),
+            ("ratelimit.redis_password_file", &r.redis_password_file),
+        ];
+        for (key, value) in keys {
+            let Some(v) = value else { continue };
+            if v.get_ref().trim().is_empty() {
+                return Err(self.invalid(v.span(), key, "must not be empty"));
+            }
+            if !has_redis {
+                return Err(self.invalid(v.span(), key, "needs redis_url or redis_cluster_nodes"));
+            }
+        }
+        let urls: Vec<&str> = r
+            .redis_url
+            .iter()
+            .chain(&r.redis_cluster_nodes)
+            .map(|u| u.get_ref().as_str())
+            .collect();
+        if let Some(ca) = &r.redis_ca_file {
+            if !urls.iter().all(|u| u.starts_with("rediss://")) {
+                return Err(self.invalid(
+                    ca.span(),
+                    "ratelimit.redis_ca_file",
+                    "verifies a TLS server: the Redis URLs must be rediss://",
+                ));
+            }
+        }
+        let password = match (&r.redis_password_env, &r.redis_password_file) {
+            (Some(_), Some(f)) => {
+                return Err(self.invalid(
+                    f.span(),
+                    "ratelimit.redis_password_file",
+                    "give redis_password_env or redis_password_file, not both",
+                ))
+            }
+            (Some(e), None) => {
+                let name = e.get_ref().trim();
+                let valid = name.chars().next().is_some_and(|c| !c.is_ascii_digit())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(self.invalid(
+                        e.span(),
+                        "ratelimit.redis_password_env",
+                        format!("`{name}` is not an environment variable name"),
+                    ));
+                }
+                Some((e.span(), PasswordSource::Env(name.to_string())))
+            }
+            (None, Some(f)) => Some((f.span(), PasswordSource::File(self.relative(f.get_ref())))),
+            (None, None) => None,
+        };
+        if let Some((span, _)) = &password {
+            let in_url = urls.iter().any(|u| {
+                redis::IntoConnectionInfo::into_connection_info(*u)
+                    .is_ok_and(|i| i.redis_settings().password().is_some())
+            });
+            if in_url {
+                return Err(self.invalid(
+                    span.clone(),
+                    "ratelimit.redis_url",
+                    "has a password too: give it in one place (the URL sits in a ConfigMap; prefer the env or file)",
+                ));
+            }
+        }
+        Ok(RedisAuth {
+            username: r
+                .redis_username
+                .as_ref()
+                .map(|u| u.get_ref().trim().to_string()),
+            password: password.map(|(_, p)| p),
+            ca_file: r.redis_ca_file.as_ref().map(|c| self.relative(c.get_ref())),
+        })
+    }
+
+    /// `path` as given if absolute, else from the policy file's directory.
+    fn relative(&self, path: &str) -> std::path::PathBuf {
+        let p = std::path::Path::new(path.trim());
+        match self.file.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
     }
 }

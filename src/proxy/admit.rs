@@ -151,10 +151,7 @@ impl SloGuard {
         let req = session.req_header();
         let src = KeySource {
             route: &policy.routes.get(ctx.route).name,
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            client_ip: ctx.client.as_ref().map(|c| c.ip),
             headers: &req.headers,
         };
         let verdict = self

@@ -12,13 +12,16 @@
 //! the response can never be taken for the start of a head.
 
 use std::net::IpAddr;
+use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::l4::socket::SocketAddr as InetOrUnix;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::head_io::HeadGuardIo;
 use super::{new_request_id, respond, SloGuard};
 use crate::admin::metrics::NO_ROUTE;
+use crate::stages::conn_guard::proxy_header::{self, Parsed};
 use crate::stages::conn_guard::{self, ClientConnections, ClientPermit};
 use crate::stages::Rejection;
 use crate::state::State;
@@ -120,6 +124,66 @@ impl ConnGuard {
     }
 }
 
+impl ConnGuard {
+    /// With `[listen] proxy_protocol`, reads the PROXY header a trusted balancer sends
+    /// first, and makes the client it names the connection's peer for everything after (the
+    /// per-client cap, then each request's client address). Without, the stream as it is.
+    /// `Err(None)`: the connection ended; `Err(Some(..))`: answer it with that refusal.
+    async fn proxy_header(
+        &self,
+        stream: Stream,
+        limits: conn_guard::ConnLimits,
+    ) -> Result<(Stream, Option<IpAddr>), Option<(Stream, Rejection, Option<IpAddr>)>> {
+        let peer = client_ip(&stream);
+        let policy = self.state.policy();
+        if !policy.listen.proxy_protocol {
+            return Ok((stream, peer));
+        }
+        if !peer.is_some_and(|ip| policy.listen.trusted_proxies.contains(ip)) {
+            let why = "this peer is not in listen.trusted_proxies";
+            return Err(Some((stream, conn_guard::bad_proxy_header(why), peer)));
+        }
+        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => l4,
+            Err(_) => return Err(None), // plain HTTP/1 streams are L4 streams
+        };
+        let mut buf = Vec::with_capacity(128);
+        let read = tokio::time::timeout(limits.header_read_timeout, async {
+            loop {
+                match proxy_header::parse(&buf) {
+                    Parsed::Incomplete => {}
+                    Parsed::Header { client, len } => return Ok(Some((client, len))),
+                    Parsed::Invalid(why) => return Err(why),
+                }
+                let mut chunk = [0u8; 512];
+                match l4.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        let (client, len) = match read {
+            Ok(Ok(Some(header))) => header,
+            Ok(Ok(None)) => return Err(None), // closed before a whole header
+            Ok(Err(why)) => return Err(Some((l4, conn_guard::bad_proxy_header(why), peer))),
+            Err(_) => {
+                let why = "none arrived within limits.header_read_timeout_ms";
+                return Err(Some((l4, conn_guard::bad_proxy_header(why), peer)));
+            }
+        };
+        // What came after the header is the first request: Pingora reads it from here.
+        l4.rewind(&buf[len..]);
+        let Some(client) = client else {
+            return Ok((l4, peer)); // LOCAL / UNKNOWN: the balancer's own connection
+        };
+        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(InetOrUnix::Inet(client)));
+        l4.set_socket_digest(digest);
+        Ok((l4, Some(client.ip().to_canonical())))
+    }
+}
+
 /// The TCP peer's address, as the cap counts it.
 fn client_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
@@ -164,7 +228,15 @@ impl ServerApp for ConnGuard {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let limits = self.state.conn_limits();
-        let client = client_ip(&stream);
+        let (stream, client) = match self.proxy_header(stream, limits).await {
+            Ok(accepted) => accepted,
+            Err(refused) => {
+                if let Some((stream, rejection, peer)) = refused {
+                    self.refuse(stream, rejection, peer).await;
+                }
+                return None;
+            }
+        };
         // Held until this function returns, whichever way the connection ends.
         let _permit = match self.admit(client, limits.max_connections_per_client_ip) {
             Ok(permit) => permit,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Policy;
+use crate::stages::client_ip::ClientIp;
 use crate::stages::json_guard::JsonScanner;
 use crate::stages::payload::BodyCounter;
 use crate::stages::ratelimit::RateHeaders;
@@ -21,6 +22,8 @@ pub struct RequestCtx {
     pub route: RouteId,
     /// The client's `x-request-id`, or one we generated.
     pub request_id: String,
+    /// Who the client is (the TCP peer, or through trusted proxies `X-Forwarded-For`).
+    pub client: Option<ClientIp>,
     pub started: Instant,
     /// The worker currently holding this request.
     pub lease: Option<WorkerLease>,
@@ -67,6 +70,7 @@ impl RequestCtx {
             policy: None,
             route: 0,
             request_id: String::new(),
+            client: None,
             started: Instant::now(),
             lease: None,
             tried: 0,

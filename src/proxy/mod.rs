@@ -36,8 +36,8 @@ pub use respond::rejection_body;
 use crate::admin::access_log;
 use crate::admin::metrics::{Outcome, SHED_REASONS};
 use crate::config::Policy;
-use crate::stages::payload;
 use crate::stages::retry::{self, FailedAttempt};
+use crate::stages::{client_ip, payload};
 use crate::state::State;
 use crate::workers::probe::parse_lag_ms;
 use crate::workers::GuardMode;
@@ -96,6 +96,7 @@ impl ProxyHttp for SloGuard {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
         let policy = self.state.policy();
+        ctx.client = resolve_client(session, &policy);
         let req = session.req_header();
         ctx.request_id = request_id_of(req);
         ctx.route = policy.routes.match_request(&req.method, req.uri.path());
@@ -106,7 +107,9 @@ impl ProxyHttp for SloGuard {
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum();
         let url_bytes = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        let hosts = req.headers.get_all(header::HOST).iter().count();
         let verdict = payload::check_head(&policy.limits, url_bytes, header_bytes)
+            .and_then(|()| payload::check_host(req.version, hosts))
             .and_then(|()| payload::check_declared_length(route, declared_content_length(req)));
         let priority = route.priority;
         ctx.idempotent =
@@ -440,6 +443,7 @@ impl ProxyHttp for SloGuard {
             method = %req.method,
             path = %req.uri.path(),
             route = ctx.route_name(),
+            client_ip = ctx.client.as_ref().map(|c| c.ip.to_string()),
             decision = access_log::decision(reason, status, ctx.queued),
             reason,
             rule = ctx.limited_by.as_deref(),
@@ -475,32 +479,38 @@ fn new_request_id() -> String {
         .to_string()
 }
 
-/// Headers every upstream request gets: the request id, and the client in
-/// `X-Forwarded-For`.
+/// Headers every upstream request gets: the request id, and in `X-Forwarded-For` the
+/// resolved client then the trusted proxies it came through (`stages::client_ip`): what an
+/// untrusted client wrote there is dropped, so a worker reading it cannot be fooled.
 fn forward_headers(
-    session: &Session,
+    _session: &Session,
     upstream: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
     if !upstream.headers.contains_key("x-request-id") {
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
     }
-    if let Some(ip) = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-    {
-        let forwarded = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        upstream.insert_header("x-forwarded-for", forwarded)?;
+    if let Some(client) = &ctx.client {
+        upstream.insert_header("x-forwarded-for", client.forwarded_for())?;
     }
     Ok(())
+}
+
+/// The request's client (see `stages::client_ip`), from its TCP peer and, when the peer is a
+/// trusted proxy, its `X-Forwarded-For`.
+fn resolve_client(session: &Session, policy: &Policy) -> Option<client_ip::ClientIp> {
+    let peer = session.client_addr()?.as_inet()?.ip();
+    let forwarded = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .into_iter()
+        .filter_map(|v| v.to_str().ok());
+    Some(client_ip::resolve(
+        peer,
+        forwarded,
+        &policy.listen.trusted_proxies,
+    ))
 }
 
 /// The worker's reported event-loop lag, from the policy's lag header.

@@ -133,6 +133,10 @@ pub fn raw_rejection(rejection: &Rejection, cx: &Context<'_>) -> Vec<u8> {
 
 /// Maps a proxy failure to our JSON answer; `None` when the client side is gone.
 pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
+    // Pingora's chunked-body parser fails with this type and no source; the client sent it.
+    if matches!(e.etype(), ErrorType::Custom(name) if *name == "InvalidChunk") {
+        return Some(crate::stages::payload::bad_chunked_body());
+    }
     let (status, reason, message) = match (e.esource(), e.etype()) {
         (_, ErrorType::HTTPStatus(code)) => (
             *code,

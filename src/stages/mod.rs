@@ -3,6 +3,7 @@
 //!
 //! - [`conn_guard`]: before any request: a deadline on reading each request head, and a cap
 //!   on open connections per client IP.
+//! - [`client_ip`]: who the client is, through trusted proxies (`X-Forwarded-For`).
 //! - [`route`]: which route (SLO, priority, caps) a request belongs to.
 //! - [`payload`]: URL, header and body-size limits, answered before the backend sees a byte.
 //! - [`json_guard`]: a streaming JSON scan with shape limits (depth, keys, array length,
@@ -13,6 +14,7 @@
 //! - [`hedge`]: when a slow or stalled attempt gets a second one, first answer wins.
 
 pub mod admission;
+pub mod client_ip;
 pub mod conn_guard;
 pub mod hedge;
 pub mod json_guard;

@@ -65,6 +65,43 @@ pub fn check_head(
     Ok(())
 }
 
+/// The `Host` header against RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one,
+/// any request at most one (400 otherwise, as nginx answers). `hosts` counts its lines.
+/// Without it the worker would guess which site was meant; with two, sloguard and the
+/// worker could each pick a different one.
+pub fn check_host(version: http::Version, hosts: usize) -> Result<(), Rejection> {
+    let (message, value) = match hosts {
+        0 if version == http::Version::HTTP_11 => {
+            ("an HTTP/1.1 request must carry a Host header", 0)
+        }
+        0 | 1 => return Ok(()),
+        n => ("a request must not carry more than one Host header", n),
+    };
+    Err(reject(
+        400,
+        "bad_host",
+        message.to_string(),
+        "rfc9112.host",
+        value as u64,
+    ))
+}
+
+/// The answer to a chunked body whose framing is broken: a chunk size that is not
+/// hexadecimal or does not fit 64 bits (`FFFFFFFFFFFFFFFFFF`), a missing CRLF (RFC 9112
+/// section 7.1). The client's fault, so a 400, not a 500.
+pub fn bad_chunked_body() -> Rejection {
+    Rejection {
+        status: 400,
+        reason: "bad_chunked_body",
+        message: "the request's chunked body is malformed (a chunk size that is not \
+                  hexadecimal or does not fit 64 bits, or a chunk not ended by CRLF)"
+            .to_string(),
+        limit: Some("rfc9112.chunked"),
+        value: None,
+        retry_after: None,
+    }
+}
+
 /// The answer when a body did not arrive in time.
 pub fn body_timeout(limits: &HeadLimits) -> Rejection {
     Rejection {
@@ -153,6 +190,20 @@ mod tests {
             max_body_bytes: cap,
             ..Route::implicit_default()
         }
+    }
+
+    #[test]
+    fn host_is_required_once_on_http11_and_at_most_once_on_http10() {
+        use http::Version;
+        let r = check_host(Version::HTTP_11, 0).unwrap_err();
+        assert_eq!(
+            (r.status, r.reason, r.limit),
+            (400, "bad_host", Some("rfc9112.host"))
+        );
+        assert!(check_host(Version::HTTP_11, 1).is_ok());
+        assert_eq!(check_host(Version::HTTP_11, 2).unwrap_err().value, Some(2));
+        assert!(check_host(Version::HTTP_10, 0).is_ok());
+        assert!(check_host(Version::HTTP_10, 2).is_err());
     }
 
     #[test]

@@ -81,9 +81,31 @@ impl Sloguard {
 
     /// Like `spawn`, with JSON log lines at `filter` (a `RUST_LOG` value) in [`Sloguard::log`].
     pub fn spawn_logging(workers: &[SocketAddr], rest: &str, filter: &str) -> Sloguard {
+        Sloguard::spawn_with_listen(workers, "", rest, filter)
+    }
+
+    /// Like `spawn_logging`, with `listen` (keys such as `trusted_proxies = [...]`) added
+    /// to the policy's `[listen]` table.
+    pub fn spawn_with_listen(
+        workers: &[SocketAddr],
+        listen: &str,
+        rest: &str,
+        filter: &str,
+    ) -> Sloguard {
+        Sloguard::spawn_with_env(workers, listen, rest, filter, &[])
+    }
+
+    /// Like `spawn_with_listen`, with environment variables `env` set for the process.
+    pub fn spawn_with_env(
+        workers: &[SocketAddr],
+        listen: &str,
+        rest: &str,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Sloguard {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Sloguard::try_spawn(workers, rest, filter) {
+            match Sloguard::try_spawn(workers, listen, rest, filter, env) {
                 Ok(s) => return s,
                 Err(e) => last_err = e,
             }
@@ -91,17 +113,29 @@ impl Sloguard {
         panic!("sloguard did not start: {last_err}");
     }
 
-    fn try_spawn(workers: &[SocketAddr], rest: &str, filter: &str) -> Result<Sloguard, String> {
+    fn try_spawn(
+        workers: &[SocketAddr],
+        listen: &str,
+        rest: &str,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Sloguard, String> {
         let dir = tempfile::tempdir().unwrap();
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let policy_path = dir.path().join("sloguard.toml");
-        std::fs::write(&policy_path, policy_text(proxy, admin, workers, rest)).unwrap();
+        let text = policy_text(proxy, admin, workers, rest).replacen(
+            "[upstream]",
+            &format!("{listen}\n[upstream]"),
+            1,
+        );
+        std::fs::write(&policy_path, text).unwrap();
         let log = std::fs::File::create(dir.path().join("sloguard.log")).unwrap();
         let child = Command::new(sloguard_bin())
             .args(["--log-format", "json", "run", "--config"])
             .arg(&policy_path)
             .env("RUST_LOG", filter)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

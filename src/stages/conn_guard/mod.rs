@@ -4,10 +4,13 @@
 //!
 //! - [`head`]: where a request head ends, and whether one is being read (the deadline arms
 //!   on a head's first byte, so an idle keep-alive connection is never a header timeout);
-//! - [`clients`]: open connections per client IP, held by an RAII permit.
+//! - [`clients`]: open connections per client IP, held by an RAII permit;
+//! - [`proxy_header`]: the PROXY protocol header a load balancer sends first, naming the
+//!   client (`[listen] proxy_protocol`).
 
 pub mod clients;
 pub mod head;
+pub mod proxy_header;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -68,6 +71,20 @@ pub fn too_many_connections(ip: IpAddr, open: u32, cap: u32) -> Rejection {
         ),
         limit: Some("limits.max_connections_per_client_ip"),
         value: Some(u64::from(open) + 1),
+        retry_after: None,
+    }
+}
+
+/// The answer to a connection on a `proxy_protocol` listener that did not start with a
+/// valid PROXY header, or that came from a peer not in `listen.trusted_proxies` (only a
+/// trusted balancer may name the client).
+pub fn bad_proxy_header(why: &str) -> Rejection {
+    Rejection {
+        status: 400,
+        reason: "bad_proxy_protocol",
+        message: format!("this listener expects a PROXY protocol header: {why}"),
+        limit: Some("listen.proxy_protocol"),
+        value: None,
         retry_after: None,
     }
 }

@@ -4,7 +4,8 @@
 //! - [`gcra`]: the limiter math, and the in-process store used without Redis or while it is
 //!   down (at `rate / replicas_hint`);
 //! - [`redis`]: the same math in one Lua script, one round trip per request;
-//! - [`breaker`]: after a few Redis failures, stop asking until a health check says it is back.
+//! - [`breaker`]: after a few Redis failures, stop asking until a health check says it is back;
+//! - [`secret`]: the username, password and CA a managed Redis (TLS, ACL) needs.
 //!
 //! A key known to be over its limit is remembered until its retry time, so an abusive tenant
 //! costs no Redis round trips. A request that got within 20% of a limit is counted as
@@ -14,12 +15,14 @@ pub mod breaker;
 pub mod gcra;
 pub mod redis;
 pub mod rules;
+pub mod secret;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use rules::{KeyPart, KeySource, MissingKey, OnRedisError, RateLimitConfig, Rule, RuleMode};
+pub use secret::{Credentials, RedisAuth, SecretError};
 
 use self::breaker::{Breaker, BreakerChange};
 use self::gcra::{Gcra, GcraDecision, LocalStore};
@@ -123,10 +126,30 @@ pub struct RateStats {
     pub fallback_decisions: AtomicU64,
 }
 
+/// The rate-limiter could not be set up from its policy.
+#[derive(Debug, thiserror::Error)]
+pub enum LimiterError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+}
+
+/// The Redis client, built (and its credentials read) when the limiter is; connected on
+/// first use. One per limiter (per policy), so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum RedisTarget {
+    Single(::redis::Client),
+    Cluster(::redis::cluster::ClusterClient),
+}
+
 /// The rate-limit stage's live state.
 pub struct RateLimiter {
-    redis_url: Option<String>,
-    cluster_nodes: Vec<String>,
+    target: Option<RedisTarget>,
+    /// What the client was built with, to tell on a reload whether a rotated Secret changed.
+    credentials: Credentials,
+    /// The Redis URLs use TLS (`rediss://`).
+    tls: bool,
     redis_timeout: Duration,
     /// Made on first use, inside a Tokio runtime (the connection manager spawns its driver
     /// there; the process builds this before Pingora's runtimes exist).
@@ -145,17 +168,41 @@ fn bump(c: &AtomicU64) {
 }
 
 impl RateLimiter {
-    /// Builds the limiter; Redis is connected lazily (a Redis down at start is a fallback).
-    pub fn new(cfg: &RateLimitConfig) -> Result<RateLimiter, ::redis::RedisError> {
-        if let Some(url) = &cfg.redis_url {
-            ::redis::Client::open(url.as_str())?;
-        }
-        for node in &cfg.redis_cluster_nodes {
-            ::redis::Client::open(node.as_str())?;
-        }
+    /// Builds the limiter: reads the credentials and builds the Redis client; Redis itself
+    /// is connected lazily (a Redis down at start is a fallback, not a failure).
+    pub fn new(cfg: &RateLimitConfig) -> Result<RateLimiter, LimiterError> {
+        let credentials = cfg.redis_auth.resolve()?;
+        RateLimiter::with_credentials(cfg, credentials)
+    }
+
+    /// [`RateLimiter::new`] with the credentials already read.
+    pub fn with_credentials(
+        cfg: &RateLimitConfig,
+        credentials: Credentials,
+    ) -> Result<RateLimiter, LimiterError> {
+        let target = if !cfg.redis_cluster_nodes.is_empty() {
+            Some(RedisTarget::Cluster(self::redis::cluster_client(
+                &cfg.redis_cluster_nodes,
+                &credentials,
+                cfg.timeout,
+            )?))
+        } else if let Some(url) = &cfg.redis_url {
+            Some(RedisTarget::Single(self::redis::single_client(
+                url,
+                &credentials,
+            )?))
+        } else {
+            None
+        };
+        let tls = cfg
+            .redis_url
+            .iter()
+            .chain(&cfg.redis_cluster_nodes)
+            .any(|u| u.starts_with("rediss://"));
         Ok(RateLimiter {
-            redis_url: cfg.redis_url.clone(),
-            cluster_nodes: cfg.redis_cluster_nodes.clone(),
+            target,
+            credentials,
+            tls,
             redis_timeout: cfg.timeout,
             redis: OnceLock::new(),
             breaker: Breaker::new(cfg.failures_to_open),
@@ -166,10 +213,14 @@ impl RateLimiter {
         })
     }
 
+    /// The credentials the Redis client was built with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     /// `redis`, `fallback` (Redis configured but the breaker is open) or `local`.
     pub fn mode(&self) -> &'static str {
-        let shared = self.redis_url.is_some() || !self.cluster_nodes.is_empty();
-        match (shared, self.breaker.is_open()) {
+        match (self.target.is_some(), self.breaker.is_open()) {
             (false, _) => "local",
             (true, false) => "redis",
             (true, true) => "fallback",
@@ -180,10 +231,13 @@ impl RateLimiter {
     fn redis(&self) -> Option<&RedisStore> {
         self.redis
             .get_or_init(|| {
-                let store = if self.cluster_nodes.is_empty() {
-                    RedisStore::new(self.redis_url.as_ref()?, self.redis_timeout)
-                } else {
-                    RedisStore::cluster(&self.cluster_nodes, self.redis_timeout)
+                let store = match self.target.as_ref()? {
+                    RedisTarget::Single(client) => {
+                        RedisStore::new(client.clone(), self.redis_timeout)
+                    }
+                    RedisTarget::Cluster(client) => {
+                        Ok(RedisStore::cluster(client.clone(), self.redis_timeout))
+                    }
                 };
                 store
                     .map_err(|e| tracing::error!(error = %e, "rate limits: cannot use redis; limiting in-process"))
@@ -427,6 +481,8 @@ impl RateLimiter {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
             "mode": self.mode(),
+            "redis_tls": self.tls,
+            "redis_username": self.credentials.username,
             "rules": cfg.rules.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
             "on_redis_error": cfg.on_redis_error.as_str(),
             "allowed": n(&s.allowed),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName};
 
 use super::gcra::Gcra;
+use super::secret::RedisAuth;
 
 /// `[ratelimit]`, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +17,8 @@ pub struct RateLimitConfig {
     pub redis_url: Option<String>,
     /// Seed nodes of a Redis Cluster, instead of `redis_url`.
     pub redis_cluster_nodes: Vec<String>,
+    /// Username, password source and CA file for Redis (TLS and ACLs of managed Redis).
+    pub redis_auth: RedisAuth,
     /// Longest wait on Redis for one request. Default 5 ms.
     pub timeout: Duration,
     pub on_redis_error: OnRedisError,
@@ -33,6 +36,7 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             redis_url: None,
             redis_cluster_nodes: vec![],
+            redis_auth: RedisAuth::default(),
             timeout: Duration::from_millis(5),
             on_redis_error: OnRedisError::Local,
             replicas_hint: 1,
