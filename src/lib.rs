@@ -18,14 +18,20 @@
 //! - [`config`] reads and validates the TOML policy; [`state`] holds the live snapshot;
 //!   [`reload`] swaps in a changed policy (file change, SIGHUP, `POST /reload`).
 //! - [`demo`] runs the analytics backend and sloguard together for a newcomer.
+//! - [`resources`] raises the open-file limit and tells our own shortages (EMFILE, no local
+//!   port) from a worker's failures; [`logging`] bounds every repeating log line per site;
+//!   [`shutdown`] ends a stop that does not end by itself.
 
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod logging;
 pub mod monitor;
 pub mod proxy;
 pub mod reload;
+pub mod resources;
 pub mod server;
+pub mod shutdown;
 pub mod stages;
 pub mod state;
 pub mod workers;

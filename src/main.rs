@@ -53,14 +53,24 @@ enum Command {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    sloguard::logging::init(match format {
+        LogFormat::Text => sloguard::logging::Format::Text,
+        LogFormat::Json => sloguard::logging::Format::Json,
+    });
+}
+
+/// Raises the open-file limit to the hard limit and says what it is (the proxy's default
+/// connection cap is derived from it).
+fn raise_fd_limit() {
+    match sloguard::resources::raise_fd_limit() {
+        Ok(l) => tracing::info!(
+            was = l.was,
+            now = l.now,
+            hard = l.hard,
+            default_max_connections = sloguard::resources::default_max_connections(Some(l.now)),
+            "open-file limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 }
 
@@ -112,6 +122,8 @@ fn main() -> ExitCode {
         Command::Run { config } => match Policy::load(&config) {
             Ok(policy) => {
                 exit_on_panic();
+                raise_fd_limit();
+                sloguard::shutdown::arm_watchdog(policy.listen.drain_timeout);
                 // Read the Redis credentials now: a Secret that is not mounted, or an unset
                 // variable, fails the start with its key rather than limiting in-process.
                 if let Err(e) = policy.ratelimit.redis_auth.resolve() {
@@ -134,6 +146,7 @@ fn main() -> ExitCode {
         },
         Command::Demo { config, backend } => {
             exit_on_panic();
+            raise_fd_limit();
             demo_exit(demo::run(&config, backend))
         }
     }

@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::admin::metrics::ProcessStats;
+use crate::resources;
 use crate::state::State;
 use crate::workers::health::{may_eject, outliers};
-use crate::workers::probe::probe_once;
+use crate::workers::probe::{probe_once, ProbeOutcome};
 use crate::workers::{GuardMode, HealthState, Transition};
 
 /// How often health is evaluated: well under the default `stall_after` of 100 ms.
@@ -145,8 +147,13 @@ impl Monitor {
                     policy.upstream.health.clone(),
                 );
                 tokio::spawn(async move {
-                    let result = probe_once(w.addr, &cfg, &header).await;
-                    w.on_probe(&health, result, Instant::now());
+                    match probe_once(w.addr, &cfg, &header).await {
+                        ProbeOutcome::Answered(result) => {
+                            w.on_probe(&health, result, Instant::now())
+                        }
+                        // Our shortage, not the worker's: counted, never held against it.
+                        ProbeOutcome::Local(shortage) => resources::record(shortage),
+                    }
                     busy.store(false, Ordering::Release);
                 });
             }
@@ -196,6 +203,12 @@ impl Monitor {
                 m.ejections.absolute(h.ejections);
             }
             metrics.queue_depth.set(state.admission.waiting() as f64);
+            metrics.set_process(&ProcessStats {
+                local_failures: resources::counts(),
+                connections_open: state.connections.open(),
+                connections_max: state.connection_cap(),
+                log_lines_suppressed: crate::logging::suppressed_total(),
+            });
             metrics.retries.absolute(state.retry_budget.granted());
             metrics.hedges_launched.absolute(state.hedges.launched());
             metrics.hedges_won.absolute(state.hedges.won());

@@ -18,7 +18,7 @@ use crate::admin::metrics::Metrics;
 use crate::config::{Listen, Policy};
 use crate::reload::ReloadRecord;
 use crate::stages::admission::Admission;
-use crate::stages::conn_guard::ConnLimits;
+use crate::stages::conn_guard::{ConnLimits, OpenConnections};
 use crate::stages::ratelimit::{LimiterError, RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
 use crate::workers::{RouteCosts, WorkerSet};
@@ -48,6 +48,10 @@ pub struct State {
     pub draining: AtomicBool,
     /// When this process started serving.
     pub started: Instant,
+    /// Open client connections, against `[listen] max_connections`.
+    pub connections: Arc<OpenConnections>,
+    /// The connection cap when the policy sets none: from the open-file limit at start.
+    pub default_connection_cap: u32,
 }
 
 impl State {
@@ -77,10 +81,23 @@ impl State {
             access_log: AccessLog::default(),
             rejections: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            connections: OpenConnections::new(),
+            default_connection_cap: crate::resources::default_max_connections(
+                crate::resources::fd_limit(),
+            ),
         }
     }
 
     /// The policy in force now. Callers keep the returned snapshot for the whole request.
+    /// `[listen] max_connections` of the policy of now, else the cap derived at start.
+    pub fn connection_cap(&self) -> u32 {
+        self.policy
+            .load()
+            .listen
+            .max_connections
+            .unwrap_or(self.default_connection_cap)
+    }
+
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
     }

@@ -44,7 +44,7 @@ pub const SHED_REASONS: [&str; 5] = [
     "priority",
 ];
 /// Every other reason sloguard answers with itself.
-pub const REJECT_REASONS: [&str; 15] = [
+pub const REJECT_REASONS: [&str; 16] = [
     "body_too_large",
     "url_too_long",
     "headers_too_large",
@@ -55,6 +55,7 @@ pub const REJECT_REASONS: [&str; 15] = [
     "missing_rate_limit_key",
     "rate_limit_unavailable",
     "upstream_unavailable",
+    "local_resources",
     "upstream_timeout",
     "upstream_error",
     "bad_request",
@@ -76,6 +77,15 @@ const STATES: [HealthState; 3] = [
     HealthState::Suspect,
     HealthState::Ejected,
 ];
+
+/// What [`Metrics::set_process`] exports.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessStats {
+    pub local_failures: Vec<(&'static str, u64)>,
+    pub connections_open: u32,
+    pub connections_max: u32,
+    pub log_lines_suppressed: u64,
+}
 
 /// One worker's gauges.
 pub struct WorkerMetrics {
@@ -369,6 +379,29 @@ impl Metrics {
         } else if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
             self.rejections[route * REJECT_REASONS.len() + i].increment(1);
         }
+    }
+
+    /// The process's own resources, copied from their counters by the monitor: local
+    /// failures per cause (`sloguard_local_failures_total`), client connections open and
+    /// their cap, and log lines the per-site log limit suppressed.
+    pub fn set_process(&self, p: &ProcessStats) {
+        let r = &self.recorder;
+        for (cause, n) in &p.local_failures {
+            r.register_counter(
+                &key(
+                    "sloguard_local_failures_total",
+                    &[("cause", cause.to_string())],
+                ),
+                &meta(),
+            )
+            .absolute(*n);
+        }
+        r.register_gauge(&key("sloguard_client_connections", &[]), &meta())
+            .set(f64::from(p.connections_open));
+        r.register_gauge(&key("sloguard_client_connections_max", &[]), &meta())
+            .set(f64::from(p.connections_max));
+        r.register_counter(&key("sloguard_log_lines_suppressed_total", &[]), &meta())
+            .absolute(p.log_lines_suppressed);
     }
 
     /// One connection refused before any request on it was routed (a reason of

@@ -171,6 +171,13 @@ impl AdminApp {
                 "drain_rate_per_s": admission.drain_rate().map(|r| (r * 10.0).round() / 10.0),
                 "own_delay_ms": ms(admission.own_delay()),
             },
+            "connections": {
+                "open": self.state.connections.open(),
+                "max": self.state.connection_cap(),
+                "refused_at_max": self.state.connections.refused(),
+            },
+            "local_failures": crate::resources::counts().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "log_lines_suppressed": crate::logging::suppressed_total(),
             "uptime_seconds": self.state.started.elapsed().as_secs(),
             "workers": workers,
             "routes": routes,

@@ -60,6 +60,10 @@ pub struct ListenFile {
     /// only from `trusted_proxies`. Default false.
     #[serde(default = "default_false")]
     pub proxy_protocol: Spanned<bool>,
+    /// Most client connections open at once (HAProxy's `maxconn`); beyond it a new
+    /// connection gets a 503 at once and is closed. Default: derived from the open-file limit
+    /// (half of it after a reserve: each client connection may hold a worker connection).
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 fn default_threads() -> Spanned<u64> {

@@ -73,6 +73,9 @@ pub struct Listen {
     pub trusted_proxies: TrustedProxies,
     /// Connections start with a PROXY protocol header from a trusted balancer.
     pub proxy_protocol: bool,
+    /// Most client connections at once; `None`: derived from the open-file limit at start
+    /// (`resources::default_max_connections`).
+    pub max_connections: Option<u32>,
 }
 
 impl Policy {
@@ -191,6 +194,17 @@ impl Validator<'_> {
                 "needs listen.trusted_proxies: the balancers whose PROXY headers are believed",
             ));
         }
+        let max_connections = match &l.max_connections {
+            None => None,
+            Some(v) if (1..=1_000_000).contains(v.get_ref()) => Some(*v.get_ref() as u32),
+            Some(v) => {
+                return Err(self.invalid(
+                    v.span(),
+                    "listen.max_connections",
+                    "must be between 1 and 1000000 (leave it out to derive it from the open-file limit)",
+                ))
+            }
+        };
         Ok(Listen {
             proxy,
             admin,
@@ -199,6 +213,7 @@ impl Validator<'_> {
             bind_retry: Duration::from_millis(*l.bind_retry_ms.get_ref()),
             trusted_proxies: TrustedProxies::new(trusted),
             proxy_protocol: *l.proxy_protocol.get_ref(),
+            max_connections,
         })
     }
 

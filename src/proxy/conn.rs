@@ -224,6 +224,17 @@ impl ServerApp for ConnGuard {
     ) -> Option<Stream> {
         // This thread's measure of its own backlog, started by its first connection.
         super::self_lag::ensure_ticker(&self.state.admission);
+        // Held until this function returns, whichever way the connection ends.
+        let cap = self.state.connection_cap();
+        let _place = match self.state.connections.try_open(cap) {
+            Ok(place) => place,
+            Err(open) => {
+                let client = client_ip(&stream);
+                self.refuse(stream, conn_guard::proxy_full(open, cap), client)
+                    .await;
+                return None;
+            }
+        };
         if !self.is_plain_http1(&stream) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }

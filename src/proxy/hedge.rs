@@ -261,7 +261,9 @@ impl SloGuard {
     /// Records a failed attempt against its worker's health.
     fn note_failed(&self, ctx: &RequestCtx, attempt: &Attempt, e: &Error) {
         let Some(policy) = &ctx.policy else { return };
-        if connect_failure(e) {
+        if let Some(shortage) = crate::resources::LocalShortage::of(e) {
+            crate::resources::record(shortage);
+        } else if connect_failure(e) {
             attempt
                 .lease
                 .worker()

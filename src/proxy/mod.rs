@@ -36,6 +36,7 @@ pub use respond::rejection_body;
 use crate::admin::access_log;
 use crate::admin::metrics::{Outcome, SHED_REASONS};
 use crate::config::Policy;
+use crate::resources::{self, LocalShortage};
 use crate::stages::retry::{self, FailedAttempt};
 use crate::stages::{client_ip, payload};
 use crate::state::State;
@@ -227,6 +228,15 @@ impl ProxyHttp for SloGuard {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        // Out of something of ours (file descriptors, local ports): not the worker's fault,
+        // and another worker would fail the same way. Answered as ours (503 `local_resources`).
+        if let Some(shortage) = LocalShortage::of(&e) {
+            resources::record(shortage);
+            tracing::warn!(cause = shortage.as_str(), error = %e, "cannot connect to a worker: out of a local resource");
+            ctx.lease = None;
+            e.set_retry(false);
+            return e;
+        }
         // Nothing reached the worker, so any request, POST included, may go to another one.
         if let Some(lease) = ctx.lease.take() {
             if let Some(policy) = &ctx.policy {

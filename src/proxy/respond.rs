@@ -137,6 +137,19 @@ pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
     if matches!(e.etype(), ErrorType::Custom(name) if *name == "InvalidChunk") {
         return Some(crate::stages::payload::bad_chunked_body());
     }
+    if let Some(shortage) = crate::resources::LocalShortage::of(e) {
+        return Some(Rejection {
+            status: 503,
+            reason: "local_resources",
+            message: format!(
+                "sloguard could not open a connection to a worker: out of {} (its own, not the worker's)",
+                shortage.as_str().replace('_', " ")
+            ),
+            limit: None,
+            value: None,
+            retry_after: Some(1),
+        });
+    }
     let (status, reason, message) = match (e.esource(), e.etype()) {
         (_, ErrorType::HTTPStatus(code)) => (
             *code,

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::resources::LocalShortage;
+
 /// `[upstream.probe]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConfig {
@@ -68,15 +70,31 @@ pub fn parse_reply(head: &[u8], lag_header: &str) -> Option<ProbeReply> {
     Some(ProbeReply { status, lag })
 }
 
-/// Probes one worker once. `Ok((latency, lag))` on a 2xx within the timeout, else `Err`.
-pub async fn probe_once(
-    addr: SocketAddr,
-    cfg: &ProbeConfig,
-    lag_header: &str,
-) -> Result<(Duration, Option<Duration>), ()> {
+/// What one probe found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProbeOutcome {
+    /// `Ok((latency, lag))` on a 2xx within the timeout, else `Err`: the worker's record.
+    Answered(Result<(Duration, Option<Duration>), ()>),
+    /// The probe could not even open its connection for want of something of ours (file
+    /// descriptors, say): nothing is known of the worker, and nothing is recorded for it.
+    Local(LocalShortage),
+}
+
+/// Probes one worker once.
+pub async fn probe_once(addr: SocketAddr, cfg: &ProbeConfig, lag_header: &str) -> ProbeOutcome {
     let start = Instant::now();
+    let stream = match tokio::time::timeout(cfg.timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return match e.raw_os_error().and_then(LocalShortage::from_os_error) {
+                Some(shortage) => ProbeOutcome::Local(shortage),
+                None => ProbeOutcome::Answered(Err(())),
+            }
+        }
+        Err(_) => return ProbeOutcome::Answered(Err(())),
+    };
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|_| ())?;
+        let mut stream = stream;
         let _ = stream.set_nodelay(true);
         let req = format!(
             "GET {} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: sloguard-probe\r\nconnection: close\r\n\r\n",
@@ -99,10 +117,11 @@ pub async fn probe_once(
             }
         }
     };
-    match tokio::time::timeout(cfg.timeout, attempt).await {
+    let left = cfg.timeout.saturating_sub(start.elapsed());
+    ProbeOutcome::Answered(match tokio::time::timeout(left, attempt).await {
         Ok(Ok(reply)) if (200..300).contains(&reply.status) => Ok((start.elapsed(), reply.lag)),
         _ => Err(()),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -150,6 +169,6 @@ mod tests {
             .local_addr()
             .unwrap();
         let r = probe_once(port, &ProbeConfig::default(), "x-loop-lag-ms").await;
-        assert_eq!(r, Err(()));
+        assert_eq!(r, ProbeOutcome::Answered(Err(())));
     }
 }

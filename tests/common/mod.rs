@@ -103,9 +103,21 @@ impl Sloguard {
         filter: &str,
         env: &[(&str, &str)],
     ) -> Sloguard {
+        Sloguard::spawn_limited(workers, listen, rest, filter, env, None)
+    }
+
+    /// Like `spawn_with_env`, with the process's open-file limit (soft and hard) at `nofile`.
+    pub fn spawn_limited(
+        workers: &[SocketAddr],
+        listen: &str,
+        rest: &str,
+        filter: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Sloguard {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Sloguard::try_spawn(workers, listen, rest, filter, env) {
+            match Sloguard::try_spawn(workers, listen, rest, filter, env, nofile) {
                 Ok(s) => return s,
                 Err(e) => last_err = e,
             }
@@ -119,6 +131,7 @@ impl Sloguard {
         rest: &str,
         filter: &str,
         env: &[(&str, &str)],
+        nofile: Option<u64>,
     ) -> Result<Sloguard, String> {
         let dir = tempfile::tempdir().unwrap();
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -131,16 +144,31 @@ impl Sloguard {
         );
         std::fs::write(&policy_path, text).unwrap();
         let log = std::fs::File::create(dir.path().join("sloguard.log")).unwrap();
-        let child = Command::new(sloguard_bin())
-            .args(["--log-format", "json", "run", "--config"])
+        let mut cmd = Command::new(sloguard_bin());
+        cmd.args(["--log-format", "json", "run", "--config"])
             .arg(&policy_path)
             .env("RUST_LOG", filter)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| e.to_string())?;
+            .stderr(log);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|e| e.to_string())?;
         let mut s = Sloguard {
             child,
             proxy,

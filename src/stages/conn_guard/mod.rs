@@ -11,12 +11,14 @@
 pub mod clients;
 pub mod head;
 pub mod proxy_header;
+pub mod total;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 pub use clients::{ClientConnections, ClientPermit};
 pub use head::{HeadEnd, HeadEvent, HeadWatch};
+pub use total::{ConnectionPermit, OpenConnections};
 
 use super::Rejection;
 
@@ -72,6 +74,19 @@ pub fn too_many_connections(ip: IpAddr, open: u32, cap: u32) -> Rejection {
         limit: Some("limits.max_connections_per_client_ip"),
         value: Some(u64::from(open) + 1),
         retry_after: None,
+    }
+}
+
+/// The answer to a connection over `[listen] max_connections`: a 503 (the proxy is full, not
+/// the client at fault), to be retried shortly, likely on another replica.
+pub fn proxy_full(open: u32, cap: u32) -> Rejection {
+    Rejection {
+        status: 503,
+        reason: "too_many_connections",
+        message: format!("sloguard already holds {open} client connections; its limit is {cap}"),
+        limit: Some("listen.max_connections"),
+        value: Some(u64::from(open) + 1),
+        retry_after: Some(1),
     }
 }
 

@@ -1,0 +1,108 @@
+//! A stop that always ends.
+//!
+//! Pingora handles SIGINT (fast) and SIGTERM (graceful: stop accepting, wait the grace
+//! period, tear the runtimes down). A runtime that does not come down, an accept loop
+//! spinning on "A Tokio 1.x context was found, but it is being shutdown" (seen: it logged
+//! for minutes and never exited), or a task that never yields would keep the process up
+//! forever, and a kubelet waits `terminationGracePeriodSeconds` before killing it. The
+//! watchdog here is outside every runtime: a thread of its own that, once a stop signal
+//! arrives, gives the process its bound ([`bound`]) and then ends it with status 2 and one
+//! line saying why.
+
+use std::time::Duration;
+
+/// What the process was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT: stop now.
+    Fast,
+    /// SIGTERM: drain in-flight requests first.
+    Graceful,
+}
+
+/// Time allowed beyond the drain (or for a fast stop): Pingora's runtime shutdown timeout
+/// (1 s) and a margin for the exit itself.
+pub const SLACK: Duration = Duration::from_secs(5);
+
+/// How long a stop may take before the watchdog ends the process.
+pub fn bound(stop: Stop, drain_timeout: Duration) -> Duration {
+    match stop {
+        Stop::Fast => SLACK,
+        Stop::Graceful => drain_timeout + SLACK,
+    }
+}
+
+/// Starts the watchdog thread. `drain_timeout` is the policy's `listen.drain_timeout_ms`.
+pub fn arm_watchdog(drain_timeout: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("stop-watchdog".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "stop watchdog: no runtime; a stuck stop will not be ended");
+                    return;
+                }
+            };
+            rt.block_on(watch(drain_timeout));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "stop watchdog: cannot start its thread");
+    }
+}
+
+async fn watch(drain_timeout: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("stop watchdog: cannot watch SIGINT/SIGTERM");
+        return;
+    };
+    let stop = tokio::select! {
+        _ = int.recv() => Stop::Fast,
+        _ = term.recv() => Stop::Graceful,
+    };
+    let limit = bound(stop, drain_timeout);
+    // A SIGINT after a SIGTERM shortens the wait to the fast bound.
+    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut stop = stop;
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            _ = int.recv(), if stop == Stop::Graceful => {
+                stop = Stop::Fast;
+                deadline.as_mut().reset(tokio::time::Instant::now() + SLACK);
+            }
+        }
+    }
+    let waited = started.elapsed();
+    eprintln!(
+        "sloguard: still running {:.1} s after {} (bound {:.1} s); exiting (stop watchdog)",
+        waited.as_secs_f64(),
+        match stop {
+            Stop::Fast => "SIGINT",
+            Stop::Graceful => "SIGTERM",
+        },
+        limit.as_secs_f64()
+    );
+    std::process::exit(2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_graceful_stop_may_take_the_drain_and_the_slack_a_fast_one_only_the_slack() {
+        let drain = Duration::from_secs(10);
+        assert_eq!(bound(Stop::Graceful, drain), Duration::from_secs(15));
+        assert_eq!(bound(Stop::Fast, drain), SLACK);
+    }
+}

@@ -1,0 +1,268 @@
+//! Resource exhaustion and stopping, on the real binary: more clients than file
+//! descriptors, the connection cap, and a stop signalled while thousands of connections
+//! close. What clients see, that no healthy worker takes the blame, that logs stay bounded,
+//! and that the process always ends.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One event POST on a raw connection (kept alive).
+fn raw_post(i: usize) -> Vec<u8> {
+    let body = serde_json::to_vec(&event("fd", "e", i as u64, 1.0)).unwrap();
+    let mut req = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+/// The status and body of the first answer on `s`, or `None` if the connection closed or
+/// nothing whole came within `within`.
+async fn read_answer(s: &mut TcpStream, within: Duration) -> Option<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                return Some((status, body));
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn ejections(st: &Value) -> Vec<u64> {
+    st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["ejections"].as_u64().unwrap())
+        .collect()
+}
+
+/// Opens `n` connections, sends one event on each, and reads every answer: the statuses
+/// (0 for a connection that closed, or was not answered within `wait`).
+async fn burst(proxy: SocketAddr, n: usize, wait: Duration) -> (Vec<TcpStream>, Vec<u16>) {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(TcpStream::connect(proxy).await.unwrap());
+    }
+    for (i, s) in conns.iter_mut().enumerate() {
+        // A connection the proxy has already refused and closed may reset the write.
+        let _ = s.write_all(&raw_post(i)).await;
+    }
+    let mut statuses = Vec::with_capacity(n);
+    let answers =
+        futures_util::future::join_all(conns.iter_mut().map(|s| read_answer(s, wait))).await;
+    for a in answers {
+        statuses.push(a.map_or(0, |(status, _)| status));
+    }
+    (conns, statuses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_clients_than_file_descriptors_eject_no_healthy_worker() {
+    let be = backend(2);
+    // The cap well above what 256 descriptors can hold, so the proxy really runs out.
+    let sg = Sloguard::spawn_limited(
+        &be.addrs(),
+        "max_connections = 5000",
+        ROUTES,
+        "warn,sloguard=info",
+        &[],
+        Some(256),
+    );
+    // Past the descriptors, connections wait in the kernel's backlog while the answered
+    // ones stay open: those are not answered, and 5 s is plenty for the others.
+    let (conns, statuses) = burst(sg.proxy, 400, Duration::from_secs(5)).await;
+    let st = sg.status().await;
+    let log = sg.log();
+    let ok = statuses.iter().filter(|s| **s == 202).count();
+    let local = statuses.iter().filter(|s| **s == 503).count();
+    println!(
+        "202: {ok}, 503: {local}, other: {:?}; local_failures {}; ejections {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != 202 && **s != 503)
+            .collect::<Vec<_>>(),
+        st["local_failures"],
+        ejections(&st)
+    );
+    assert!(log.contains("open-file limit"), "the limit is logged");
+    // The shortage was real, and it was ours.
+    assert!(
+        st["local_failures"]["file_descriptors"].as_u64().unwrap() > 0,
+        "{}",
+        st["local_failures"]
+    );
+    assert!(local > 0, "some requests found no descriptor for a worker");
+    // No worker took the blame for it.
+    assert_eq!(ejections(&st), vec![0, 0], "{}", st["workers"]);
+    for w in st["workers"].as_array().unwrap() {
+        assert_eq!(w["connect_failures"], 0, "{w}");
+    }
+    // Every request got an answer (or a clean close), and every 202 is stored.
+    assert_eq!(
+        ok + local + statuses.iter().filter(|s| **s == 0).count(),
+        400
+    );
+    assert_eq!(be.store().total_events(), ok as u64);
+    // Logs bounded: the per-site limit holds each repeating line to 10 a second.
+    assert!(log.len() < 256 * 1024, "log is {} bytes", log.len());
+    // Once the clients go, the proxy serves normally.
+    drop(conns);
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http
+            .post(sg.url("/v1/events"))
+            .json(&event("fd", "after", 1, 1.0))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 202) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 202 after the clients left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = http
+        .get(sg.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sloguard_local_failures_total{cause=\"file_descriptors\"}"),
+        "local failures are exported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_refuses_at_once_with_a_503_that_names_it() {
+    let be = backend(2);
+    let sg = Sloguard::spawn_with_listen(&be.addrs(), "max_connections = 20", ROUTES, "warn");
+    // Hold 20 connections open, each with one request answered.
+    let (held, statuses) = burst(sg.proxy, 20, Duration::from_secs(30)).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    // The next ones are refused at once, naming the limit.
+    let mut refused = 0;
+    for i in 0..10 {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(sg.proxy).await.unwrap();
+        let _ = s.write_all(&raw_post(i)).await;
+        let (status, body) = read_answer(&mut s, Duration::from_secs(10))
+            .await
+            .expect("an answer");
+        assert_eq!(status, 503, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["reason"], "too_many_connections", "{body}");
+        assert_eq!(v["limit"], "listen.max_connections", "{body}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        refused += 1;
+    }
+    let st = sg.status().await;
+    assert_eq!(st["connections"]["max"], 20);
+    assert_eq!(st["connections"]["open"], 20);
+    assert_eq!(st["connections"]["refused_at_max"], refused);
+    assert_eq!(ejections(&st), vec![0, 0]);
+    // Places free up as connections close.
+    drop(held);
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sg.status().await["connections"]["open"].as_u64().unwrap() > 0 {
+        assert!(Instant::now() < deadline, "connections never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http
+        .post(sg.url("/v1/events"))
+        .json(&event("cap", "after", 1, 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+/// The shutdown race that once logged 117 million lines: thousands of keep-alive
+/// connections closing while SIGINT (or SIGTERM) arrives, with and without the workers
+/// going away. Each time the process must end within its bound with a bounded log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_in_the_middle_of_closing_connections_always_ends_with_a_bounded_log() {
+    const ROUNDS: usize = 8;
+    const CONNS: usize = 600;
+    for round in 0..ROUNDS {
+        let be = backend(2);
+        let mut sg = Sloguard::spawn(&be.addrs(), ROUTES);
+        let (conns, statuses) = burst(sg.proxy, CONNS, Duration::from_secs(30)).await;
+        // Answered, whatever the answer (at 600 at once on two workers, many are shed).
+        assert!(
+            statuses.iter().filter(|s| **s != 0).count() > CONNS / 2,
+            "round {round}: {:?}",
+            &statuses[..10]
+        );
+        // Close them in a task while the signal lands in the middle.
+        let closing = tokio::spawn(async move {
+            for (i, c) in conns.into_iter().enumerate() {
+                drop(c);
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let graceful = round % 2 == 1;
+        sg.signal(if graceful { "TERM" } else { "INT" });
+        if round % 4 >= 2 {
+            drop(be); // the workers go away too
+        }
+        let _ = closing.await;
+        // SIGINT: the watchdog's 5 s at most; SIGTERM: the policy's 5 s drain + 5 s. Both
+        // normally end in well under a second; the bound is what must never be passed.
+        let bound = if graceful {
+            Duration::from_secs(12)
+        } else {
+            Duration::from_secs(7)
+        };
+        let status = sg.wait_exit(bound);
+        let log = sg.log();
+        assert!(
+            status.is_some(),
+            "round {round}: still running {bound:?} after the signal; log tail: {}",
+            &log[log.len().saturating_sub(2000)..]
+        );
+        assert!(
+            log.len() < 128 * 1024,
+            "round {round}: log is {} bytes",
+            log.len()
+        );
+    }
+}
