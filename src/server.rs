@@ -54,13 +54,12 @@ pub fn build_server(policy: Policy) -> Built {
         "sloguard proxy".to_string(),
         ConnGuard::new(http, state.clone()),
     );
-    // No read buffer in front of a client connection: Pingora reads each request head into
-    // a buffer of its own anyway, and the default 64 KiB one was allocated (and zeroed)
-    // for every connection, idle ones included: most of a connection's memory, and most of
-    // the CPU of a burst of new connections.
-    proxy.add_listener(
-        ListenerConfig::tcp(&proxy_addr).l4_buffer(L4BufferSettings::default().read(0)),
-    );
+    // No L4 buffers on a client connection: they are allocated for the connection's whole
+    // life, idle included. Pingora reads each request head into a buffer of its own anyway
+    // (the default 64 KiB read buffer was allocated and zeroed for every connection: most
+    // of a connection's memory, and most of the CPU of a burst of new connections), and
+    // `proxy::head_io` gathers small writes into a buffer that lives only until the flush.
+    proxy.add_listener(ListenerConfig::tcp(&proxy_addr).l4_buffer(L4BufferSettings::unbuffered()));
 
     let mut admin = Service::new("sloguard admin".to_string(), AdminApp::new(state.clone()));
     admin.add_tcp(&admin_addr);

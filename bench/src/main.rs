@@ -68,6 +68,9 @@ enum Cmd {
     },
     /// Scenario 4 only, rate limits (prints its tables).
     Ratelimit,
+    /// Memory per idle keep-alive client connection (2000 and 10 000) for sloguard, bare
+    /// Pingora, nginx and HAProxy (prints its table).
+    Conns,
     /// The starved-sidecar scenario only (sloguard under a 0.5 CPU quota), on `--fleet`.
     Starved {
         #[arg(long, value_enum, default_value_t = FleetArg::Both)]
@@ -284,6 +287,13 @@ fn main() -> anyhow::Result<()> {
     let rl = want(Cmd::Ratelimit)
         .then(|| attempt("rate limits", &mut failures, || ratelimit::run(&env)))
         .flatten();
+    let conns = want(Cmd::Conns)
+        .then(|| {
+            attempt("idle connections", &mut failures, || {
+                scenarios::conns::run(&env)
+            })
+        })
+        .flatten();
     let mut memory = Vec::new();
     memory.extend(over.iter().flat_map(|o| o.memory.clone()));
     memory.extend(inc.iter().flat_map(|i| i.memory.clone()));
@@ -304,6 +314,7 @@ fn main() -> anyhow::Result<()> {
         lifecycle: life,
         starved: starve,
         ratelimit: rl,
+        conns,
         memory,
         micro,
         failures,
@@ -387,6 +398,7 @@ fn command_line(cli: &Cli) -> String {
         Cmd::Incident => "incident",
         Cmd::Overload { .. } => "overload",
         Cmd::Ratelimit => "ratelimit",
+        Cmd::Conns => "conns",
         Cmd::Lifecycle { .. } => "lifecycle",
         Cmd::Starved { .. } => "starved",
         Cmd::Profile { .. } => "profile",

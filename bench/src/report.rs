@@ -32,6 +32,7 @@ pub struct Results {
     pub lifecycle: Option<Lifecycle>,
     pub starved: Option<crate::scenarios::starved::Starved>,
     pub ratelimit: Option<RateLimits>,
+    pub conns: Option<crate::scenarios::conns::Conns>,
     pub memory: Vec<MemSample>,
     pub micro: Vec<Micro>,
     /// Parts that failed, and why.
@@ -47,6 +48,7 @@ pub const SKELETON: &str = "# Benchmarks\n\n## Run\n\n<!-- bench:run -->\n<!-- /
 ## 3c. Starved sidecar\n\n<!-- bench:starved -->\n<!-- /bench:starved -->\n\n\
 ## 4. Rate limits\n\n<!-- bench:ratelimit -->\n<!-- /bench:ratelimit -->\n\n\
 ## 5. Memory\n\n<!-- bench:memory -->\n<!-- /bench:memory -->\n\n\
+<!-- bench:conns -->\n<!-- /bench:conns -->\n\n\
 ## 6. Soak\n\n<!-- bench:soak -->\n<!-- /bench:soak -->\n\n\
 ## Micro-benchmarks\n\n<!-- bench:micro -->\n<!-- /bench:micro -->\n";
 
@@ -125,6 +127,9 @@ pub fn sections(r: &Results) -> Vec<(&'static str, String)> {
     if let Some(rl) = &r.ratelimit {
         m.push(("ratelimit", crate::report_ratelimit::section(rl)));
     }
+    if let Some(c) = &r.conns {
+        m.push(("conns", conns_section(c)));
+    }
     if !r.memory.is_empty() {
         m.push(("memory", memory_section(&r.memory)));
     }
@@ -132,6 +137,35 @@ pub fn sections(r: &Results) -> Vec<(&'static str, String)> {
         m.push(("micro", micro_section(&r.micro)));
     }
     m
+}
+
+fn conns_section(c: &crate::scenarios::conns::Conns) -> String {
+    let mut out = String::from(
+        "Each proxy started afresh in front of the Rust backend (4 workers); N client connections \
+         opened one after the other, each sending one `GET /healthz` and then left open and idle:\n\n\
+         | proxy | connections | RSS before (MiB) | RSS idle (MiB) | per connection (KiB) | RSS after holding them (MiB) |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in &c.rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} (after {} s) |\n",
+            r.contender,
+            r.connections,
+            r.rss_before_kib as f64 / 1024.0,
+            r.rss_idle_kib as f64 / 1024.0,
+            r.per_connection_kib(),
+            r.rss_held_kib as f64 / 1024.0,
+            r.hold_secs
+        ));
+    }
+    out.push_str(
+        "\nRSS is VmRSS (nginx: master plus worker), one second after the last connection's answer; \
+         per connection = (idle − before) / N.",
+    );
+    for s in &c.skipped {
+        out.push_str(&format!("\n\n**Not measured**: {s}."));
+    }
+    out
 }
 
 fn run_section(r: &Results) -> String {
@@ -298,6 +332,7 @@ mod tests {
             "starved",
             "ratelimit",
             "memory",
+            "conns",
             "soak",
             "micro",
         ] {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr as InetOrUnix;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -61,6 +61,30 @@ impl ConnGuard {
             clients: ClientConnections::new(),
             no_route: Arc::from(NO_ROUTE),
         }
+    }
+
+    /// Pingora's HTTP/1 handling of the request starting on `io` (its own loop's body,
+    /// `pingora-core` `apps/mod.rs`): the first request of a connection takes the keep-alive
+    /// settings, a later one those its predecessor left.
+    fn serve_request<'a>(
+        &'a self,
+        io: Box<HeadGuardIo>,
+        first: bool,
+        carried: Option<HttpPersistentSettings>,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + 'a {
+        let mut session = ServerSession::new_http1(io);
+        if first {
+            session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+            session.set_keepalive_reuses_remaining(
+                self.proxy
+                    .server_options()
+                    .and_then(|o| o.keepalive_request_limit),
+            );
+        } else if let Some(settings) = carried {
+            settings.apply_to_session(&mut session);
+        }
+        self.proxy.process_new_http(session, shutdown)
     }
 
     /// Whether this connection takes our HTTP/1 loop. TLS, h2c and custom protocols (none
@@ -185,6 +209,25 @@ impl ConnGuard {
 }
 
 /// The TCP peer's address, as the cap counts it.
+/// Waits, holding only the stream, until the client starts its next request: `true` then;
+/// `false` when it closed, stayed idle past the keep-alive timeout, or the server is
+/// stopping (an idle connection is closed at once, as Pingora closes those parked in its
+/// own head read).
+async fn next_request(io: &mut HeadGuardIo, shutdown: &ShutdownWatch) -> bool {
+    let mut stopping = shutdown.clone();
+    if *stopping.borrow() {
+        return false;
+    }
+    tokio::select! {
+        // A request already arriving wins over a stop that lands at the same moment.
+        biased;
+        started = tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECS), io.wait_for_head()) => {
+            matches!(started, Ok(Ok(true)))
+        }
+        _ = stopping.changed() => false,
+    }
+}
+
 fn client_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
     Some(digest.peer_addr()?.as_inet()?.ip().to_canonical())
@@ -230,8 +273,7 @@ impl ServerApp for ConnGuard {
             Ok(place) => place,
             Err(open) => {
                 let client = client_ip(&stream);
-                self.refuse(stream, conn_guard::proxy_full(open, cap), client)
-                    .await;
+                Box::pin(self.refuse(stream, conn_guard::proxy_full(open, cap), client)).await;
                 return None;
             }
         };
@@ -239,11 +281,13 @@ impl ServerApp for ConnGuard {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let limits = self.state.conn_limits();
-        let (stream, client) = match self.proxy_header(stream, limits).await {
+        // Boxed, like every refusal below: their buffers would otherwise be part of this
+        // future, which lives (allocated) as long as the connection, idle or not.
+        let (stream, client) = match Box::pin(self.proxy_header(stream, limits)).await {
             Ok(accepted) => accepted,
             Err(refused) => {
                 if let Some((stream, rejection, peer)) = refused {
-                    self.refuse(stream, rejection, peer).await;
+                    Box::pin(self.refuse(stream, rejection, peer)).await;
                 }
                 return None;
             }
@@ -252,24 +296,28 @@ impl ServerApp for ConnGuard {
         let _permit = match self.admit(client, limits.max_connections_per_client_ip) {
             Ok(permit) => permit,
             Err(rejection) => {
-                self.refuse(stream, rejection, client).await;
+                Box::pin(self.refuse(stream, rejection, client)).await;
                 return None;
             }
         };
         let (io, expiry) = HeadGuardIo::new(stream, limits.header_read_timeout);
+        let mut io = Box::new(io);
+        if !next_request(&mut io, shutdown).await {
+            return None;
+        }
         // From here on, Pingora's own HTTP/1 loop (pingora-core `apps/mod.rs`), with the
-        // head deadline re-armed before each reuse.
-        let mut session = ServerSession::new_http1(Box::new(io));
-        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
-        session.set_keepalive_reuses_remaining(
-            self.proxy
-                .server_options()
-                .and_then(|o| o.keepalive_request_limit),
-        );
+        // head deadline re-armed before each reuse, and nothing built until the next
+        // request starts to arrive: Pingora's session (680 bytes) lives inside the future of
+        // its request (`serve_request`), never in this one, which is allocated for the
+        // connection's whole life, idle included.
+        let mut carried: Option<HttpPersistentSettings> = None;
+        let mut first = true;
         loop {
+            let request = self.serve_request(io, first, carried.take(), shutdown);
+            first = false;
             let reused = tokio::select! {
                 biased;
-                reused = self.proxy.process_new_http(session, shutdown) => reused?,
+                reused = request => reused?,
                 () = expiry.wait() => {
                     // Pingora's session (and its request, if any had begun) is dropped by
                     // now; nothing of this head reached a phase or the backend.
@@ -278,7 +326,7 @@ impl ServerApp for ConnGuard {
                             header_read_timeout: missed,
                             ..limits
                         };
-                        self.refuse(stream, conn_guard::header_timeout(&limits), client)
+                        Box::pin(self.refuse(stream, conn_guard::header_timeout(&limits), client))
                             .await;
                     }
                     return None;
@@ -286,10 +334,11 @@ impl ServerApp for ConnGuard {
             };
             let (stream, settings) = reused.consume();
             let timeout = self.state.conn_limits().header_read_timeout;
-            session = ServerSession::new_http1(HeadGuardIo::rearm(stream, timeout)?);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
+            io = HeadGuardIo::rearm(stream, timeout)?;
+            if !next_request(&mut io, shutdown).await {
+                return None;
             }
+            carried = settings;
         }
     }
 

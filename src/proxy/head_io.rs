@@ -45,7 +45,27 @@ pub struct HeadGuardIo {
     /// Armed only while a head spans reads; dropped (and deregistered) at its end.
     deadline: Option<Pin<Box<Sleep>>>,
     expiry: Arc<Expiry>,
+    /// The start of the next head, read by [`HeadGuardIo::wait_for_head`] while the
+    /// connection waited holding no buffer; handed to Pingora by its next reads, then freed.
+    arrived: Vec<u8>,
+    /// The wait's read filled its buffer, so more of the head (or pipelined requests) may be
+    /// waiting in the socket: read with the hand-over, as one read of Pingora's would have.
+    more_waiting: bool,
+    /// Small writes gathered until a flush (a response's head and a short body leave in one
+    /// send), allocated at the first write and freed at the flush: Pingora's own write
+    /// buffer is off on this listener because it is allocated for the connection's life.
+    out: Vec<u8>,
 }
+
+/// The most of a head read while waiting for it. It is part of every connection's future,
+/// so of its memory idle or not (1024 cost 0.5 KiB more per idle connection, measured), and
+/// holds most heads whole (a client library's GET is 100 to 400 bytes); a longer one (an
+/// ingress adds forwarding and tracing headers) is read on in the same hand-over.
+const HEAD_START: usize = 512;
+
+/// Writes up to this many bytes are gathered into one send (Pingora's default L4 write
+/// buffer, one Ethernet segment's payload).
+const WRITE_GATHER: usize = 1460;
 
 /// A head timed out: the stream, handed from [`HeadGuardIo`] (inside Pingora's session) to
 /// the connection loop that answers it.
@@ -92,8 +112,38 @@ impl HeadGuardIo {
             timeout,
             deadline: None,
             expiry: expiry.clone(),
+            arrived: Vec::new(),
+            more_waiting: false,
+            out: Vec::new(),
         };
         (io, expiry)
+    }
+
+    /// Waits for the client's next request head to start arriving: `Ok(true)` once it has,
+    /// `Ok(false)` if the client closed the connection.
+    ///
+    /// Memory per idle connection: Pingora's session, its head buffer and the whole
+    /// request-path future (tens of KiB) are built only once this returns, so a keep-alive
+    /// connection waiting between requests holds this stream and little else, as nginx frees
+    /// its buffers between requests. The read that ends the wait takes up to
+    /// [`HEAD_START`] bytes (most heads whole), kept for Pingora's next reads, so a request
+    /// costs no more reads than before.
+    pub async fn wait_for_head(&mut self) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        if !self.arrived.is_empty() {
+            return Ok(true);
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(false);
+        };
+        let mut start = [0u8; HEAD_START];
+        let n = inner.read(&mut start).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.arrived = start[..n].to_vec();
+        self.more_waiting = n == HEAD_START;
+        Ok(true)
     }
 
     /// The connection is being reused: time the next head with `timeout`.
@@ -105,7 +155,7 @@ impl HeadGuardIo {
 
     /// Re-arms a stream Pingora hands back for reuse (it is ours: the same box we gave it).
     /// `None` if it is somehow not one of ours; the connection is then dropped.
-    pub fn rearm(stream: Stream, timeout: Duration) -> Option<Stream> {
+    pub fn rearm(stream: Stream, timeout: Duration) -> Option<Box<HeadGuardIo>> {
         match stream.into_any().downcast::<HeadGuardIo>() {
             Ok(mut io) => {
                 io.expect_head(timeout);
@@ -149,6 +199,9 @@ impl AsyncRead for HeadGuardIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.arrived.is_empty() {
+            return this.hand_over_arrived(cx, buf);
+        }
         if !this.watch.watching() {
             return match this.inner.as_mut() {
                 Some(inner) => Pin::new(inner).poll_read(cx, buf),
@@ -166,15 +219,78 @@ impl AsyncRead for HeadGuardIo {
         let before = buf.filled().len();
         let polled = Pin::new(inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            match this.watch.on_bytes(&buf.filled()[before..]) {
-                HeadEvent::Started => {
-                    this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
-                }
-                HeadEvent::Ended => this.deadline = None,
-                HeadEvent::Continued | HeadEvent::Ignored => {}
-            }
+            this.observe(buf, before);
         }
         polled
+    }
+}
+
+impl HeadGuardIo {
+    /// Feeds the bytes read since `before` to the head watch, arming or disarming the
+    /// deadline.
+    fn observe(&mut self, buf: &ReadBuf<'_>, before: usize) {
+        if !self.watch.watching() {
+            return;
+        }
+        match self.watch.on_bytes(&buf.filled()[before..]) {
+            HeadEvent::Started => {
+                self.deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
+            }
+            HeadEvent::Ended => self.deadline = None,
+            HeadEvent::Continued | HeadEvent::Ignored => {}
+        }
+    }
+
+    /// Hands on what [`HeadGuardIo::wait_for_head`] read, freeing it once all is taken.
+    /// When that read filled its buffer, what else the socket holds goes along in the same
+    /// call: Pingora takes bytes past the head it did not ask for as overread (pipelined
+    /// requests: dropped with the connection), but bytes it reads later, while the request
+    /// is being proxied, as a client sending after its request ended (a 400).
+    fn hand_over_arrived(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.arrived.len().min(buf.remaining());
+        let before = buf.filled().len();
+        buf.put_slice(&self.arrived[..n]);
+        if n == self.arrived.len() {
+            self.arrived = Vec::new();
+            if std::mem::take(&mut self.more_waiting) && buf.remaining() > 0 {
+                if let Some(inner) = self.inner.as_mut() {
+                    // Pending: nothing more yet; an error shows again on the next read.
+                    let _ = Pin::new(inner).poll_read(cx, buf);
+                }
+            }
+        } else {
+            self.arrived.drain(..n);
+        }
+        self.observe(buf, before);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl HeadGuardIo {
+    /// Sends what was gathered, then frees the buffer.
+    fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(inner) = self.inner.as_mut() else {
+            self.out = Vec::new();
+            return Poll::Ready(Err(gone()));
+        };
+        while !self.out.is_empty() {
+            match Pin::new(&mut *inner).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.out.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out = Vec::new();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -184,36 +300,52 @@ impl AsyncWrite for HeadGuardIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_write(cx, buf),
-            None => Poll::Ready(Err(gone())),
+        let this = self.get_mut();
+        if this.inner.is_none() {
+            return Poll::Ready(Err(gone()));
         }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut().inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(gone())),
+        if this.out.len() + buf.len() > WRITE_GATHER {
+            match this.poll_send_gathered(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
+        if buf.len() >= WRITE_GATHER {
+            return match this.inner.as_mut() {
+                Some(inner) => Pin::new(inner).poll_write(cx, buf),
+                None => Poll::Ready(Err(gone())),
+            };
+        }
+        if this.out.capacity() == 0 {
+            this.out.reserve_exact(WRITE_GATHER);
+        }
+        this.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().inner.as_mut() {
+        let this = self.get_mut();
+        match this.poll_send_gathered(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        match this.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_flush(cx),
             None => Poll::Ready(Err(gone())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().inner.as_mut() {
+        let this = self.get_mut();
+        if this.inner.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        match this.poll_send_gathered(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        match this.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }

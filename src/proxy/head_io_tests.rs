@@ -116,11 +116,7 @@ async fn a_complete_head_disarms_until_the_connection_is_reused() {
     client.read_exact(&mut got).await.unwrap();
     // Reused: idle is still not timed; the next head's first byte arms a new deadline, with
     // the timeout of the policy at that time.
-    let io = HeadGuardIo::rearm(Box::new(io), Duration::from_millis(500)).unwrap();
-    let mut io = *io
-        .into_any()
-        .downcast::<HeadGuardIo>()
-        .expect("rearm keeps the wrapper");
+    let mut io = *HeadGuardIo::rearm(Box::new(io), Duration::from_millis(500)).unwrap();
     assert_eq!(
         next(&mut io, &expiry, Duration::from_secs(30)).await,
         First::Nothing
@@ -152,4 +148,74 @@ async fn a_head_read_whole_never_arms_a_timer() {
         next(&mut io, &expiry, Duration::from_secs(5)).await,
         First::Nothing
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_head_hands_what_arrived_to_the_next_read_and_arms_the_deadline() {
+    let (mut client, mut io, expiry) = guarded();
+    client.write_all(b"GET / HT").await.unwrap();
+    assert!(io.wait_for_head().await.unwrap());
+    // Nothing is lost or repeated: the next read gets exactly what the wait took in.
+    assert_eq!(
+        next(&mut io, &expiry, DEADLINE).await,
+        First::Read(b"GET / HT".to_vec())
+    );
+    assert!(io.arrived.capacity() == 0, "freed once handed over");
+    // The head started with those bytes: its deadline runs from them.
+    match next(&mut io, &expiry, Duration::from_secs(5)).await {
+        First::TimedOut(after) => assert_eq!(after, DEADLINE),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_head_on_a_closed_connection_says_so() {
+    let (client, mut io, _expiry) = guarded();
+    drop(client);
+    assert!(!io.wait_for_head().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_long_head_is_handed_over_in_pieces_as_the_reads_ask() {
+    let (mut client, mut io, _expiry) = guarded();
+    let head = vec![b'a'; 600];
+    client.write_all(&head).await.unwrap();
+    assert!(io.wait_for_head().await.unwrap());
+    let mut small = [0u8; 256];
+    let mut got = Vec::new();
+    while got.len() < 600 {
+        let n = io.read(&mut small).await.unwrap();
+        got.extend_from_slice(&small[..n]);
+    }
+    assert_eq!(got, head);
+}
+
+#[tokio::test]
+async fn small_writes_leave_together_at_the_flush_and_the_buffer_is_freed() {
+    let (mut client, mut io, _expiry) = guarded();
+    io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        .await
+        .unwrap();
+    io.write_all(b"ok").await.unwrap();
+    // Gathered, not sent yet.
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf))
+            .await
+            .is_err(),
+        "nothing leaves before the flush"
+    );
+    io.flush().await.unwrap();
+    assert_eq!(io.out.capacity(), 0, "freed at the flush");
+    let sent = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".len();
+    let mut got = Vec::new();
+    while got.len() < sent {
+        let n = client.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.ends_with(b"\r\n\r\nok"), "{got:?}");
+    // A write too big to gather goes straight out.
+    let big = vec![b'x'; 2000];
+    io.write_all(&big).await.unwrap();
+    assert_eq!(io.out.capacity(), 0);
 }

@@ -8,6 +8,7 @@
 //! - [`profile`]: not a scenario; sustained load on one proxy for `perf`.
 //! - [`soak`]: not part of `all`; minutes of load with a fault a minute.
 
+pub mod conns;
 mod env;
 pub mod incident;
 pub mod lifecycle;
