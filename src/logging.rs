@@ -24,6 +24,9 @@ use tracing_subscriber::{fmt, EnvFilter};
 /// thousandth identical line says nothing more.
 pub const LINES_PER_SITE_PER_SECOND: u32 = 10;
 
+/// The access log's target, exempt from the per-site limit.
+pub const ACCESS_TARGET: &str = "sloguard::access";
+
 /// The log format on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -126,6 +129,11 @@ impl<S: Subscriber> Layer<S> for PerSiteLimit {
     fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        // The access log is a record, not an error path: it has its own sampling and rate
+        // (`[log]`, `proxy::access_log`), and one line per request from one site.
+        if meta.target() == ACCESS_TARGET {
+            return true;
+        }
         let file = meta.file().unwrap_or(meta.target());
         let line = meta.line().unwrap_or(0);
         let now = Instant::now();

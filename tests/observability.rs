@@ -161,3 +161,48 @@ async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
     assert_eq!(big["fields"]["reason"], "body_too_large");
     assert_eq!(big["fields"]["status"], 413);
 }
+
+/// The per-site log limit (10 lines a second per site) bounds error paths, never the access
+/// log: with `access = "all"`, 50 requests in well under a second give 50 lines.
+#[tokio::test]
+async fn the_access_log_is_not_cut_by_the_per_site_log_limit() {
+    let be = backend(1);
+    let sg = Sloguard::spawn_logging(
+        &be.addrs(),
+        &format!("{ROUTES}\n[log]\naccess = \"all\"\n"),
+        "warn,sloguard::access=info",
+    );
+    let http = client();
+    for i in 0..50u64 {
+        let r = http
+            .post(sg.url("/v1/events"))
+            .header("x-request-id", format!("burst-{i}"))
+            .json(&event("c", "e", i, 1.0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged = sg
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["target"] == "sloguard::access"
+                    && v["fields"]["request_id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("burst-"))
+            })
+            .count();
+        if logged == 50 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{logged} of 50 access lines"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
