@@ -208,7 +208,6 @@ impl ConnGuard {
     }
 }
 
-/// The TCP peer's address, as the cap counts it.
 /// Waits, holding only the stream, until the client starts its next request: `true` then;
 /// `false` when it closed, stayed idle past the keep-alive timeout, or the server is
 /// stopping (an idle connection is closed at once, as Pingora closes those parked in its
@@ -224,10 +223,12 @@ async fn next_request(io: &mut HeadGuardIo, shutdown: &ShutdownWatch) -> bool {
         started = tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECS), io.wait_for_head()) => {
             matches!(started, Ok(Ok(true)))
         }
-        _ = stopping.changed() => false,
+        // Only a stop: `changed()` would also fire for a value this receiver has not seen.
+        _ = stopping.wait_for(|stop| *stop) => false,
     }
 }
 
+/// The TCP peer's address, as the cap counts it.
 fn client_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
     Some(digest.peer_addr()?.as_inet()?.ip().to_canonical())
