@@ -3,7 +3,9 @@
 //!
 //! Where a request goes, in order:
 //!
-//! - [`server`] builds the Pingora server: the proxy listener and the admin listener.
+//! - [`server`] builds the Pingora server: the proxy listener and the admin listener, each
+//!   bound at start and served by [`listener`]'s accept loop (failures counted and paused
+//!   on, never spun on).
 //! - [`proxy`] holds the Pingora phases; they sequence the stages and write answers. Around
 //!   them, `proxy::ConnGuard` runs each connection: the per-client connection cap and the
 //!   deadline on reading each request head ([`stages::conn_guard`] decides), and with
@@ -25,6 +27,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod listener;
 pub mod logging;
 pub mod monitor;
 pub mod proxy;

@@ -205,6 +205,7 @@ impl Monitor {
             metrics.queue_depth.set(state.admission.waiting() as f64);
             metrics.set_process(&ProcessStats {
                 local_failures: resources::counts(),
+                accept_failures: crate::listener::failure_counts(),
                 connections_open: state.connections.open(),
                 connections_max: state.connection_cap(),
                 log_lines_suppressed: crate::logging::suppressed_total(),

@@ -1,18 +1,16 @@
-//! Builds the Pingora server from a policy: the proxy service and the admin service; and
-//! checks, before handing them to Pingora, that both listener addresses can be bound.
+//! Builds the Pingora server from a policy: the proxy service and the admin service, each
+//! our own accept loop (`listener`) on a listener bound before Pingora starts.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
-use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Policy;
+use crate::listener::{bind_listener, AcceptLoop};
 use crate::monitor::Monitor;
 use crate::proxy::{ConnGuard, SloGuard};
 use crate::state::State;
@@ -23,8 +21,14 @@ pub struct Built {
     pub state: Arc<State>,
 }
 
-/// Builds the server for `policy` without binding yet (Pingora binds in `run`).
-pub fn build_server(policy: Policy) -> Built {
+/// The proxy and admin listeners, bound.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Builds the server for `policy` on listeners already bound.
+pub fn build_server(policy: Policy, listeners: Listeners) -> Built {
     let mut conf = ServerConf {
         threads: policy.listen.threads,
         // Retries only go to workers not yet tried, so one try per worker is the bound.
@@ -43,27 +47,28 @@ pub fn build_server(policy: Policy) -> Built {
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    let proxy_addr = policy.listen.proxy.to_string();
-    let admin_addr = policy.listen.admin.to_string();
     let state = Arc::new(State::new(policy));
 
     // Pingora's HTTP proxy, run per connection by our connection guards (the head deadline
-    // and the per-client cap) rather than by `http_proxy_service` directly.
+    // and the per-client cap) rather than by `http_proxy_service` directly. A client
+    // connection has no L4 buffers (`From<TcpStream>` builds it unbuffered): they would be
+    // allocated for the connection's whole life, idle included. Pingora reads each request
+    // head into a buffer of its own anyway (the default 64 KiB read buffer was allocated and
+    // zeroed for every connection: most of a connection's memory, and most of the CPU of a
+    // burst of new connections), and `proxy::head_io` gathers small writes into a buffer
+    // that lives only until the flush.
     let http = pingora::proxy::http_proxy(&server.configuration, SloGuard::new(state.clone()));
-    let mut proxy = Service::new(
-        "sloguard proxy".to_string(),
+    let proxy = AcceptLoop::new(
+        "sloguard proxy",
+        listeners.proxy,
         ConnGuard::new(http, state.clone()),
     );
-    // No L4 buffers on a client connection: they are allocated for the connection's whole
-    // life, idle included. Pingora reads each request head into a buffer of its own anyway
-    // (the default 64 KiB read buffer was allocated and zeroed for every connection: most
-    // of a connection's memory, and most of the CPU of a burst of new connections), and
-    // `proxy::head_io` gathers small writes into a buffer that lives only until the flush.
-    proxy.add_listener(ListenerConfig::tcp(&proxy_addr).l4_buffer(L4BufferSettings::unbuffered()));
-
-    let mut admin = Service::new("sloguard admin".to_string(), AdminApp::new(state.clone()));
-    admin.add_tcp(&admin_addr);
-    admin.threads = Some(1);
+    let admin = AcceptLoop::new(
+        "sloguard admin",
+        listeners.admin,
+        AdminApp::new(state.clone()),
+    )
+    .with_threads(1);
 
     let monitor = pingora::services::background::background_service(
         "sloguard guard",
@@ -89,55 +94,27 @@ pub enum StartError {
     },
 }
 
-/// Time between two tries of an address in use.
-const BIND_RETRY_STEP: Duration = Duration::from_millis(100);
-
-/// Binds `addr` once to see that it can be (then lets it go for Pingora to bind), retrying
-/// while it is in use for up to `retry`. Pingora's own bind retries an address in use for
-/// 30 s, then panics in its service thread while the process and its other listener stay
-/// up: a pod would be Live and Ready with nothing on its proxy port. So we find out first.
-/// The gap between this probe and Pingora's bind is a few microseconds; a port taken in it
-/// is the panic case, and `main` ends the process on any panic.
-pub fn check_bind(
+/// Binds one listener, naming it in the error.
+fn bind(
     listener: &'static str,
     addr: SocketAddr,
-    retry: Duration,
-) -> Result<(), StartError> {
-    let started = Instant::now();
-    let mut warned = false;
-    loop {
-        let err = match TcpListener::bind(addr) {
-            Ok(_probe) => return Ok(()),
-            Err(e) => e,
-        };
-        let in_use = err.kind() == std::io::ErrorKind::AddrInUse;
-        if !in_use || started.elapsed() + BIND_RETRY_STEP > retry {
-            let reason = if in_use {
-                "address in use".to_string()
-            } else {
-                err.to_string().to_lowercase()
-            };
-            return Err(StartError::Bind {
-                listener,
-                addr,
-                reason,
-            });
-        }
-        if !warned {
-            tracing::warn!(%addr, retry_ms = retry.as_millis() as u64, "{listener} listener: address in use; retrying");
-            warned = true;
-        }
-        std::thread::sleep(BIND_RETRY_STEP);
-    }
+    policy: &Policy,
+) -> Result<TcpListener, StartError> {
+    bind_listener(listener, addr, policy.listen.bind_retry).map_err(|e| StartError::Bind {
+        listener,
+        addr,
+        reason: e.reason,
+    })
 }
 
 /// Runs until SIGTERM (graceful: in-flight requests finish within the drain timeout) or
 /// SIGINT (fast). Fails at once, before serving anything, when a listener cannot be bound.
 pub fn run(policy: Policy) -> Result<(), StartError> {
-    let l = &policy.listen;
-    check_bind("proxy", l.proxy, l.bind_retry)?;
-    check_bind("admin", l.admin, l.bind_retry)?;
-    let built = build_server(policy);
+    let listeners = Listeners {
+        proxy: bind("proxy", policy.listen.proxy, &policy)?,
+        admin: bind("admin", policy.listen.admin, &policy)?,
+    };
+    let built = build_server(policy, listeners);
     built.server.run(RunArgs::default());
     Ok(())
 }

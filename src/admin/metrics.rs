@@ -82,6 +82,7 @@ const STATES: [HealthState; 3] = [
 #[derive(Debug, Clone, Default)]
 pub struct ProcessStats {
     pub local_failures: Vec<(&'static str, u64)>,
+    pub accept_failures: Vec<(&'static str, u64)>,
     pub connections_open: u32,
     pub connections_max: u32,
     pub log_lines_suppressed: u64,
@@ -382,19 +383,19 @@ impl Metrics {
     }
 
     /// The process's own resources, copied from their counters by the monitor: local
-    /// failures per cause (`sloguard_local_failures_total`), client connections open and
+    /// failures per cause (`sloguard_local_failures_total`), failed accepts per cause
+    /// (`sloguard_accept_failures_total`), client connections open and
     /// their cap, and log lines the per-site log limit suppressed.
     pub fn set_process(&self, p: &ProcessStats) {
         let r = &self.recorder;
-        for (cause, n) in &p.local_failures {
-            r.register_counter(
-                &key(
-                    "sloguard_local_failures_total",
-                    &[("cause", cause.to_string())],
-                ),
-                &meta(),
-            )
-            .absolute(*n);
+        for (name, counts) in [
+            ("sloguard_local_failures_total", &p.local_failures),
+            ("sloguard_accept_failures_total", &p.accept_failures),
+        ] {
+            for (cause, n) in counts {
+                r.register_counter(&key(name, &[("cause", cause.to_string())]), &meta())
+                    .absolute(*n);
+            }
         }
         r.register_gauge(&key("sloguard_client_connections", &[]), &meta())
             .set(f64::from(p.connections_open));

@@ -177,6 +177,7 @@ impl AdminApp {
                 "refused_at_max": self.state.connections.refused(),
             },
             "local_failures": crate::resources::counts().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "accept_failures": crate::listener::failure_counts().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "log_lines_suppressed": crate::logging::suppressed_total(),
             "uptime_seconds": self.state.started.elapsed().as_secs(),
             "workers": workers,
