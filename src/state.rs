@@ -6,6 +6,7 @@
 //! `request_filter`).
 
 use crate::stages::hedge::HedgeStats;
+use crate::stages::Reason;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +41,7 @@ pub struct State {
     /// Prometheus handles for the current policy (rebound on reload).
     pub metrics: ArcSwap<Metrics>,
     /// sloguard's own refusals by (route, reason): bounded by routes x reasons.
-    pub rejections: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
+    pub rejections: Mutex<HashMap<(Arc<str>, Reason), u64>>,
     /// Requests between `new_ctx` and the end of `logging` (held by [`RequestGuard`]).
     in_flight: Arc<AtomicUsize>,
     pub access_log: AccessLog,
@@ -201,7 +202,7 @@ impl State {
     }
 
     /// Counts one refusal (a lock per refusal only, never per accepted request).
-    pub fn count_rejection(&self, route: &Arc<str>, reason: &'static str) {
+    pub fn count_rejection(&self, route: &Arc<str>, reason: Reason) {
         let mut m = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((route.clone(), reason)).or_insert(0) += 1;
     }

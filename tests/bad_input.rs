@@ -155,6 +155,17 @@ fn status_and_json(raw: &str) -> (String, serde_json::Value) {
     (line, json)
 }
 
+/// `sloguard_rejections_total` for `reason`, summed over routes.
+async fn rejections_counted(sg: &Sloguard, reason: &str) -> f64 {
+    let label = format!("reason=\"{reason}\"");
+    get_text(&sg.admin_url("/metrics"))
+        .await
+        .lines()
+        .filter(|l| l.starts_with("sloguard_rejections_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A broken chunked body is the client's fault: 400 with the JSON body naming the rule,
 /// whether the route reads the body whole (it never reaches the backend) or streams it (the
 /// worker gets a broken request, cut off, and stores nothing). It was a 500.
@@ -179,6 +190,8 @@ async fn a_chunk_size_past_64_bits_is_a_400_naming_the_rule() {
         );
     }
     assert_eq!(be.store().total_events(), 0);
+    // Counted under its own reason (it was in no metrics list: never counted).
+    assert_eq!(rejections_counted(&sg, "bad_chunked_body").await, 2.0);
 }
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without a Host header is answered 400 by
@@ -203,6 +216,7 @@ async fn a_missing_host_is_a_400_naming_the_rule_and_http10_may_omit_it() {
         before,
         "the backend saw none of them"
     );
+    assert_eq!(rejections_counted(&sg, "bad_host").await, 1.0);
     let got = raw_exchange(
         sg.proxy,
         b"GET /v1/metrics?customer=a&event=e HTTP/1.0\r\n\r\n",

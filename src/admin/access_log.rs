@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::stages::ReasonKind;
+
 /// `[log]`, validated.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AccessLogConfig {
@@ -96,14 +98,9 @@ impl AccessLog {
 }
 
 /// What became of a request, for the `decision` field.
-pub fn decision(refusal_reason: Option<&str>, status: u16, queued: Duration) -> &'static str {
-    match refusal_reason {
-        Some("deadline_unreachable" | "queue_timeout" | "queue_full" | "evicted" | "priority") => {
-            "shed"
-        }
-        Some("rate_limited" | "missing_rate_limit_key" | "rate_limit_unavailable") => "limited",
-        Some(_) if status >= 500 => "failed",
-        Some(_) => "rejected",
+pub fn decision(refusal: Option<ReasonKind>, queued: Duration) -> &'static str {
+    match refusal {
+        Some(kind) => kind.decision(),
         None if queued > Duration::from_micros(100) => "queued",
         None => "admitted",
     }
@@ -112,6 +109,7 @@ pub fn decision(refusal_reason: Option<&str>, status: u16, queued: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stages::Reason;
 
     #[test]
     fn modes_and_sampling() {
@@ -148,20 +146,24 @@ mod tests {
 
     #[test]
     fn decisions_name_what_happened() {
-        assert_eq!(decision(Some("queue_timeout"), 503, Duration::ZERO), "shed");
+        let kind = |r: Reason, status| Some(r.kind(status));
         assert_eq!(
-            decision(Some("rate_limited"), 429, Duration::ZERO),
+            decision(kind(Reason::QueueTimeout, 503), Duration::ZERO),
+            "shed"
+        );
+        assert_eq!(
+            decision(kind(Reason::RateLimited, 429), Duration::ZERO),
             "limited"
         );
         assert_eq!(
-            decision(Some("body_too_large"), 413, Duration::ZERO),
+            decision(kind(Reason::BodyTooLarge, 413), Duration::ZERO),
             "rejected"
         );
         assert_eq!(
-            decision(Some("upstream_timeout"), 504, Duration::ZERO),
+            decision(kind(Reason::UpstreamTimeout, 504), Duration::ZERO),
             "failed"
         );
-        assert_eq!(decision(None, 202, Duration::from_millis(3)), "queued");
-        assert_eq!(decision(None, 202, Duration::ZERO), "admitted");
+        assert_eq!(decision(None, Duration::from_millis(3)), "queued");
+        assert_eq!(decision(None, Duration::ZERO), "admitted");
     }
 }

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::config::Policy;
+use crate::stages::{Reason, ReasonKind};
 use crate::workers::HealthState;
 
 /// Request-duration buckets, seconds: dense around the SLOs (150 ms, 250 ms, 400 ms).
@@ -33,42 +34,19 @@ pub enum Outcome {
     Rejected,
 }
 
+impl From<ReasonKind> for Outcome {
+    fn from(kind: ReasonKind) -> Outcome {
+        match kind {
+            ReasonKind::Shed => Outcome::Shed,
+            ReasonKind::Limited => Outcome::Limited,
+            ReasonKind::Rejected => Outcome::Rejected,
+            ReasonKind::Failed => Outcome::Error,
+        }
+    }
+}
+
 const OUTCOMES: [&str; 5] = ["ok", "error", "shed", "limited", "rejected"];
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
-/// Shed reasons (503 from admission).
-pub const SHED_REASONS: [&str; 5] = [
-    "deadline_unreachable",
-    "queue_timeout",
-    "queue_full",
-    "evicted",
-    "priority",
-];
-/// Every other reason sloguard answers with itself.
-pub const REJECT_REASONS: [&str; 16] = [
-    "body_too_large",
-    "url_too_long",
-    "headers_too_large",
-    "body_timeout",
-    "invalid_json",
-    "json_limit",
-    "rate_limited",
-    "missing_rate_limit_key",
-    "rate_limit_unavailable",
-    "upstream_unavailable",
-    "local_resources",
-    "upstream_timeout",
-    "upstream_error",
-    "bad_request",
-    "http_error",
-    "internal_error",
-];
-/// Refusals of a connection rather than of a routed request (see `stages::conn_guard`):
-/// counted in `sloguard_rejections_total` with `route="-"`, since no route was chosen.
-pub const CONNECTION_REASONS: [&str; 3] = [
-    "header_timeout",
-    "too_many_connections",
-    "bad_proxy_protocol",
-];
 /// The `route` label of connection refusals (the access log's "no route" too).
 pub const NO_ROUTE: &str = "-";
 const RATE_RESULTS: [&str; 4] = ["allowed", "limited", "shadow_denied", "near_limit"];
@@ -112,11 +90,11 @@ pub struct Metrics {
     requests: Vec<Counter>,
     /// [route][outcome]
     durations: Vec<Histogram>,
-    /// [route][reason]
-    shed: Vec<Counter>,
-    rejections: Vec<Counter>,
-    /// [reason] of [`CONNECTION_REASONS`]: policy-independent, registered once.
-    connection_rejections: Vec<Counter>,
+    /// [route][request reason] (`sloguard_shed_total` for a shed reason, else
+    /// `sloguard_rejections_total`), indexed by the reason's discriminant.
+    refusals: Vec<Counter>,
+    /// [connection reason]: policy-independent, registered once, route `-`.
+    connection_refusals: Vec<Counter>,
     /// [rule][result]
     ratelimit: Vec<Counter>,
     pub worker: Vec<WorkerMetrics>,
@@ -170,11 +148,10 @@ impl Metrics {
             version: String::new(),
             requests: vec![],
             durations: vec![],
-            shed: vec![],
-            rejections: vec![],
+            refusals: vec![],
             ratelimit: vec![],
             worker: vec![],
-            connection_rejections: CONNECTION_REASONS
+            connection_refusals: Reason::connection_reasons()
                 .iter()
                 .map(|reason| {
                     let labels = [("route", NO_ROUTE.into()), ("reason", reason.to_string())];
@@ -225,11 +202,10 @@ impl Metrics {
             version: self.version.clone(),
             requests: vec![],
             durations: vec![],
-            shed: vec![],
-            rejections: vec![],
+            refusals: vec![],
             ratelimit: vec![],
             worker: vec![],
-            connection_rejections: self.connection_rejections.clone(),
+            connection_refusals: self.connection_refusals.clone(),
             queue_depth: self.queue_depth.clone(),
             queue_wait: self.queue_wait.clone(),
             retries: self.retries.clone(),
@@ -252,8 +228,7 @@ impl Metrics {
         let workers = policy.upstream.workers.len();
         let mut requests = Vec::new();
         let mut durations = Vec::new();
-        let mut shed = Vec::new();
-        let mut rejections = Vec::new();
+        let mut refusals = Vec::new();
         for route in &routes {
             for class in CLASSES {
                 for w in 0..=workers {
@@ -279,14 +254,13 @@ impl Metrics {
                     &meta(),
                 ));
             }
-            for reason in SHED_REASONS {
+            for reason in Reason::request_reasons() {
+                let name = match reason.kind(0) {
+                    ReasonKind::Shed => "sloguard_shed_total",
+                    _ => "sloguard_rejections_total",
+                };
                 let labels = [("route", route.clone()), ("reason", reason.to_string())];
-                shed.push(r.register_counter(&key("sloguard_shed_total", &labels), &meta()));
-            }
-            for reason in REJECT_REASONS {
-                let labels = [("route", route.clone()), ("reason", reason.to_string())];
-                rejections
-                    .push(r.register_counter(&key("sloguard_rejections_total", &labels), &meta()));
+                refusals.push(r.register_counter(&key(name, &labels), &meta()));
             }
         }
         let mut ratelimit = Vec::new();
@@ -340,8 +314,7 @@ impl Metrics {
         self.workers = workers;
         self.requests = requests;
         self.durations = durations;
-        self.shed = shed;
-        self.rejections = rejections;
+        self.refusals = refusals;
         self.ratelimit = ratelimit;
         self.worker = worker;
     }
@@ -370,15 +343,10 @@ impl Metrics {
         self.durations[route * OUTCOMES.len() + outcome as usize].record(seconds);
     }
 
-    /// One refusal by sloguard itself.
-    pub fn record_refusal(&self, route: usize, reason: &str) {
-        if route >= self.routes {
-            return;
-        }
-        if let Some(i) = SHED_REASONS.iter().position(|r| *r == reason) {
-            self.shed[route * SHED_REASONS.len() + i].increment(1);
-        } else if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
-            self.rejections[route * REJECT_REASONS.len() + i].increment(1);
+    /// One refusal of a routed request by sloguard itself.
+    pub fn record_refusal(&self, route: usize, reason: Reason) {
+        if route < self.routes && !reason.is_connection() {
+            self.refusals[route * Reason::REQUEST_COUNT + reason as usize].increment(1);
         }
     }
 
@@ -405,11 +373,10 @@ impl Metrics {
             .absolute(p.log_lines_suppressed);
     }
 
-    /// One connection refused before any request on it was routed (a reason of
-    /// [`CONNECTION_REASONS`]).
-    pub fn record_connection_refusal(&self, reason: &str) {
-        if let Some(i) = CONNECTION_REASONS.iter().position(|r| *r == reason) {
-            self.connection_rejections[i].increment(1);
+    /// One connection refused before any request on it was routed.
+    pub fn record_connection_refusal(&self, reason: Reason) {
+        if reason.is_connection() {
+            self.connection_refusals[reason as usize - Reason::REQUEST_COUNT].increment(1);
         }
     }
 
@@ -473,11 +440,11 @@ rate = 1
         let m = Metrics::new(&policy());
         m.record_request(0, 202, Some(2), Outcome::Ok, 0.012);
         m.record_request(1, 503, None, Outcome::Shed, 0.001);
-        m.record_refusal(1, "queue_timeout");
-        m.record_refusal(0, "body_too_large");
+        m.record_refusal(1, Reason::QueueTimeout);
+        m.record_refusal(0, Reason::BodyTooLarge);
         m.record_rate(0, "limited");
         m.record_reload(false);
-        m.record_connection_refusal("header_timeout");
+        m.record_connection_refusal(Reason::HeaderTimeout);
         let text = m.render();
         assert!(
             text.contains(
@@ -504,6 +471,32 @@ rate = 1
         assert!(text
             .contains(r#"sloguard_rejections_total{route="-",reason="too_many_connections"} 0"#));
         assert!(text.contains("sloguard_config_info{version="));
+    }
+
+    /// Every reason lands on its own series, under the metric its kind names: none is
+    /// left out (`bad_chunked_body` once was) and none is counted under another's label.
+    #[test]
+    fn every_reason_is_counted_under_its_own_label() {
+        let m = Metrics::new(&policy());
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                if reason.is_connection() {
+                    m.record_connection_refusal(*reason);
+                } else {
+                    m.record_refusal(0, *reason);
+                }
+            }
+        }
+        let text = m.render();
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            let (name, route) = match (reason.is_connection(), reason.kind(503)) {
+                (true, _) => ("sloguard_rejections_total", "-"),
+                (false, ReasonKind::Shed) => ("sloguard_shed_total", "ingest"),
+                (false, _) => ("sloguard_rejections_total", "ingest"),
+            };
+            let series = format!(r#"{name}{{route="{route}",reason="{reason}"}} {}"#, i + 1);
+            assert!(text.contains(&series), "{series} missing");
+        }
     }
 
     #[test]

@@ -224,3 +224,41 @@ impl ServeHttp for AdminApp {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::AdminApp;
+    use crate::config::Policy;
+    use crate::stages::Reason;
+    use crate::state::State;
+
+    /// `/status` names every reason by the same label as the metrics and the access log,
+    /// with its own count.
+    #[test]
+    fn status_lists_every_reason_by_its_label_with_its_count() {
+        let policy =
+            Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sloguard.toml"))
+                .unwrap();
+        let state = Arc::new(State::new(policy));
+        let route: Arc<str> = Arc::from("ingest");
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                state.count_rejection(&route, *reason);
+            }
+        }
+        let status = AdminApp::new(state).status();
+        let rows = status["rejections"].as_array().unwrap();
+        assert_eq!(rows.len(), Reason::ALL.len());
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            let row = rows
+                .iter()
+                .find(|r| r["reason"] == reason.as_str())
+                .unwrap_or_else(|| panic!("{reason} missing from {rows:?}"));
+            assert_eq!(row["count"], i as u64 + 1, "{reason}");
+            assert_eq!(row["route"], "ingest");
+        }
+    }
+}

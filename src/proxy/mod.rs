@@ -34,11 +34,11 @@ pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 
 use crate::admin::access_log;
-use crate::admin::metrics::{Outcome, SHED_REASONS};
+use crate::admin::metrics::Outcome;
 use crate::config::Policy;
 use crate::resources::{self, LocalShortage};
 use crate::stages::retry::{self, FailedAttempt};
-use crate::stages::{client_ip, payload};
+use crate::stages::{client_ip, payload, Rejection};
 use crate::state::State;
 use crate::workers::probe::parse_lag_ms;
 use crate::workers::GuardMode;
@@ -415,12 +415,11 @@ impl ProxyHttp for SloGuard {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let outcome = match (&ctx.rejection, status) {
-            (Some(r), _) if SHED_REASONS.contains(&r.reason) => Outcome::Shed,
-            (Some(r), _) if r.status == 429 => Outcome::Limited,
-            (Some(r), _) if r.status < 500 => Outcome::Rejected,
-            (_, s) if s >= 500 || s == 0 || e.is_some() => Outcome::Error,
-            _ => Outcome::Ok,
+        let refusal = ctx.rejection.as_ref().map(Rejection::kind);
+        let outcome = match (refusal, status) {
+            (Some(kind), _) => Outcome::from(kind),
+            (None, s) if s >= 500 || s == 0 || e.is_some() => Outcome::Error,
+            (None, _) => Outcome::Ok,
         };
         // The worker label is the worker that answered; "none" when sloguard did.
         let worker = ctx.worker_id.filter(|_| ctx.response_seen);
@@ -445,7 +444,7 @@ impl ProxyHttp for SloGuard {
             return;
         }
         let req = session.req_header();
-        let reason = ctx.rejection.as_ref().map(|r| r.reason);
+        let reason = ctx.rejection.as_ref().map(|r| r.reason.as_str());
         let dropped = log.take_dropped();
         tracing::info!(
             target: "sloguard::access",
@@ -454,7 +453,7 @@ impl ProxyHttp for SloGuard {
             path = %req.uri.path(),
             route = ctx.route_name(),
             client_ip = ctx.client.as_ref().map(|c| c.ip.to_string()),
-            decision = access_log::decision(reason, status, ctx.queued),
+            decision = access_log::decision(refusal, ctx.queued),
             reason,
             rule = ctx.limited_by.as_deref(),
             worker = ctx.worker_id,

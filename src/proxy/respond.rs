@@ -11,7 +11,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use serde_json::json;
 
 use crate::stages::ratelimit::RateHeaders;
-use crate::stages::Rejection;
+use crate::stages::{Reason, Rejection};
 
 /// What a rejection says beyond its status and reason: the route, the request id, and for
 /// rate limits the rule and the `RateLimit` headers.
@@ -57,7 +57,7 @@ pub async fn write_rejection(
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("x-request-id", cx.request_id)?;
-    header.insert_header("x-sloguard-reason", rejection.reason)?;
+    header.insert_header("x-sloguard-reason", rejection.reason.as_str())?;
     if let Some(secs) = rejection.retry_after {
         header.insert_header("retry-after", secs.to_string())?;
     }
@@ -140,7 +140,7 @@ pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
     if let Some(shortage) = crate::resources::LocalShortage::of(e) {
         return Some(Rejection {
             status: 503,
-            reason: "local_resources",
+            reason: Reason::LocalResources,
             message: format!(
                 "sloguard could not open a connection to a worker: out of {} (its own, not the worker's)",
                 shortage.as_str().replace('_', " ")
@@ -153,7 +153,7 @@ pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
     let (status, reason, message) = match (e.esource(), e.etype()) {
         (_, ErrorType::HTTPStatus(code)) => (
             *code,
-            "http_error",
+            Reason::HttpError,
             format!("request failed with status {code}"),
         ),
         (
@@ -162,12 +162,12 @@ pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
         ) => return None,
         (ErrorSource::Downstream, ErrorType::ReadTimedout) => (
             408,
-            "body_timeout",
+            Reason::BodyTimeout,
             "the request body stalled past the body read timeout".to_string(),
         ),
         (ErrorSource::Downstream, _) => (
             400,
-            "bad_request",
+            Reason::BadRequest,
             "the request could not be read".to_string(),
         ),
         (
@@ -178,22 +178,22 @@ pub(super) fn upstream_failure(e: &Error) -> Option<Rejection> {
             | ErrorType::ConnectError,
         ) => (
             502,
-            "upstream_unavailable",
+            Reason::UpstreamUnavailable,
             "no worker accepted the connection".to_string(),
         ),
         (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => (
             504,
-            "upstream_timeout",
+            Reason::UpstreamTimeout,
             "the worker did not answer in time".to_string(),
         ),
         (ErrorSource::Upstream, _) => (
             502,
-            "upstream_error",
+            Reason::UpstreamError,
             "the worker's answer failed mid-way".to_string(),
         ),
         _ => (
             500,
-            "internal_error",
+            Reason::InternalError,
             "sloguard failed to proxy the request".to_string(),
         ),
     };
@@ -215,7 +215,7 @@ mod tests {
     fn body_names_reason_limit_value_and_route() {
         let r = Rejection {
             status: 413,
-            reason: "body_too_large",
+            reason: Reason::BodyTooLarge,
             message: "too big".into(),
             limit: Some("max_body_bytes"),
             value: Some(70000),

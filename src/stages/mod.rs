@@ -20,16 +20,19 @@ pub mod hedge;
 pub mod json_guard;
 pub mod payload;
 pub mod ratelimit;
+pub mod reason;
 pub mod retry;
 pub mod route;
+
+pub use reason::{Reason, ReasonKind};
 
 /// A stage refused the request. `proxy::respond` turns it into a JSON 4xx/5xx.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// HTTP status to answer.
     pub status: u16,
-    /// Machine-readable reason, also the `reason` metric label (bounded set).
-    pub reason: &'static str,
+    /// Why: the JSON body's `reason`, the metric label, the access log's decision.
+    pub reason: Reason,
     /// Human-readable explanation.
     pub message: String,
     /// The policy limit that was hit, as written in the policy (e.g. `max_body_bytes`).
@@ -38,4 +41,11 @@ pub struct Rejection {
     pub value: Option<u64>,
     /// `Retry-After` seconds, for answers that invite a retry (503 shed).
     pub retry_after: Option<u64>,
+}
+
+impl Rejection {
+    /// What kind of answer this is (shed, limited, rejected, failed).
+    pub fn kind(&self) -> ReasonKind {
+        self.reason.kind(self.status)
+    }
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::route::Route;
-use super::Rejection;
+use super::{Reason, Rejection};
 
 /// `[limits]`: global request-shape limits, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub fn check_head(
     if url_bytes > limits.max_url_bytes {
         return Err(reject(
             414,
-            "url_too_long",
+            Reason::UrlTooLong,
             format!(
                 "request target of {url_bytes} bytes is over the limit of {}",
                 limits.max_url_bytes
@@ -53,7 +53,7 @@ pub fn check_head(
     if header_bytes > limits.max_header_bytes {
         return Err(reject(
             431,
-            "headers_too_large",
+            Reason::HeadersTooLarge,
             format!(
                 "request headers of {header_bytes} bytes are over the limit of {}",
                 limits.max_header_bytes
@@ -79,7 +79,7 @@ pub fn check_host(version: http::Version, hosts: usize) -> Result<(), Rejection>
     };
     Err(reject(
         400,
-        "bad_host",
+        Reason::BadHost,
         message.to_string(),
         "rfc9112.host",
         value as u64,
@@ -92,7 +92,7 @@ pub fn check_host(version: http::Version, hosts: usize) -> Result<(), Rejection>
 pub fn bad_chunked_body() -> Rejection {
     Rejection {
         status: 400,
-        reason: "bad_chunked_body",
+        reason: Reason::BadChunkedBody,
         message: "the request's chunked body is malformed (a chunk size that is not \
                   hexadecimal or does not fit 64 bits, or a chunk not ended by CRLF)"
             .to_string(),
@@ -106,7 +106,7 @@ pub fn bad_chunked_body() -> Rejection {
 pub fn body_timeout(limits: &HeadLimits) -> Rejection {
     Rejection {
         status: 408,
-        reason: "body_timeout",
+        reason: Reason::BodyTimeout,
         message: format!(
             "the request body stalled for over {} ms",
             limits.body_read_timeout.as_millis()
@@ -119,7 +119,7 @@ pub fn body_timeout(limits: &HeadLimits) -> Rejection {
 
 fn reject(
     status: u16,
-    reason: &'static str,
+    reason: Reason,
     message: String,
     limit: &'static str,
     value: u64,
@@ -137,7 +137,7 @@ fn reject(
 fn too_large(len: u64, cap: u64) -> Rejection {
     reject(
         413,
-        "body_too_large",
+        Reason::BodyTooLarge,
         format!("request body of {len} bytes is over the route's cap of {cap} bytes"),
         "max_body_bytes",
         len,
@@ -198,7 +198,7 @@ mod tests {
         let r = check_host(Version::HTTP_11, 0).unwrap_err();
         assert_eq!(
             (r.status, r.reason, r.limit),
-            (400, "bad_host", Some("rfc9112.host"))
+            (400, Reason::BadHost, Some("rfc9112.host"))
         );
         assert!(check_host(Version::HTTP_11, 1).is_ok());
         assert_eq!(check_host(Version::HTTP_11, 2).unwrap_err().value, Some(2));
@@ -243,7 +243,7 @@ mod tests {
         let r = check_head(&l, 10, 40_000).unwrap_err();
         assert_eq!(
             (r.status, r.reason, r.value),
-            (431, "headers_too_large", Some(40_000))
+            (431, Reason::HeadersTooLarge, Some(40_000))
         );
         assert_eq!(body_timeout(&l).status, 408);
     }

@@ -24,7 +24,7 @@ use self::arrival::{Arrival, Verdict};
 use self::drain::DrainEstimate;
 use self::queue::{Entry, OverloadDetector, WaitQueue};
 use super::route::Priority;
-use super::Rejection;
+use super::{Reason, Rejection};
 use crate::workers::{SlotListener, SlotRule, Worker};
 
 /// `[shedding]`, validated.
@@ -78,14 +78,18 @@ pub enum ShedReason {
 }
 
 impl ShedReason {
-    pub fn as_str(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            ShedReason::QueueTimeout => "queue_timeout",
-            ShedReason::DeadlineUnreachable => "deadline_unreachable",
-            ShedReason::QueueFull => "queue_full",
-            ShedReason::Evicted => "evicted",
-            ShedReason::Priority => "priority",
+            ShedReason::QueueTimeout => Reason::QueueTimeout,
+            ShedReason::DeadlineUnreachable => Reason::DeadlineUnreachable,
+            ShedReason::QueueFull => Reason::QueueFull,
+            ShedReason::Evicted => Reason::Evicted,
+            ShedReason::Priority => Reason::Priority,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.reason().as_str()
     }
 
     /// The 503 answer, with `Retry-After` derived by the caller.
@@ -109,7 +113,7 @@ impl ShedReason {
         };
         Rejection {
             status: 503,
-            reason: self.as_str(),
+            reason: self.reason(),
             message,
             limit: Some("queue_budget_ms"),
             value: Some(budget.as_millis() as u64),

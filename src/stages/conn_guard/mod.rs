@@ -20,7 +20,7 @@ pub use clients::{ClientConnections, ClientPermit};
 pub use head::{HeadEnd, HeadEvent, HeadWatch};
 pub use total::{ConnectionPermit, OpenConnections};
 
-use super::Rejection;
+use super::{Reason, Rejection};
 
 /// The policy keys of `[limits]` that guard connections, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub fn header_timeout(limits: &ConnLimits) -> Rejection {
     let ms = limits.header_read_timeout.as_millis() as u64;
     Rejection {
         status: 408,
-        reason: "header_timeout",
+        reason: Reason::HeaderTimeout,
         message: format!("the request head did not arrive whole within {ms} ms"),
         limit: Some("limits.header_read_timeout_ms"),
         value: Some(ms),
@@ -67,7 +67,7 @@ pub fn header_timeout(limits: &ConnLimits) -> Rejection {
 pub fn too_many_connections(ip: IpAddr, open: u32, cap: u32) -> Rejection {
     Rejection {
         status: 429,
-        reason: "too_many_connections",
+        reason: Reason::TooManyConnections,
         message: format!(
             "client {ip} already has {open} open connections; the limit per client IP is {cap}"
         ),
@@ -82,7 +82,7 @@ pub fn too_many_connections(ip: IpAddr, open: u32, cap: u32) -> Rejection {
 pub fn proxy_full(open: u32, cap: u32) -> Rejection {
     Rejection {
         status: 503,
-        reason: "too_many_connections",
+        reason: Reason::TooManyConnections,
         message: format!("sloguard already holds {open} client connections; its limit is {cap}"),
         limit: Some("listen.max_connections"),
         value: Some(u64::from(open) + 1),
@@ -96,7 +96,7 @@ pub fn proxy_full(open: u32, cap: u32) -> Rejection {
 pub fn bad_proxy_header(why: &str) -> Rejection {
     Rejection {
         status: 400,
-        reason: "bad_proxy_protocol",
+        reason: Reason::BadProxyProtocol,
         message: format!("this listener expects a PROXY protocol header: {why}"),
         limit: Some("listen.proxy_protocol"),
         value: None,
@@ -119,7 +119,7 @@ mod tests {
             (r.status, r.reason, r.limit, r.value),
             (
                 408,
-                "header_timeout",
+                Reason::HeaderTimeout,
                 Some("limits.header_read_timeout_ms"),
                 Some(300)
             )

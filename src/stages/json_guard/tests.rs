@@ -2,6 +2,7 @@
 //! generated documents (a tiny xorshift generator, serialized with serde_json).
 
 use super::*;
+use crate::stages::Reason;
 
 const NONE: JsonLimits = JsonLimits {
     max_depth: None,
@@ -275,7 +276,7 @@ fn rejections_are_400_for_invalid_and_422_for_limits() {
         what: "invalid escape",
     });
     let fields = (r.status, r.reason, r.limit, r.value, r.retry_after);
-    assert_eq!(fields, (400, "invalid_json", None, Some(7), None));
+    assert_eq!(fields, (400, Reason::InvalidJson, None, Some(7), None));
     assert_eq!(
         r.message,
         "request body is not valid JSON: invalid escape at byte 7"
@@ -283,7 +284,10 @@ fn rejections_are_400_for_invalid_and_422_for_limits() {
 
     let r = answer(over_limit(DEPTH, 65, 64));
     let fields = (r.status, r.reason, r.limit, r.value, r.retry_after);
-    assert_eq!(fields, (422, "json_limit", Some(DEPTH), Some(65), None));
+    assert_eq!(
+        fields,
+        (422, Reason::JsonLimit, Some(DEPTH), Some(65), None)
+    );
     let message = "JSON nesting depth reached 65, over the limit of 64 (json.max_depth)";
     assert_eq!(r.message, message);
     for (limit, what) in [

@@ -1,6 +1,6 @@
 //! The JSON guard's limits and verdicts, and how a verdict becomes an HTTP answer.
 
-use super::super::Rejection;
+use super::super::{Reason, Rejection};
 
 /// Deepest nesting accepted when a route sets no `max_depth`. Bounds the scanner's memory.
 pub const DEPTH_CAP: u32 = 1024;
@@ -51,7 +51,7 @@ impl JsonVerdict {
             JsonVerdict::Continue => return None,
             JsonVerdict::Invalid { offset, what } => {
                 let message = format!("request body is not valid JSON: {what} at byte {offset}");
-                (400, "invalid_json", message, None, offset)
+                (400, Reason::InvalidJson, message, None, offset)
             }
             JsonVerdict::OverLimit { limit, value, max } => {
                 let what = match limit {
@@ -62,7 +62,7 @@ impl JsonVerdict {
                 };
                 let message =
                     format!("JSON {what} reached {value}, over the limit of {max} ({limit})");
-                (422, "json_limit", message, Some(limit), value)
+                (422, Reason::JsonLimit, message, Some(limit), value)
             }
         };
         let value = Some(value);

@@ -28,7 +28,7 @@ use self::breaker::{Breaker, BreakerChange};
 use self::gcra::{Gcra, GcraDecision, LocalStore};
 use self::redis::RedisStore;
 use self::rules::{rule_key, RuleKey};
-use super::Rejection;
+use super::{Reason, Rejection};
 
 /// Microseconds on a process-wide monotonic clock (local state only; Redis uses its own).
 fn now_us() -> u64 {
@@ -59,19 +59,19 @@ impl RateOutcome {
             RateOutcome::Allow => return None,
             RateOutcome::Limited { rule, retry_after } => (
                 429,
-                "rate_limited",
+                Reason::RateLimited,
                 format!("rate limit `{rule}` exceeded; retry in {} ms", retry_after.as_millis()),
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             ),
             RateOutcome::MissingKey { rule, part } => (
                 400,
-                "missing_rate_limit_key",
+                Reason::MissingRateLimitKey,
                 format!("rate limit `{rule}` needs the request's {part}"),
                 None,
             ),
             RateOutcome::Unavailable { rule } => (
                 503,
-                "rate_limit_unavailable",
+                Reason::RateLimitUnavailable,
                 format!("rate limit `{rule}` cannot be checked (its store is down) and the policy refuses unchecked requests"),
                 Some(1),
             ),

@@ -59,7 +59,7 @@ async fn local_limits_allow_the_burst_then_refuse_with_retry_after_and_headers()
     let rej = v.outcome.rejection().unwrap();
     assert_eq!(
         (rej.status, rej.reason, rej.retry_after),
-        (429, "rate_limited", Some(1))
+        (429, crate::stages::Reason::RateLimited, Some(1))
     );
     // Known over the limit: the next one is refused from the cache.
     rl.check(&cfg, &src(&h)).await;
