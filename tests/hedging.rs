@@ -100,6 +100,44 @@ async fn a_slow_query_is_hedged_after_hedge_after_ms_and_the_fast_answer_wins() 
     );
 }
 
+/// A route with both `hedge_after_ms` and `per_try_timeout_ms`: each attempt of a hedged
+/// query ends at the per-try timeout (both workers block 2 s here), so the client gets a 504
+/// after about 0.35 s. The hedge path once built its own peers without the per-try timeout:
+/// both attempts waited out the block and the query was answered 200 after 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_query_keeps_the_per_try_timeout_on_both_attempts() {
+    let slow = FaultSpec {
+        query_block: Some(Duration::from_secs(2)),
+        ..FaultSpec::default()
+    };
+    let be = backend_with_faults(2, vec![(1, slow.clone()), (2, slow)]);
+    let policy = hedging_policy(2500, 50, 10_000).replace(
+        "hedge_after_ms = 50\n",
+        "hedge_after_ms = 50\nper_try_timeout_ms = 300\n",
+    );
+    assert!(policy.contains("per_try_timeout_ms = 300"));
+    let sg = Sloguard::spawn(
+        &be.addrs(),
+        &format!("{policy}lag_eject_ms = 10000\n\n[upstream.probe]\nenabled = false\n"),
+    );
+    let r = client()
+        .get(sg.url("/v1/metrics?customer=per-try&event=e"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    let st = sg.status().await;
+    println!("{status} {body}; hedges {}", st["hedges"]);
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["reason"], "upstream_timeout", "{body}");
+    assert!(
+        hedges(&st).0 >= 1,
+        "the query was not hedged: {}",
+        st["hedges"]
+    );
+}
+
 /// A worker that stops answering: its queries are hedged as soon as the guard finds it
 /// stalled, well before `hedge_after_ms` (1.5 s here) would fire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,13 +29,8 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn new(lease: WorkerLease, policy: &Policy) -> Attempt {
-        let up = &policy.upstream;
-        let mut peer = HttpPeer::new(lease.worker().addr, false, String::new());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.idle_timeout = Some(up.idle_timeout);
+    fn new(lease: WorkerLease, policy: &Policy, route: usize) -> Attempt {
+        let peer = super::attempt_peer(lease.worker().addr, policy, route);
         Attempt {
             lease,
             peer,
@@ -51,6 +46,11 @@ async fn send(connector: &Connector, peer: HttpPeer, req: &RequestHeader) -> Res
     loop {
         tries += 1;
         let (mut up, reused) = connector.get_http_session(&peer).await?;
+        // The connector leaves the session's timeouts unset; Pingora's proxy path copies
+        // them from the peer before each request, and so must we (hedged requests once had
+        // no read timeout at all, `per_try_timeout_ms` and `upstream.read_timeout_ms` both lost).
+        up.read_timeout = peer.options.read_timeout;
+        up.write_timeout = peer.options.write_timeout;
         let sent = async {
             up.write_request_header(Box::new(req.clone())).await?;
             up.finish_body().await?;
@@ -68,7 +68,8 @@ async fn send(connector: &Connector, peer: HttpPeer, req: &RequestHeader) -> Res
         match sent {
             Ok(()) => return Ok(up),
             Err(_) if reused && tries < 3 => continue,
-            Err(e) => return Err(e),
+            // The worker's side failed, as Pingora's proxy path marks it: a timeout is a 504.
+            Err(e) => return Err(e.into_up()),
         }
     }
 }
@@ -116,7 +117,7 @@ impl SloGuard {
         let mut req = session.req_header().clone();
         super::forward_headers(session, &mut req, ctx)?;
 
-        let first = Attempt::new(lease, &policy);
+        let first = Attempt::new(lease, &policy, ctx.route);
         ctx.attempts += 1;
         let mut first_send = Box::pin(send(&self.connector, first.peer.clone(), &req));
         let hedge_at = tokio::time::Instant::from_std(first.dispatched + hedge_after);
@@ -255,7 +256,7 @@ impl SloGuard {
             None,
             Some(self.state.slot_listener()),
         )?;
-        Some(Attempt::new(lease, policy))
+        Some(Attempt::new(lease, policy, ctx.route))
     }
 
     /// Records a failed attempt against its worker's health.
@@ -298,7 +299,7 @@ impl SloGuard {
         ctx.record_outcome(resp.status.as_u16(), lag);
         super::decorate_response(&mut resp, ctx)?;
         session.write_response_header(Box::new(resp), false).await?;
-        while let Some(chunk) = up.read_body_bytes().await? {
+        while let Some(chunk) = up.read_body_bytes().await.map_err(|e| e.into_up())? {
             session.write_response_body(Some(chunk), false).await?;
         }
         session.write_response_body(None, true).await?;

@@ -202,17 +202,7 @@ impl ProxyHttp for SloGuard {
                     })?
             }
         };
-        let up = &policy.upstream;
-        let mut peer = HttpPeer::new(lease.worker().addr, false, String::new());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        let route = policy.routes.get(ctx.route);
-        peer.options.read_timeout = Some(
-            route
-                .per_try_timeout
-                .map_or(up.read_timeout, |t| t.min(up.read_timeout)),
-        );
-        peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.idle_timeout = Some(up.idle_timeout);
+        let peer = attempt_peer(lease.worker().addr, &policy, ctx.route);
         ctx.attempts += 1;
         ctx.worker_id = Some(lease.worker().id);
         ctx.dispatched = Some(Instant::now());
@@ -520,6 +510,26 @@ fn resolve_client(session: &Session, policy: &Policy) -> Option<client_ip::Clien
         forwarded,
         &policy.listen.trusted_proxies,
     ))
+}
+
+/// The peer for one attempt at the worker at `addr`: the upstream timeouts, with the read
+/// timeout capped by the route's `per_try_timeout_ms`. The main path, its retries and both
+/// attempts of a hedged request build their peers here (hedges once built their own and lost
+/// the per-try timeout).
+pub(super) fn attempt_peer(addr: std::net::SocketAddr, policy: &Policy, route: usize) -> HttpPeer {
+    let up = &policy.upstream;
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(up.connect_timeout);
+    peer.options.read_timeout = Some(
+        policy
+            .routes
+            .get(route)
+            .per_try_timeout
+            .map_or(up.read_timeout, |t| t.min(up.read_timeout)),
+    );
+    peer.options.write_timeout = Some(up.write_timeout);
+    peer.options.idle_timeout = Some(up.idle_timeout);
+    peer
 }
 
 /// The worker's reported event-loop lag, from the policy's lag header.
