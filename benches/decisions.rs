@@ -17,7 +17,7 @@ use sloguard::stages::ratelimit::gcra::{Gcra, LocalStore};
 use sloguard::stages::route::{Priority, Route, RouteMatch, RouteTable};
 use sloguard::workers::ewma::PeakEwma;
 use sloguard::workers::limiter::{ConcurrencyLimiter, LimiterConfig, Sample};
-use sloguard::workers::{pick_least_loaded, pick_p2c};
+use sloguard::workers::{pick_least_loaded, pick_p2c, Tried};
 
 /// The shipped policy's routes: ingest, query, then the default.
 fn routes() -> RouteTable {
@@ -69,7 +69,7 @@ fn worker_choice(c: &mut Criterion) {
     g.bench_function("pick_least_loaded_4", |b| {
         b.iter(|| {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-            pick_least_loaded(black_box(loads).into_iter(), black_box(0b0100), seed)
+            pick_least_loaded(black_box(loads).into_iter(), black_box(Tried::of(2)), seed)
         })
     });
     g.finish();

@@ -13,7 +13,9 @@
 //! - [`stages::client_ip`] resolves each request's client through `trusted_proxies`
 //!   (`X-Forwarded-For`, right-most untrusted entry) for rate-limit keys, logs and upstream.
 //! - [`stages`] decide: [`stages::route`] (which route), [`stages::payload`] (body caps),
-//!   [`stages::admission`] (wait for a worker slot within the deadline, or be shed).
+//!   [`stages::admission`] (wait for a worker slot within the deadline, or be shed); each
+//!   refusal names a [`stages::Reason`], which the metrics, the access log and `/status`
+//!   all count by.
 //! - [`workers`] choose the upstream worker and hold in-flight leases.
 //! - [`monitor`] runs health evaluation, probes and drain-rate estimates in the background.
 //! - [`admin`] serves `/healthz` and `/status`.

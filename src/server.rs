@@ -15,12 +15,6 @@ use crate::monitor::Monitor;
 use crate::proxy::{ConnGuard, SloGuard};
 use crate::state::State;
 
-/// A server ready to run, and the state it serves from.
-pub struct Built {
-    pub server: Server,
-    pub state: Arc<State>,
-}
-
 /// The proxy and admin listeners, bound.
 pub struct Listeners {
     pub proxy: TcpListener,
@@ -28,7 +22,7 @@ pub struct Listeners {
 }
 
 /// Builds the server for `policy` on listeners already bound.
-pub fn build_server(policy: Policy, listeners: Listeners) -> Built {
+pub fn build_server(policy: Policy, listeners: Listeners) -> Server {
     let mut conf = ServerConf {
         threads: policy.listen.threads,
         // Retries only go to workers not yet tried, so one try per worker is the bound.
@@ -78,7 +72,7 @@ pub fn build_server(policy: Policy, listeners: Listeners) -> Built {
     server.add_service(monitor);
     server.add_service(proxy);
     server.add_service(admin);
-    Built { server, state }
+    server
 }
 
 /// sloguard could not start serving.
@@ -114,7 +108,6 @@ pub fn run(policy: Policy) -> Result<(), StartError> {
         proxy: bind("proxy", policy.listen.proxy, &policy)?,
         admin: bind("admin", policy.listen.admin, &policy)?,
     };
-    let built = build_server(policy, listeners);
-    built.server.run(RunArgs::default());
+    build_server(policy, listeners).run(RunArgs::default());
     Ok(())
 }

@@ -55,7 +55,17 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // The process series are set by the monitor's first pass (every 250 ms).
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the monitor's first pass",
+        || async {
+            get_text(&sg.admin_url("/metrics"))
+                .await
+                .contains("sloguard_log_lines_suppressed_total")
+        },
+    )
+    .await;
     let exported = http
         .get(sg.admin_url("/metrics"))
         .send()

@@ -113,22 +113,6 @@ async fn backend_events_answered(be: &Backend, status: &str) -> u64 {
     total
 }
 
-/// Polls `cond` every 50 ms until it holds or `within` passes; how long it took.
-async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if cond().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A client declares 100 000 bytes of body, sends half, and closes. The first half is a
 /// complete, valid event padded with spaces: had sloguard ended the upstream body early as
 /// if it were complete, the backend would have stored it. It streams (over the 64 KiB

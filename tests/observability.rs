@@ -137,7 +137,11 @@ async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(Duration::from_secs(10), "both access lines", || async {
+        let log = sg.log();
+        log.contains("\"ok-1\"") && log.contains("\"big-1\"")
+    })
+    .await;
     let lines: Vec<serde_json::Value> = sg
         .log()
         .lines()

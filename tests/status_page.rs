@@ -62,7 +62,13 @@ async fn the_status_page_shows_the_stalled_worker_as_ejected() {
             ..FaultSpec::default()
         },
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_until(Duration::from_secs(10), "worker 3 ejected", || async {
+        let st = sg.status().await;
+        st["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|w| w["id"] == 3 && w["state"] == "ejected"))
+    })
+    .await;
     let url = sg.admin_url("/");
     let dom = tokio::task::spawn_blocking(move || render(&url, &["--dump-dom"]))
         .await

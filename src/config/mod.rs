@@ -12,4 +12,4 @@ pub mod locate;
 pub mod policy;
 
 pub use error::{Location, PolicyError};
-pub use policy::{Listen, Policy};
+pub use policy::{Listen, Policy, MAX_WORKERS};

@@ -13,7 +13,7 @@ use crate::stages::admission::Wait;
 use crate::stages::ratelimit::KeySource;
 use crate::stages::route::{Priority, Route, RouteId, RouteTable};
 use crate::stages::Rejection;
-use crate::workers::{GuardMode, SlotRule};
+use crate::workers::{GuardMode, SlotRule, Tried};
 
 impl SloGuard {
     /// The queue budget of `route`: see [`RouteTable::queue_budget`].
@@ -67,8 +67,12 @@ impl SloGuard {
                 } else {
                     rule.unreserved()
                 };
-                let lease =
-                    workers.acquire(GuardMode::Enforce, 0, Some(&effective), Some(listener));
+                let lease = workers.acquire(
+                    GuardMode::Enforce,
+                    Tried::NONE,
+                    Some(&effective),
+                    Some(listener),
+                );
                 // The woken request has tried for its slot: the claim is spent either way.
                 drop(claim.take());
                 if let Some(lease) = lease {

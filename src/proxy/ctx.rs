@@ -11,7 +11,7 @@ use crate::stages::ratelimit::RateHeaders;
 use crate::stages::route::RouteId;
 use crate::stages::Rejection;
 use crate::state::RequestGuard;
-use crate::workers::{Sample, WorkerLease};
+use crate::workers::{Sample, Tried, WorkerLease};
 
 /// What one request has learned and holds. Dropped when the request ends, which releases the
 /// worker lease whatever path the request ended on.
@@ -28,7 +28,7 @@ pub struct RequestCtx {
     /// The worker currently holding this request.
     pub lease: Option<WorkerLease>,
     /// Bit per worker index this request failed to connect to, so a retry goes elsewhere.
-    pub tried: u64,
+    pub tried: Tried,
     /// Upstream attempts made (1 = no retry).
     pub attempts: u32,
     /// Set when a stage answered the request itself.
@@ -73,7 +73,7 @@ impl RequestCtx {
             client: None,
             started: Instant::now(),
             lease: None,
-            tried: 0,
+            tried: Tried::NONE,
             attempts: 0,
             rejection: None,
             worker_id: None,

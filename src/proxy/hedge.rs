@@ -16,7 +16,7 @@ use super::{RequestCtx, SloGuard};
 use crate::config::Policy;
 use crate::stages::hedge::{self, HedgeTrigger};
 use crate::stages::retry::{self, FailedAttempt};
-use crate::workers::{GuardMode, WorkerLease};
+use crate::workers::{GuardMode, Tried, WorkerLease};
 
 /// How often a waiting hedged request looks at its worker's health: the monitor's tick.
 const STALL_CHECK: Duration = Duration::from_millis(10);
@@ -111,7 +111,12 @@ impl SloGuard {
         let lease = match ctx.lease.take() {
             Some(lease) => lease,
             None => workers
-                .acquire(policy.guard, 0, None, Some(self.state.slot_listener()))
+                .acquire(
+                    policy.guard,
+                    Tried::NONE,
+                    None,
+                    Some(self.state.slot_listener()),
+                )
                 .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no worker"))?,
         };
         let mut req = session.req_header().clone();
@@ -245,14 +250,9 @@ impl SloGuard {
             tracing::debug!(request_id = %ctx.request_id, "not hedging: retry budget spent");
             return None;
         }
-        let tried = if first.lease.index() < 64 {
-            1u64 << first.lease.index()
-        } else {
-            0
-        };
         let lease = self.state.workers().acquire(
             policy.guard,
-            tried,
+            Tried::of(first.lease.index()),
             None,
             Some(self.state.slot_listener()),
         )?;

@@ -1,14 +1,18 @@
 //! The Pingora phases. They sequence the stages and write their answers; they decide nothing
 //! themselves (see `stages` and `workers` for the decisions).
 //!
-//! Before any of them, [`ConnGuard`] (in `conn`) runs each connection: the per-client
-//! connection cap at accept and the deadline on reading each request head (`head_io`).
+//! Before any of them, `listener` accepts the connection and [`ConnGuard`] (in `conn`) runs
+//! it: the connection caps at accept and the deadline on reading each request head
+//! (`head_io`).
 //!
-//! Request path: `request_filter` (route, request id, payload caps, admission: a worker slot
-//! or a wait in the queue or a 503) → `upstream_peer` (the admitted worker; on a retry
-//! another one) → `upstream_request_filter` (forwarding headers) → `fail_to_connect` (retry
-//! elsewhere) → `upstream_response_filter` (latency, lag and status feed the worker's health
-//! and limiter) → `logging` (outcome, lease released).
+//! Request path: `request_filter` (request id, client IP, route, payload caps, rate limits,
+//! the body's JSON scan, admission: a worker slot or a wait in the queue or a 503; a hedged
+//! request is answered from `hedge` here) → `upstream_peer` (the admitted worker, its peer
+//! from `attempt_peer`; on a retry another worker) → `upstream_request_filter` (forwarding
+//! headers) → `fail_to_connect` (retry elsewhere) → `upstream_response_filter` (latency, lag
+//! and status feed the worker's health and limiter) → `error_while_proxy` / `fail_to_proxy`
+//! (retry, or our JSON answer via `respond`) → `logging` (metrics by [`crate::stages::Reason`],
+//! the access line, lease released).
 
 mod admit;
 mod body;
@@ -232,17 +236,9 @@ impl ProxyHttp for SloGuard {
             if let Some(policy) = &ctx.policy {
                 lease.worker().on_connect_failure(&policy.upstream.health);
             }
-            if lease.index() < 64 {
-                ctx.tried |= 1 << lease.index();
-            }
+            ctx.tried.insert(lease.index());
         }
-        let all = self.state.workers().len();
-        let all_tried = if all >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << all) - 1
-        };
-        e.set_retry(ctx.tried & all_tried != all_tried);
+        e.set_retry(!ctx.tried.covers(self.state.workers().len()));
         e
     }
 
@@ -298,9 +294,7 @@ impl ProxyHttp for SloGuard {
         if retry {
             ctx.retries += 1;
             if let Some(lease) = &ctx.lease {
-                if lease.index() < 64 {
-                    ctx.tried |= 1 << lease.index();
-                }
+                ctx.tried.insert(lease.index());
             }
             tracing::debug!(request_id = %ctx.request_id, error = %e, "retrying on another worker");
         }

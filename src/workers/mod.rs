@@ -16,6 +16,7 @@ pub mod probe;
 pub mod service;
 pub mod signals;
 
+use crate::config::MAX_WORKERS;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use health::{EjectReason, HealthConfig, HealthState, Transition, WorkerHealth};
 pub use limiter::{Algorithm, ConcurrencyLimiter, LimiterConfig, Sample};
-pub use pick::{pick_least_loaded, pick_p2c};
+pub use pick::{pick_least_loaded, pick_p2c, Tried};
 pub use probe::ProbeConfig;
 pub use service::{RouteCosts, ServiceTime};
 
@@ -428,7 +429,7 @@ impl WorkerSet {
 
     /// Picks a worker and leases it; `None` when no worker may take the request now.
     ///
-    /// `tried` has a bit per worker index this request already failed on. With the guard
+    /// `tried` holds the workers this request already failed on. With the guard
     /// off (or in shadow), the choice is fewest in flight, ties at random. Enforced, it is
     /// power of two choices on [`Worker::cost`] among workers that are not ejected and have
     /// a slot under `rule` (`None`: capacity ignored, for retries; at least one slot of an
@@ -436,7 +437,7 @@ impl WorkerSet {
     pub fn acquire(
         &self,
         mode: GuardMode,
-        tried: u64,
+        tried: Tried,
         rule: Option<&SlotRule>,
         listener: Option<Arc<dyn SlotListener>>,
     ) -> Option<WorkerLease> {
@@ -447,15 +448,15 @@ impl WorkerSet {
             }
             GuardMode::Enforce => {
                 let eligible = |i: usize, w: &Worker| {
-                    (i >= 64 || tried & (1 << i) == 0)
+                    !tried.contains(i)
                         && w.state() != HealthState::Ejected
                         && !w.ejection_pending.load(Ordering::Relaxed)
                         && rule.is_none_or(|r| w.has_slot(r))
                 };
-                let mut costs = [(0usize, 0f64); 64];
+                let mut costs = [(0usize, 0f64); MAX_WORKERS];
                 let mut n = 0;
                 let now_ns = since_epoch(Instant::now());
-                for (i, w) in self.workers.iter().enumerate().take(64) {
+                for (i, w) in self.workers.iter().enumerate().take(MAX_WORKERS) {
                     if eligible(i, w) {
                         costs[n] = (i, w.cost(now_ns));
                         n += 1;

@@ -8,19 +8,52 @@
 //! Random tie-breaking matters: with sequential traffic every worker sits at 0 in flight, and
 //! always taking the first would send everything to worker 1.
 
-/// Returns the index of the least-loaded worker not marked in `excluded` (bit i = index i),
-/// choosing uniformly among equals with the help of `entropy`. `None` when all are excluded.
-/// Only the first 64 workers can be excluded; the policy allows no more.
+use crate::config::MAX_WORKERS;
+
+/// The workers one request has already tried, by index: a retry or a hedge goes to another.
+/// A policy has at most [`MAX_WORKERS`] (64) workers, so the set is one word.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried(u64);
+
+impl Tried {
+    /// No worker tried yet.
+    pub const NONE: Tried = Tried(0);
+
+    /// Only worker `index`.
+    pub fn of(index: usize) -> Tried {
+        let mut t = Tried::NONE;
+        t.insert(index);
+        t
+    }
+
+    pub fn insert(&mut self, index: usize) {
+        if index < MAX_WORKERS {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        index < MAX_WORKERS && self.0 & (1 << index) != 0
+    }
+
+    /// Whether every one of `workers` workers has been tried.
+    pub fn covers(self, workers: usize) -> bool {
+        (0..workers.min(MAX_WORKERS)).all(|i| self.contains(i))
+    }
+}
+
+/// Returns the index of the least-loaded worker not in `excluded`, choosing uniformly among
+/// equals with the help of `entropy`. `None` when all are excluded.
 pub fn pick_least_loaded(
     loads: impl Iterator<Item = usize>,
-    excluded: u64,
+    excluded: Tried,
     entropy: u64,
 ) -> Option<usize> {
     let mut best: Option<(usize, usize)> = None; // (index, load)
     let mut ties: u64 = 0;
     let mut rng = entropy | 1;
     for (i, load) in loads.enumerate() {
-        if i < 64 && excluded & (1 << i) != 0 {
+        if excluded.contains(i) {
             continue;
         }
         match best {
@@ -71,14 +104,38 @@ mod tests {
 
     #[test]
     fn picks_the_minimum() {
-        assert_eq!(pick_least_loaded([3, 1, 2].into_iter(), 0, 7), Some(1));
+        assert_eq!(
+            pick_least_loaded([3, 1, 2].into_iter(), Tried::NONE, 7),
+            Some(1)
+        );
     }
 
     #[test]
     fn skips_excluded_even_if_least_loaded() {
-        assert_eq!(pick_least_loaded([3, 0, 2].into_iter(), 0b010, 7), Some(2));
-        assert_eq!(pick_least_loaded([0, 0].into_iter(), 0b11, 7), None);
-        assert_eq!(pick_least_loaded(std::iter::empty(), 0, 7), None);
+        assert_eq!(
+            pick_least_loaded([3, 0, 2].into_iter(), Tried::of(1), 7),
+            Some(2)
+        );
+        let mut both = Tried::of(0);
+        both.insert(1);
+        assert_eq!(pick_least_loaded([0, 0].into_iter(), both, 7), None);
+        assert_eq!(pick_least_loaded(std::iter::empty(), Tried::NONE, 7), None);
+    }
+
+    #[test]
+    fn tried_holds_every_worker_a_policy_can_have() {
+        let mut t = Tried::NONE;
+        assert!(t.covers(0));
+        assert!(!t.covers(1));
+        for i in 0..MAX_WORKERS {
+            t.insert(i);
+        }
+        assert!(t.covers(MAX_WORKERS));
+        assert!(t.contains(MAX_WORKERS - 1));
+        // Past the bound nothing is stored and nothing is found.
+        t.insert(MAX_WORKERS);
+        assert!(!t.contains(MAX_WORKERS));
+        assert!(Tried::of(3).contains(3) && !Tried::of(3).contains(2));
     }
 
     #[test]
@@ -87,7 +144,7 @@ mod tests {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..4000 {
             seed = xorshift(seed);
-            let i = pick_least_loaded([0, 0, 5, 0].into_iter(), 0, seed).unwrap();
+            let i = pick_least_loaded([0, 0, 5, 0].into_iter(), Tried::NONE, seed).unwrap();
             hits[i] += 1;
         }
         assert_eq!(hits[2], 0, "a loaded worker is never picked over idle ones");

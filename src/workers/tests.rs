@@ -55,8 +55,8 @@ fn answer(w: &Worker, rtt: Duration, before: usize, now: Instant) {
 #[test]
 fn leases_count_in_flight_and_release_on_drop() {
     let s = set(2);
-    let a = s.acquire(GuardMode::Off, 0, None, None).unwrap();
-    let b = s.acquire(GuardMode::Off, 0, None, None).unwrap();
+    let a = s.acquire(GuardMode::Off, Tried::NONE, None, None).unwrap();
+    let b = s.acquire(GuardMode::Off, Tried::NONE, None, None).unwrap();
     // With one request on a worker, the next goes to the other one.
     assert_ne!(a.index(), b.index());
     assert_eq!(s.iter().map(|w| w.in_flight()).sum::<usize>(), 2);
@@ -70,13 +70,18 @@ fn leases_count_in_flight_and_release_on_drop() {
 fn tried_workers_are_skipped_until_none_is_left() {
     for mode in [GuardMode::Off, GuardMode::Enforce] {
         let s = set(3);
-        let first = s.acquire(mode, 0, Some(&rule(1.0)), None).unwrap().index();
+        let first = s
+            .acquire(mode, Tried::NONE, Some(&rule(1.0)), None)
+            .unwrap()
+            .index();
         let second = s
-            .acquire(mode, 1 << first, Some(&rule(1.0)), None)
+            .acquire(mode, Tried::of(first), Some(&rule(1.0)), None)
             .unwrap()
             .index();
         assert_ne!(first, second);
-        assert!(s.acquire(mode, 0b111, Some(&rule(1.0)), None).is_none());
+        let mut all_three = Tried::NONE;
+        (0..3).for_each(|i| all_three.insert(i));
+        assert!(s.acquire(mode, all_three, Some(&rule(1.0)), None).is_none());
     }
 }
 
@@ -95,7 +100,7 @@ fn enforced_choice_skips_ejected_workers_and_full_ones() {
     ));
     let mut leases = vec![];
     // Two workers left, each with the initial limit of 8.
-    while let Some(l) = s.acquire(GuardMode::Enforce, 0, Some(&rule(1.0)), None) {
+    while let Some(l) = s.acquire(GuardMode::Enforce, Tried::NONE, Some(&rule(1.0)), None) {
         assert_ne!(l.index(), 0, "an ejected worker got a request");
         leases.push(l);
         assert!(leases.len() <= 16);
@@ -104,17 +109,22 @@ fn enforced_choice_skips_ejected_workers_and_full_ones() {
     assert!(!s.has_room(&rule(1.0)));
     // A lower class's share of a full worker is used up too.
     assert!(s
-        .acquire(GuardMode::Enforce, 0, Some(&rule(0.5)), None)
+        .acquire(GuardMode::Enforce, Tried::NONE, Some(&rule(0.5)), None)
         .is_none());
     // Without limits (a retry), a full worker can still be chosen; the ejected one not.
     assert_ne!(
-        s.acquire(GuardMode::Enforce, 0, None, None)
+        s.acquire(GuardMode::Enforce, Tried::NONE, None, None)
             .unwrap()
             .index(),
         0
     );
     // With the guard off, the ejected worker is just another worker.
-    assert_eq!(s.acquire(GuardMode::Off, 0, None, None).unwrap().index(), 0);
+    assert_eq!(
+        s.acquire(GuardMode::Off, Tried::NONE, None, None)
+            .unwrap()
+            .index(),
+        0
+    );
 }
 
 #[test]
@@ -123,7 +133,12 @@ fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
     let w = &s.workers[0];
     // 1 ms requests, each starting within a 50 ms cap: 50 fit, whatever the learnt limit.
     let mut leases = vec![];
-    while let Some(l) = s.acquire(GuardMode::Enforce, 0, Some(&costing(1.0, 1)), None) {
+    while let Some(l) = s.acquire(
+        GuardMode::Enforce,
+        Tried::NONE,
+        Some(&costing(1.0, 1)),
+        None,
+    ) {
         leases.push(l);
         assert!(leases.len() <= 64);
     }
@@ -138,8 +153,13 @@ fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
     // ...not behind 30 ms: a critical request would wait behind it.
     let more: Vec<_> = (0..20)
         .map(|_| {
-            s.acquire(GuardMode::Enforce, 0, Some(&costing(1.0, 1)), None)
-                .unwrap()
+            s.acquire(
+                GuardMode::Enforce,
+                Tried::NONE,
+                Some(&costing(1.0, 1)),
+                None,
+            )
+            .unwrap()
         })
         .collect();
     assert_eq!(w.work(), Duration::from_millis(30));
@@ -158,7 +178,7 @@ fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
     };
     let held: Vec<_> = (0..10)
         .map(|_| {
-            s.acquire(GuardMode::Enforce, 0, Some(&cheap), None)
+            s.acquire(GuardMode::Enforce, Tried::NONE, Some(&cheap), None)
                 .unwrap()
         })
         .collect();
@@ -183,7 +203,7 @@ fn a_silent_busy_worker_stops_getting_requests_before_it_is_ejected() {
     // Worker 0 takes one request and goes silent (a blocked loop); its last answer was at
     // +19 ms. Costs are read 30 ms after that: worker 0 counts as at least 30 ms slow.
     let stuck = s
-        .acquire(GuardMode::Enforce, 0b10, Some(&rule(1.0)), None)
+        .acquire(GuardMode::Enforce, Tried::of(1), Some(&rule(1.0)), None)
         .unwrap();
     assert_eq!(stuck.index(), 0);
     let later = since_epoch(now + Duration::from_millis(49));

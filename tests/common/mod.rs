@@ -610,3 +610,19 @@ impl RedisCluster {
             .collect()
     }
 }
+
+/// Polls `cond` every 50 ms until it holds or `within` passes; how long it took.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
