@@ -83,6 +83,10 @@ enum Cmd {
         /// Only the contenders whose name contains this (for a closer look at one).
         #[arg(long)]
         only: Option<String>,
+        /// Offer this many requests/s instead of half the measured capacity (to compare
+        /// two builds or policies at the same load; the capacity is not measured then).
+        #[arg(long)]
+        rate: Option<u32>,
     },
     /// Not part of `all`: minutes of load at half the capacity with one fault a minute;
     /// prints a row a minute and writes bench/soak.json (and BENCHMARKS.md with --write).
@@ -241,8 +245,8 @@ fn main() -> anyhow::Result<()> {
         say(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
         return Ok(());
     }
-    if let Cmd::Lifecycle { fleet, only } = &cli.command {
-        let l = lifecycle::run(&env, &fleet.kinds(), only.as_deref());
+    if let Cmd::Lifecycle { fleet, only, rate } = &cli.command {
+        let l = lifecycle::run(&env, &fleet.kinds(), only.as_deref(), rate.map(f64::from));
         if cli.keep_temp {
             say(format!(
                 "configs and logs kept in {}",
@@ -280,7 +284,7 @@ fn main() -> anyhow::Result<()> {
     let life = (cli.command == Cmd::All)
         .then(|| {
             attempt("lifecycle", &mut failures, || {
-                lifecycle::run(&env, &FleetArg::Both.kinds(), None)
+                lifecycle::run(&env, &FleetArg::Both.kinds(), None, None)
             })
         })
         .flatten();
