@@ -76,6 +76,14 @@ async fn until_closed(r: &mut OwnedReadHalf) -> String {
     String::from_utf8(got).unwrap()
 }
 
+/// A keep-alive connection that has had one fast request answered 200.
+async fn served_once(sg: &Sloguard) -> (OwnedReadHalf, OwnedWriteHalf) {
+    let (mut r, mut w) = TcpStream::connect(sg.proxy).await.unwrap().into_split();
+    w.write_all(FAST).await.unwrap();
+    assert!(response(&mut r).await.starts_with("HTTP/1.1 200"));
+    (r, w)
+}
+
 fn body_of(response: &str) -> Value {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str(body).unwrap_or(Value::Null)
@@ -178,9 +186,7 @@ async fn an_idle_keep_alive_connection_is_not_a_header_timeout() {
     let be = backend(1);
     let sg = Sloguard::spawn(&be.addrs(), &policy(""));
     // A keep-alive connection after its first answer, and a new one that has sent nothing.
-    let (mut r, mut w) = TcpStream::connect(sg.proxy).await.unwrap().into_split();
-    w.write_all(FAST).await.unwrap();
-    assert!(response(&mut r).await.starts_with("HTTP/1.1 200"));
+    let (mut r, mut w) = served_once(&sg).await;
     let (mut r2, mut w2) = TcpStream::connect(sg.proxy).await.unwrap().into_split();
     // Three deadlines of silence: nothing arrives on either, and neither is closed.
     let (mut buf, mut buf2) = ([0u8; 64], [0u8; 64]);
@@ -196,6 +202,33 @@ async fn an_idle_keep_alive_connection_is_not_a_header_timeout() {
     assert!(response(&mut r).await.starts_with("HTTP/1.1 200"));
     w2.write_all(FAST).await.unwrap();
     assert!(response(&mut r2).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(refusals(&sg, "header_timeout").await, 0);
+}
+
+/// `limits.keepalive_timeout_ms`: an idle keep-alive connection, and one that never sent a
+/// request, are closed quietly (no answer, no refusal counted) once idle that long; a
+/// connection reused within it is served. (It was a fixed 60 s.)
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_keepalive_timeout_ms_and_not_before() {
+    let be = backend(1);
+    let sg = Sloguard::spawn(&be.addrs(), &policy("keepalive_timeout_ms = 1500\n"));
+    let (mut r, mut w) = served_once(&sg).await;
+    // Reused well within the timeout: served.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.write_all(FAST).await.unwrap();
+    assert!(response(&mut r).await.starts_with("HTTP/1.1 200"));
+    let (mut r2, _w2) = TcpStream::connect(sg.proxy).await.unwrap().into_split();
+    // Then idle: both closed with nothing written (read_to_end ends at the close).
+    let started = Instant::now();
+    let (idle, never) = tokio::join!(until_closed(&mut r), until_closed(&mut r2));
+    assert_eq!(idle, "", "an idle connection gets no answer, just a close");
+    assert_eq!(never, "");
+    // Not before the timeout (1.5 s from the last answer; the join started after it).
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "closed after {:?}",
+        started.elapsed()
+    );
     assert_eq!(refusals(&sg, "header_timeout").await, 0);
 }
 

@@ -142,25 +142,36 @@ pub fn sections(r: &Results) -> Vec<(&'static str, String)> {
 fn conns_section(c: &crate::scenarios::conns::Conns) -> String {
     let mut out = String::from(
         "Each proxy started afresh in front of the Rust backend (4 workers); N client connections \
-         opened one after the other, each sending one `GET /healthz` and then left open and idle:\n\n\
-         | proxy | connections | RSS before (MiB) | RSS idle (MiB) | per connection (KiB) | RSS after holding them (MiB) |\n\
-         | --- | --- | --- | --- | --- | --- |\n",
+         opened one after the other, each sending one `GET /healthz` and then left open and idle; \
+         then each sending one `GET /healthz` a second (active):\n\n\
+         | proxy | connections | RSS before (MiB) | RSS idle (MiB) | idle, per connection (KiB) | RSS after holding them (MiB) | RSS active, highest (MiB) | active, per connection (KiB) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in &c.rows {
+        let failed = if r.active_failures > 0 {
+            format!(" ({} answers failed)", r.active_failures)
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} (after {} s) |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} (after {} s) | {:.1} (over {} s){failed} | {:.2} |\n",
             r.contender,
             r.connections,
             r.rss_before_kib as f64 / 1024.0,
             r.rss_idle_kib as f64 / 1024.0,
             r.per_connection_kib(),
             r.rss_held_kib as f64 / 1024.0,
-            r.hold_secs
+            r.hold_secs,
+            r.rss_active_kib as f64 / 1024.0,
+            r.active_secs,
+            r.active_per_connection_kib(),
         ));
     }
     out.push_str(
         "\nRSS is VmRSS (nginx: master plus worker), one second after the last connection's answer; \
-         per connection = (idle − before) / N.",
+         per connection = (idle − before) / N; active: the highest RSS read once a second while \
+         every connection sent one request a second (a tenth of them every 100 ms), per connection \
+         = (active − before) / N.",
     );
     for s in &c.skipped {
         out.push_str(&format!("\n\n**Not measured**: {s}."));

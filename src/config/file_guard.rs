@@ -120,6 +120,8 @@ pub struct LimitsFile {
     pub header_read_timeout_ms: Option<Spanned<u64>>,
     /// Open connections allowed per client IP; 0 (the default) = no cap.
     pub max_connections_per_client_ip: Option<Spanned<u64>>,
+    /// Idle time allowed between two requests of a keep-alive connection. Default 60 000.
+    pub keepalive_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[retry]`.

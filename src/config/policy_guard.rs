@@ -13,7 +13,7 @@ use crate::config::file::{
 };
 use crate::stages::admission::SheddingConfig;
 use crate::stages::conn_guard::{
-    ConnLimits, MAX_CONNECTIONS_PER_CLIENT_IP, MAX_HEADER_READ_TIMEOUT,
+    ConnLimits, MAX_CONNECTIONS_PER_CLIENT_IP, MAX_HEADER_READ_TIMEOUT, MAX_KEEPALIVE_TIMEOUT,
 };
 use crate::stages::payload::HeadLimits;
 use crate::stages::retry::RetryConfig;
@@ -30,6 +30,26 @@ impl Validator<'_> {
             None => Ok(default),
             Some(v) => self.millis(v, key),
         }
+    }
+
+    /// Like `ms_or`, and at most `max` (named in words for the error).
+    fn ms_at_most(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        default: Duration,
+        (max, words): (Duration, &str),
+    ) -> Result<Duration, PolicyError> {
+        let d = self.ms_or(v, key, default)?;
+        if d > max {
+            let span = v.as_ref().map_or(0..0, |v| v.span());
+            return Err(self.invalid(
+                span,
+                key,
+                format!("must be at most {} ({words})", max.as_millis()),
+            ));
+        }
+        Ok(d)
     }
 
     fn count_or(
@@ -261,22 +281,12 @@ impl Validator<'_> {
 
     pub(super) fn conn_limits(&self, l: &LimitsFile) -> Result<ConnLimits, PolicyError> {
         let d = ConnLimits::default();
-        let header_read_timeout = self.ms_or(
+        let header_read_timeout = self.ms_at_most(
             &l.header_read_timeout_ms,
             "limits.header_read_timeout_ms",
             d.header_read_timeout,
+            (MAX_HEADER_READ_TIMEOUT, "10 minutes"),
         )?;
-        if header_read_timeout > MAX_HEADER_READ_TIMEOUT {
-            let span = l.header_read_timeout_ms.as_ref().map(|v| v.span());
-            return Err(self.invalid(
-                span.unwrap_or(0..0),
-                "limits.header_read_timeout_ms",
-                format!(
-                    "must be at most {} (10 minutes)",
-                    MAX_HEADER_READ_TIMEOUT.as_millis()
-                ),
-            ));
-        }
         // 0 is allowed here: it turns the cap off.
         let max_connections_per_client_ip = match &l.max_connections_per_client_ip {
             None => d.max_connections_per_client_ip,
@@ -289,9 +299,16 @@ impl Validator<'_> {
             }
             Some(v) => *v.get_ref() as u32,
         };
+        let keepalive_timeout = self.ms_at_most(
+            &l.keepalive_timeout_ms,
+            "limits.keepalive_timeout_ms",
+            d.keepalive_timeout,
+            (MAX_KEEPALIVE_TIMEOUT, "1 hour"),
+        )?;
         Ok(ConnLimits {
             header_read_timeout,
             max_connections_per_client_ip,
+            keepalive_timeout,
         })
     }
 

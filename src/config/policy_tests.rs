@@ -266,6 +266,9 @@ fn connection_guards_default_to_a_10_s_head_deadline_and_no_cap() {
     // 0 turns the cap off; it is not an error.
     let p = parse("[limits]\nmax_connections_per_client_ip = 0\n").unwrap();
     assert_eq!(p.conn.max_connections_per_client_ip, 0);
+    assert_eq!(p.conn.keepalive_timeout, Duration::from_secs(60));
+    let p = parse("[limits]\nkeepalive_timeout_ms = 120000\n").unwrap();
+    assert_eq!(p.conn.keepalive_timeout, Duration::from_secs(120));
 }
 
 #[test]
@@ -282,6 +285,14 @@ fn connection_guard_errors_are_located() {
         (
             "[limits]\nmax_connections_per_client_ip = 1000001\n",
             "limits.max_connections_per_client_ip",
+        ),
+        (
+            "[limits]\nkeepalive_timeout_ms = 0\n",
+            "limits.keepalive_timeout_ms",
+        ),
+        (
+            "[limits]\nkeepalive_timeout_ms = 3600001\n",
+            "limits.keepalive_timeout_ms",
         ),
     ];
     for (extra, key) in cases {

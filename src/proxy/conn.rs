@@ -34,10 +34,6 @@ use crate::stages::conn_guard::{self, ClientConnections, ClientPermit};
 use crate::stages::Rejection;
 use crate::state::State;
 
-/// Pingora's keep-alive timeout for a new HTTP/1 connection, seconds (as in its own loop):
-/// how long an idle connection may wait for its next request head.
-const KEEPALIVE_SECS: u64 = 60;
-
 /// Longest time spent answering a refused connection, lingering included.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -75,7 +71,10 @@ impl ConnGuard {
     ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + 'a {
         let mut session = ServerSession::new_http1(io);
         if first {
-            session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+            // Pingora's own idle wait is not used (`next_request` waits instead), but the
+            // setting also decides whether the connection is kept at all.
+            let idle = self.state.conn_limits().keepalive_timeout.as_secs().max(1);
+            session.set_keepalive((!*shutdown.borrow()).then_some(idle));
             session.set_keepalive_reuses_remaining(
                 self.proxy
                     .server_options()
@@ -212,7 +211,7 @@ impl ConnGuard {
 /// `false` when it closed, stayed idle past the keep-alive timeout, or the server is
 /// stopping (an idle connection is closed at once, as Pingora closes those parked in its
 /// own head read).
-async fn next_request(io: &mut HeadGuardIo, shutdown: &ShutdownWatch) -> bool {
+async fn next_request(io: &mut HeadGuardIo, idle: Duration, shutdown: &ShutdownWatch) -> bool {
     let mut stopping = shutdown.clone();
     if *stopping.borrow() {
         return false;
@@ -220,7 +219,7 @@ async fn next_request(io: &mut HeadGuardIo, shutdown: &ShutdownWatch) -> bool {
     tokio::select! {
         // A request already arriving wins over a stop that lands at the same moment.
         biased;
-        started = tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECS), io.wait_for_head()) => {
+        started = tokio::time::timeout(idle, io.wait_for_head()) => {
             matches!(started, Ok(Ok(true)))
         }
         // Only a stop: `changed()` would also fire for a value this receiver has not seen.
@@ -303,7 +302,7 @@ impl ServerApp for ConnGuard {
         };
         let (io, expiry) = HeadGuardIo::new(stream, limits.header_read_timeout);
         let mut io = Box::new(io);
-        if !next_request(&mut io, shutdown).await {
+        if !next_request(&mut io, limits.keepalive_timeout, shutdown).await {
             return None;
         }
         // From here on, Pingora's own HTTP/1 loop (pingora-core `apps/mod.rs`), with the
@@ -334,9 +333,10 @@ impl ServerApp for ConnGuard {
                 }
             };
             let (stream, settings) = reused.consume();
-            let timeout = self.state.conn_limits().header_read_timeout;
-            io = HeadGuardIo::rearm(stream, timeout)?;
-            if !next_request(&mut io, shutdown).await {
+            // The limits of the policy of now: a reload applies to open connections too.
+            let now = self.state.conn_limits();
+            io = HeadGuardIo::rearm(stream, now.header_read_timeout)?;
+            if !next_request(&mut io, now.keepalive_timeout, shutdown).await {
                 return None;
             }
             carried = settings;

@@ -2,11 +2,13 @@
 //! keep pools of connections open to a sidecar, and its memory limit is paid by every pod.
 //! Each proxy (started afresh) gets N client connections, each sending one GET and then
 //! staying open and idle; RSS is read before and after (one second after the last answer),
-//! and again after a hold, to see that idle connections do not grow.
+//! and again after a hold, to see that idle connections do not grow. Then every connection
+//! sends one GET a second for a while (the 1 request/s of a pool kept warm), and the highest
+//! RSS seen meanwhile is the active figure.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -25,12 +27,22 @@ pub struct ConnsRow {
     /// RSS after the connections were held idle for `hold_secs` more.
     pub rss_held_kib: u64,
     pub hold_secs: u64,
+    /// Highest RSS while every connection sent one request a second, for `active_secs`.
+    pub rss_active_kib: u64,
+    pub active_secs: u64,
+    /// Answers that failed or did not come during the active stretch.
+    pub active_failures: u64,
 }
 
 impl ConnsRow {
     /// KiB per connection, from the RSS before they opened to the RSS with them idle.
     pub fn per_connection_kib(&self) -> f64 {
         (self.rss_idle_kib as f64 - self.rss_before_kib as f64) / self.connections as f64
+    }
+
+    /// KiB per connection while active at one request a second.
+    pub fn active_per_connection_kib(&self) -> f64 {
+        (self.rss_active_kib as f64 - self.rss_before_kib as f64) / self.connections as f64
     }
 }
 
@@ -68,7 +80,8 @@ pub fn contenders() -> Vec<Contender> {
 
 pub fn run(env: &Env) -> anyhow::Result<Conns> {
     raise_fd_limit();
-    let hold = Duration::from_secs(if env.plan.quick { 5 } else { 30 });
+    let hold = Duration::from_secs(if env.plan.quick { 5 } else { 60 });
+    let active = Duration::from_secs(if env.plan.quick { 3 } else { 10 });
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     for c in contenders() {
@@ -100,6 +113,8 @@ pub fn run(env: &Env) -> anyhow::Result<Conns> {
             let idle = rss();
             std::thread::sleep(hold);
             let after_hold = rss();
+            let mut held = held;
+            let (rss_active, failures) = keep_active(&mut held, active, &rss);
             drop(held);
             rows.push(ConnsRow {
                 contender: c.name.into(),
@@ -108,6 +123,9 @@ pub fn run(env: &Env) -> anyhow::Result<Conns> {
                 rss_idle_kib: idle,
                 rss_held_kib: after_hold,
                 hold_secs: hold.as_secs(),
+                rss_active_kib: rss_active,
+                active_secs: active.as_secs(),
+                active_failures: failures,
             });
         }
     }
@@ -128,6 +146,46 @@ fn open_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
         conns.push(s);
     }
     Ok(conns)
+}
+
+/// Slices per second of the active stretch: every tenth of a second a tenth of the
+/// connections each send one GET, then their answers are read.
+const TICKS_PER_SEC: usize = 10;
+
+/// Every connection sends one request a second for `secs`; the highest RSS read (after
+/// each second's last tick) and how many answers failed. A failed connection is not used
+/// again.
+fn keep_active(conns: &mut [TcpStream], secs: Duration, rss: &dyn Fn() -> u64) -> (u64, u64) {
+    let request = b"GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n";
+    let mut alive = vec![true; conns.len()];
+    let mut failures = 0u64;
+    let mut highest = 0;
+    let start = Instant::now();
+    let tick = Duration::from_secs(1) / TICKS_PER_SEC as u32;
+    let ticks = secs.as_secs() as usize * TICKS_PER_SEC;
+    let slice = conns.len().div_ceil(TICKS_PER_SEC);
+    for t in 0..ticks {
+        let due = start + tick * t as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let from = (t % TICKS_PER_SEC) * slice;
+        let to = (from + slice).min(conns.len());
+        for i in from..to {
+            if alive[i] && conns[i].write_all(request).is_err() {
+                alive[i] = false;
+                failures += 1;
+            }
+        }
+        for i in from..to {
+            if alive[i] && read_answer(&mut conns[i]).is_err() {
+                alive[i] = false;
+                failures += 1;
+            }
+        }
+        if t % TICKS_PER_SEC == TICKS_PER_SEC - 1 {
+            highest = highest.max(rss());
+        }
+    }
+    (highest, failures)
 }
 
 /// Reads one answer with a `content-length` body.

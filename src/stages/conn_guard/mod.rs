@@ -31,6 +31,9 @@ pub struct ConnLimits {
     /// Most open connections from one client IP (the TCP peer); the next one is answered
     /// 429 and closed. 0 = no cap (the default).
     pub max_connections_per_client_ip: u32,
+    /// How long a keep-alive connection may sit idle between requests before it is closed
+    /// (nginx's `keepalive_timeout`, HAProxy's `timeout http-keep-alive`). Default 60 s.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ConnLimits {
@@ -38,6 +41,7 @@ impl Default for ConnLimits {
         ConnLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections_per_client_ip: 0,
+            keepalive_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -45,6 +49,9 @@ impl Default for ConnLimits {
 /// Longest `header_read_timeout_ms` a policy may set (10 minutes): Pingora closes a head
 /// that makes no progress for 60 s anyway, and deadlines must stay far from `Instant`'s range.
 pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Longest `keepalive_timeout_ms` a policy may set (1 hour, Envoy's default idle timeout).
+pub const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Most `max_connections_per_client_ip` a policy may set.
 pub const MAX_CONNECTIONS_PER_CLIENT_IP: u32 = 1_000_000;
