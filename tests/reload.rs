@@ -120,8 +120,21 @@ async fn a_valid_change_applies_under_load_and_a_broken_file_is_refused_while_th
             > 0
     );
 
-    // Garbage over the live file: refused, named by file, line and key; the old policy stays.
+    // One policy version in the metrics, the new one: the old one is not left at 0 (the
+    // dashboard counts versions to show pods that disagree).
     let version = st["policy"]["version"].clone();
+    let metrics = get_text(&sg.admin_url("/metrics")).await;
+    let info: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sloguard_config_info"))
+        .collect();
+    assert_eq!(
+        info,
+        [format!("sloguard_config_info{{version={version}}} 1")],
+        "{metrics}"
+    );
+
+    // Garbage over the live file: refused, named by file, line and key; the old policy stays.
     let broken = std::fs::read_to_string(&sg.policy_path)
         .unwrap()
         .replace("max_body_bytes = 500", "max_body_bytes = -1");

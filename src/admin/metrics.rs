@@ -300,15 +300,9 @@ impl Metrics {
                 }
             })
             .collect();
-        // One version at 1: the one serving now.
-        if !self.version.is_empty() && self.version != policy.version {
-            let old = [("version", self.version.clone())];
-            r.register_gauge(&key("sloguard_config_info", &old), &meta())
-                .set(0.0);
-        }
-        let new = [("version", policy.version.clone())];
-        r.register_gauge(&key("sloguard_config_info", &new), &meta())
-            .set(1.0);
+        // `sloguard_config_info` is written by `render`, not registered: a registered series
+        // cannot be removed, so each version ever served stayed (at 0), and the dashboard's
+        // count of versions read as pods disagreeing.
         self.version = policy.version.clone();
         self.routes = routes.len();
         self.workers = workers;
@@ -400,7 +394,16 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        // One series a process: the version serving now (policy versions are hex digests,
+        // nothing to escape).
+        text.push_str(&format!(
+            "# HELP sloguard_config_info The policy version serving now.\n\
+             # TYPE sloguard_config_info gauge\n\
+             sloguard_config_info{{version=\"{}\"}} 1\n",
+            self.version
+        ));
+        text
     }
 
     /// Drains histogram buffers so memory stays flat between scrapes.
@@ -471,6 +474,24 @@ rate = 1
         assert!(text
             .contains(r#"sloguard_rejections_total{route="-",reason="too_many_connections"} 0"#));
         assert!(text.contains("sloguard_config_info{version="));
+    }
+
+    #[test]
+    fn config_info_names_only_the_version_serving_now() {
+        let m = Metrics::new(&policy());
+        let mut next = policy();
+        next.version = "0123456789abcdef".into();
+        let m = m.rebound(&next);
+        let text = m.render();
+        let series: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("sloguard_config_info"))
+            .collect();
+        assert_eq!(
+            series,
+            [r#"sloguard_config_info{version="0123456789abcdef"} 1"#],
+            "{text}"
+        );
     }
 
     /// Every reason lands on its own series, under the metric its kind names: none is
