@@ -96,8 +96,12 @@ async fn a_slow_redis_costs_no_request_more_than_its_timeout() {
         st["ratelimit"]
     );
     assert_eq!(refused, 0);
+    // A request that waited on Redis would take the whole 1.5 s sleep; the 20 ms timeout
+    // and the local fallback keep every request far under it. (The bound is not the 20 ms:
+    // a debug build on a busy 2-core machine has shown a 200 ms request here; latency
+    // figures belong to the benchmark.)
     assert!(
-        slowest < Duration::from_millis(150),
+        slowest < Duration::from_millis(1000),
         "a request waited {slowest:?} on a sleeping Redis"
     );
     assert!(
