@@ -112,14 +112,28 @@ async fn metrics_count_outcomes_refusals_and_worker_state() {
     assert!(series < 1500, "{series} series");
 }
 
-#[tokio::test]
-async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
-    let be = backend(1);
-    let sg = Sloguard::spawn_logging(
+/// sloguard with an access line for every request, in JSON.
+fn spawn_logging_every_request(be: &Backend) -> Sloguard {
+    Sloguard::spawn_logging(
         &be.addrs(),
         &format!("{ROUTES}\n[log]\naccess = \"all\"\n"),
         "warn,sloguard::access=info",
-    );
+    )
+}
+
+/// The access lines logged so far, parsed.
+fn access_lines(sg: &Sloguard) -> Vec<serde_json::Value> {
+    sg.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "sloguard::access")
+        .collect()
+}
+
+#[tokio::test]
+async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
+    let be = backend(1);
+    let sg = spawn_logging_every_request(&be);
     let http = client();
     let r = http
         .post(sg.url("/v1/events"))
@@ -142,12 +156,7 @@ async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
         log.contains("\"ok-1\"") && log.contains("\"big-1\"")
     })
     .await;
-    let lines: Vec<serde_json::Value> = sg
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "sloguard::access")
-        .collect();
+    let lines = access_lines(&sg);
     let find = |id: &str| {
         lines
             .iter()
@@ -171,11 +180,7 @@ async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
 #[tokio::test]
 async fn the_access_log_is_not_cut_by_the_per_site_log_limit() {
     let be = backend(1);
-    let sg = Sloguard::spawn_logging(
-        &be.addrs(),
-        &format!("{ROUTES}\n[log]\naccess = \"all\"\n"),
-        "warn,sloguard::access=info",
-    );
+    let sg = spawn_logging_every_request(&be);
     let http = client();
     for i in 0..50u64 {
         let r = http
@@ -187,26 +192,18 @@ async fn the_access_log_is_not_cut_by_the_per_site_log_limit() {
             .unwrap();
         assert_eq!(r.status(), 202);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let logged = sg
-            .log()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let burst = || {
+        access_lines(&sg)
+            .iter()
             .filter(|v| {
-                v["target"] == "sloguard::access"
-                    && v["fields"]["request_id"]
-                        .as_str()
-                        .is_some_and(|id| id.starts_with("burst-"))
+                v["fields"]["request_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("burst-"))
             })
-            .count();
-        if logged == 50 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{logged} of 50 access lines"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .count()
+    };
+    wait_until(Duration::from_secs(5), "50 access lines", || async {
+        burst() == 50
+    })
+    .await;
 }
