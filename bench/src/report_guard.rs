@@ -186,6 +186,23 @@ fn fleet(f: &FleetLifecycle) -> String {
         &rows,
     );
     debug_assert_eq!(f.results.len() % PHASES.len(), 0);
+    if !f.cpu.is_empty() {
+        s += "\nCPU per second of load (medians of the rounds): the proxy's own, and how busy \
+              the core it shares with the workers was (proxy, workers and everything else on it):\n\n";
+        let share = |v: Option<f64>| v.map_or("-".to_string(), pct);
+        let rows: Vec<Vec<String>> = f
+            .cpu
+            .iter()
+            .map(|c| {
+                vec![
+                    c.contender.clone(),
+                    share(c.proxy_share),
+                    share(c.sut_core_busy),
+                ]
+            })
+            .collect();
+        s += &table(&["contender", "proxy CPU", "shared core busy"], &rows);
+    }
     if !f.skipped.is_empty() {
         s += &format!(
             "\nNot run (proxy not installed): {}.\n",

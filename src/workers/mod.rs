@@ -228,13 +228,19 @@ impl Worker {
     /// - under its learnt concurrency limit (the priority's share of it): the limit finds
     ///   the knee of a worker whose requests overlap (they await I/O), where counting work
     ///   would understate what it can hold;
-    /// - or, its cost known, while the work already there lets it start within the rule's
-    ///   cap (and under the ceiling): a learnt limit never refuses work that would still be
-    ///   served in time, and dear requests (a 25 ms aggregation) count for what they cost,
-    ///   so a lower class cannot fill a loop with work a critical request would then wait
-    ///   behind. Starting within the cap, rather than finishing within it, always leaves a
-    ///   request ready behind the one running when requests are dear compared to the cap:
-    ///   the loop never idles for a round trip between two of them.
+    /// - beyond it, up to the ceiling, while the request would still be served in time, so
+    ///   a learnt limit never refuses work the SLO allows:
+    ///   - its cost known, while the work already there lets it start within the rule's
+    ///     cap: dear requests (a 25 ms aggregation) count for what they cost, so a lower
+    ///     class cannot fill a loop with work a critical request would then wait behind.
+    ///     Starting within the cap, rather than finishing within it, always leaves a
+    ///     request ready behind the one running when requests are dear compared to the
+    ///     cap: the loop never idles for a round trip between two of them;
+    ///   - its cost not known yet (at start, a new route, a reload that renamed one), while
+    ///     the worker's latency outlook ([`Worker::outlook`]) is within the cap: no evidence
+    ///     is not bad evidence, so a fresh proxy admits as least-connections would until
+    ///     answers say the worker is slow, instead of holding every worker to the initial
+    ///     limit until the first request finds one idle and prices its route.
     pub fn has_slot(&self, rule: &SlotRule) -> bool {
         let in_flight = self.in_flight();
         if in_flight == 0 {
@@ -244,10 +250,26 @@ impl Worker {
         if in_flight < allowed {
             return true;
         }
-        rule.cost.is_some() && in_flight < rule.ceiling as usize && {
-            let weight = f64::from(self.weight_milli.load(Ordering::Relaxed)) / 1000.0;
-            self.work() < rule.work_cap.mul_f64(weight * rule.share)
+        if in_flight >= rule.ceiling as usize {
+            return false;
         }
+        let weight = f64::from(self.weight_milli.load(Ordering::Relaxed)) / 1000.0;
+        let cap = rule.work_cap.mul_f64(weight * rule.share);
+        match rule.cost {
+            Some(_) => self.work() < cap,
+            None => self.outlook(since_epoch(Instant::now())) < cap,
+        }
+    }
+
+    /// How slow the worker is now: its latency estimate (peak-EWMA of its answers and
+    /// probes), or, if longer, how long it has been busy without answering.
+    fn outlook(&self, now_ns: u64) -> Duration {
+        let stalled = if self.in_flight() > 0 {
+            now_ns.saturating_sub(self.quiet_from_ns.load(Ordering::Relaxed))
+        } else {
+            0
+        };
+        Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed).max(stalled))
     }
 
     /// Cost for the choice: latency estimate x (in flight + 1), over the slow-start weight.
@@ -257,14 +279,7 @@ impl Worker {
     /// getting requests within milliseconds, long before the stall ejects it.
     pub fn cost(&self, now_ns: u64) -> f64 {
         let w = f64::from(self.weight_milli.load(Ordering::Relaxed).max(1)) / 1000.0;
-        let in_flight = self.in_flight();
-        let stalled = if in_flight > 0 {
-            now_ns.saturating_sub(self.quiet_from_ns.load(Ordering::Relaxed))
-        } else {
-            0
-        };
-        let latency = self.latency_ns.load(Ordering::Relaxed).max(stalled);
-        latency as f64 * (in_flight as f64 + 1.0) / w
+        self.outlook(now_ns).as_nanos() as f64 * (self.in_flight() as f64 + 1.0) / w
     }
 
     /// The worker's loop turned now (an answer or a good probe), or it became busy.

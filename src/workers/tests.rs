@@ -23,7 +23,8 @@ fn set(n: usize) -> WorkerSet {
     WorkerSet::new(&cfg(n), &LimiterConfig::default())
 }
 
-/// A request of unknown cost: only the learnt limit (its share) admits it.
+/// A request of unknown cost: beyond the learnt limit (its share), a worker takes it only
+/// while its latency outlook is within the 50 ms cap.
 fn rule(share: f64) -> SlotRule {
     SlotRule {
         share,
@@ -98,6 +99,11 @@ fn enforced_choice_skips_ejected_workers_and_full_ones() {
         w0.evaluate(&hc, true, now),
         Some(Transition::Ejected { .. })
     ));
+    // The others answer slower than the 50 ms cap: beyond their learnt limit they take
+    // nothing more.
+    for w in &s.workers[1..] {
+        answer(w, Duration::from_millis(60), 0, now);
+    }
     let mut leases = vec![];
     // Two workers left, each with the initial limit of 8.
     while let Some(l) = s.acquire(GuardMode::Enforce, Tried::NONE, Some(&rule(1.0)), None) {
@@ -165,7 +171,10 @@ fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
     assert_eq!(w.work(), Duration::from_millis(30));
     assert!(!w.has_slot(&costing(0.5, 1)));
     drop(more);
-    // Unknown cost: the learnt limit's share (8 x 0.5 = 4) is used up.
+    // Unknown cost: beyond the learnt limit's share (8 x 0.5 = 4), only a worker answering
+    // within the cap's share (25 ms) takes more.
+    assert!(w.has_slot(&rule(0.5)));
+    answer(w, Duration::from_millis(30), 0, Instant::now());
     assert!(!w.has_slot(&rule(0.5)));
     drop(leases);
     assert_eq!(w.work(), Duration::ZERO);
@@ -209,4 +218,47 @@ fn a_silent_busy_worker_stops_getting_requests_before_it_is_ejected() {
     let later = since_epoch(now + Duration::from_millis(49));
     let (c0, c1) = (s.workers[0].cost(later), s.workers[1].cost(later));
     assert!(c0 > 30.0 * c1, "stalled {c0} vs healthy {c1}");
+}
+
+#[test]
+fn with_no_cost_known_a_worker_answering_in_time_takes_work_up_to_the_ceiling() {
+    let s = set(1);
+    let w = &s.workers[0];
+    let now = Instant::now();
+    // A fresh proxy knows no cost: it admits as least-connections would, up to the
+    // ceiling, not just the initial limit of 8.
+    let mut leases = vec![];
+    while let Some(l) = s.acquire(GuardMode::Enforce, Tried::NONE, Some(&rule(1.0)), None) {
+        leases.push(l);
+        assert!(leases.len() <= 64);
+    }
+    assert_eq!(leases.len(), 64);
+    drop(leases.split_off(20));
+    // Answers well within the 50 ms cap (40 ms, from a proxy and workers sharing a core)
+    // keep it taking work, whatever the limiter learnt from them...
+    answer(w, Duration::from_millis(40), 0, now);
+    assert!(w.has_slot(&rule(1.0)));
+    // ...answers over it stop it at the learnt limit.
+    answer(w, Duration::from_millis(55), 0, now);
+    assert!(!w.has_slot(&rule(1.0)));
+    drop(leases.split_off(7));
+    assert!(w.has_slot(&rule(1.0)), "under the learnt limit of 8");
+}
+
+#[test]
+fn a_silent_worker_stops_taking_work_beyond_its_limit_once_its_silence_passes_the_cap() {
+    let s = set(1);
+    let w = &s.workers[0];
+    let now = Instant::now();
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            s.acquire(GuardMode::Enforce, Tried::NONE, Some(&rule(1.0)), None)
+                .unwrap()
+        })
+        .collect();
+    // Busy since the first lease and silent: 60 ms later it is at least 60 ms slow.
+    let later = since_epoch(now + Duration::from_millis(60));
+    assert!(w.outlook(later) >= Duration::from_millis(59));
+    assert!(w.outlook(since_epoch(now)) < Duration::from_millis(10));
+    drop(held);
 }

@@ -24,6 +24,7 @@ use crate::configs::Balance;
 use crate::loadgen::{self, ClosedLoop, Mix, PoolLoop, Stretch, TimedOutcome};
 use crate::scenarios::env::FleetKind;
 use crate::stats::{self, ClosedSummary, OpenSummary};
+use crate::{procs, sysinfo};
 
 /// The incident's fault, as both fleets take it.
 pub const FAULT: &str = "3:block=250ms,every=4";
@@ -86,6 +87,18 @@ pub struct PhaseResult {
     pub median: OpenSummary,
 }
 
+/// What one contender's runs cost in CPU (medians of the rounds).
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    pub contender: String,
+    /// The proxy's CPU time (its processes and their children) over the stretches with
+    /// load, per second: its share of a core while serving.
+    pub proxy_share: Option<f64>,
+    /// How busy the core the proxy shares with the workers was over the stretches with
+    /// load (`None` unpinned).
+    pub sut_core_busy: Option<f64>,
+}
+
 /// One fleet's runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetLifecycle {
@@ -94,7 +107,18 @@ pub struct FleetLifecycle {
     pub capacity: ClosedSummary,
     pub rate: f64,
     pub results: Vec<PhaseResult>,
+    /// Per contender, in the order of `results`.
+    pub cpu: Vec<CpuUse>,
     pub skipped: Vec<String>,
+}
+
+/// Seconds of the schedule with load offered.
+fn loaded_secs(schedule: &[Stretch]) -> f64 {
+    schedule
+        .iter()
+        .filter(|s| s.rate > 0.0)
+        .map(|s| s.secs)
+        .sum()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,6 +242,8 @@ fn run_fleet(
         .filter(|c| only.is_none_or(|o| c.name.contains(o)))
         .partition(|c| env.available(c.proxy));
     let mut rounds: Vec<Vec<Vec<OpenSummary>>> = vec![vec![Vec::new(); PHASES.len()]; list.len()];
+    // Per contender and round: (proxy CPU share, SUT core busy), per second of load.
+    let mut cpu: Vec<Vec<(Option<f64>, Option<f64>)>> = vec![Vec::new(); list.len()];
     for round in 0..env.plan.rounds {
         for (i, c) in list.iter().enumerate() {
             say(format!(
@@ -239,7 +265,11 @@ fn run_fleet(
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));
                 reload.apply()
             });
+            let sampler = cpu_sampler(proxy.proc.pid(), &cfg.schedule);
             let outcomes = env.rt.block_on(loadgen::pool_loop(proxy.addr, &cfg))?;
+            let snaps = sampler.join().unwrap_or_default();
+            let (proxy_share, sut_busy) = loaded_use(&cfg.schedule, &snaps, env.sut_cpu);
+            cpu[i].push((proxy_share, sut_busy));
             if let Ok(Err(e)) = trigger.join() {
                 say(format!("lifecycle: the reload failed: {e:#}"));
             }
@@ -254,6 +284,16 @@ fn run_fleet(
             }
         }
     }
+    let median = |v: Vec<f64>| (!v.is_empty()).then(|| stats::median(&v));
+    let cpu = list
+        .iter()
+        .zip(cpu)
+        .map(|(c, runs)| CpuUse {
+            contender: c.name.to_string(),
+            proxy_share: median(runs.iter().filter_map(|r| r.0).collect()),
+            sut_core_busy: median(runs.iter().filter_map(|r| r.1).collect()),
+        })
+        .collect();
     let mut results = Vec::new();
     for (c, per_phase) in list.iter().zip(rounds) {
         for (phase, rounds) in PHASES.iter().zip(per_phase) {
@@ -271,8 +311,64 @@ fn run_fleet(
         capacity,
         rate,
         results,
+        cpu,
         skipped: skipped.iter().map(|c| c.name.to_string()).collect(),
     })
+}
+
+/// The proxy's CPU time and the per-CPU times, at one instant.
+type CpuSnap = (Option<f64>, Vec<sysinfo::CpuTimes>);
+
+/// Takes a [`CpuSnap`] of process `pid` now and at the end of each stretch of `schedule`
+/// (started with the load, so the snapshots bracket the stretches).
+fn cpu_sampler(pid: u32, schedule: &[Stretch]) -> std::thread::JoinHandle<Vec<CpuSnap>> {
+    let ends: Vec<f64> = schedule
+        .iter()
+        .scan(0.0, |t, s| {
+            *t += s.secs;
+            Some(*t)
+        })
+        .collect();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let snap = || (procs::tree_cpu_secs(pid), sysinfo::cpu_times());
+        let mut snaps = vec![snap()];
+        for end in ends {
+            let at = t0 + Duration::from_secs_f64(end);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            snaps.push(snap());
+        }
+        snaps
+    })
+}
+
+/// From a snapshot before and after each stretch: the proxy's CPU seconds and how busy CPU
+/// `sut` was, both per second of the stretches with load (the idle stretch left out).
+fn loaded_use(
+    schedule: &[Stretch],
+    snaps: &[CpuSnap],
+    sut: Option<usize>,
+) -> (Option<f64>, Option<f64>) {
+    if snaps.len() != schedule.len() + 1 {
+        return (None, None);
+    }
+    let loaded = loaded_secs(schedule);
+    let (mut proxy, mut busy) = (Some(0.0), sut.map(|_| 0.0));
+    for (s, pair) in schedule.iter().zip(snaps.windows(2)) {
+        if s.rate <= 0.0 {
+            continue;
+        }
+        let (before, after) = (&pair[0], &pair[1]);
+        proxy = proxy
+            .zip(after.0.zip(before.0))
+            .map(|(sum, (a, b))| sum + (a - b));
+        busy = busy.zip(sut).and_then(|(sum, cpu)| {
+            let i = after.1.iter().position(|t| t.cpu == cpu)?;
+            let shares = sysinfo::busy_shares(&before.1, &after.1);
+            Some(sum + shares.get(i)? * s.secs)
+        });
+    }
+    (proxy.map(|p| p / loaded), busy.map(|b| b / loaded))
 }
 
 /// The outcomes of requests meant to start within `phase`, summarised.
@@ -358,6 +454,30 @@ mod tests {
         assert!(PHASES.iter().all(|p| p.from < p.to && p.to <= total));
         // The idle stretch (14-22 s) is in no phase.
         assert!(PHASES.iter().all(|p| p.to <= 14.0 || p.from >= 22.0));
+        assert_eq!(loaded_secs(&s), 19.0);
+        // Proxy CPU 2.8 s over the first stretch, 0.5 s idle, 1 s over the last; CPU 0 busy
+        // 14 of 14 s, then idle, then 4 of 5 s.
+        let at = |proxy: f64, busy: u64, total: u64| {
+            (
+                Some(proxy),
+                vec![sysinfo::CpuTimes {
+                    cpu: 0,
+                    busy,
+                    total,
+                }],
+            )
+        };
+        let snaps = [
+            at(1.0, 0, 0),
+            at(3.8, 1400, 1400),
+            at(4.3, 1400, 2200),
+            at(5.3, 1800, 2700),
+        ];
+        let (proxy, busy) = loaded_use(&s, &snaps, Some(0));
+        assert!((proxy.unwrap() - 3.8 / 19.0).abs() < 1e-9, "{proxy:?}");
+        assert!((busy.unwrap() - 18.0 / 19.0).abs() < 1e-9, "{busy:?}");
+        assert_eq!(loaded_use(&s, &snaps, None).1, None);
+        assert_eq!(loaded_use(&s, &snaps[..3], Some(0)), (None, None));
         assert_eq!(rate_for(5222.0), 2600.0);
         assert_eq!(rate_for(100.0), 200.0);
     }
