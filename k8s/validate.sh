@@ -97,6 +97,8 @@ METRICS = {
     "sloguard_hedges_total": {"result"},
     "sloguard_config_reloads_total": {"result"},
     "sloguard_config_info": {"version"},
+    "sloguard_requests_over_slo_total": {"route", "slo"},
+    "sloguard_route_slo_target_seconds": {"route", "slo"},
 }
 HISTOGRAMS = {"sloguard_request_duration_seconds", "sloguard_admission_wait_seconds"}
 DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.4, 0.5, 1, 2.5]
@@ -128,6 +130,7 @@ ENUMS = {
     "status_class": {"2xx", "3xx", "4xx", "5xx"},
     "outcome": {"ok", "error", "shed", "limited", "rejected"},
     "state": {"healthy", "suspect", "ejected"},
+    "slo": {"p95", "p99"},
     "result": {"ok", "error", "allowed", "limited", "shadow_denied", "near_limit", "launched", "won"},
     "reason": SHED_REASONS | REJECT_REASONS,
     "route": {r.get("name") for r in base.get("route", [])} | {"default"},

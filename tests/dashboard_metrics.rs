@@ -104,3 +104,68 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported() {
     }
     assert!(checked > 10);
 }
+
+/// The SLO alert and the top panel read `sloguard_requests_over_slo_total`: requests served
+/// slower than their own route's target, counted by the real proxy against the policy's
+/// targets. Queries take 300 ms on every worker (target 250 ms), events a few ms (target
+/// 150 ms): each query counts once, no event does, and the targets are exported.
+#[tokio::test]
+async fn requests_over_their_routes_slo_target_are_counted_per_route_and_target() {
+    let slow_queries = FaultSpec {
+        query_block: Some(std::time::Duration::from_millis(300)),
+        ..FaultSpec::default()
+    };
+    let be = backend_with_faults(2, vec![(1, slow_queries.clone()), (2, slow_queries)]);
+    // Blocks of 300 ms are the point here, not a stall to eject for.
+    let policy = format!(
+        "{ROUTES}\n[upstream.health]\nstall_after_ms = 10000\nlag_eject_ms = 10000\n\
+         [upstream.probe]\ntimeout_ms = 5000\n"
+    );
+    let sg = Sloguard::spawn(&be.addrs(), &policy);
+    let http = client();
+    for i in 0..5u64 {
+        assert_eq!(sg.post_event(&http, "t", i).await.0, 202);
+    }
+    for _ in 0..3 {
+        let r = http
+            .get(sg.url("/v1/metrics?customer=c&event=e"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = get_text(&sg.admin_url("/metrics")).await;
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    for (series, expected) in [
+        (
+            r#"sloguard_requests_over_slo_total{route="query",slo="p95"}"#,
+            Some(3.0),
+        ),
+        (
+            r#"sloguard_requests_over_slo_total{route="ingest",slo="p95"}"#,
+            Some(0.0),
+        ),
+        (
+            r#"sloguard_requests_over_slo_total{route="ingest",slo="p99"}"#,
+            Some(0.0),
+        ),
+        // The query route sets no p99 target: no series for one.
+        (
+            r#"sloguard_requests_over_slo_total{route="query",slo="p99"}"#,
+            None,
+        ),
+        (
+            r#"sloguard_route_slo_target_seconds{route="query",slo="p95"}"#,
+            Some(0.25),
+        ),
+        (
+            r#"sloguard_route_slo_target_seconds{route="ingest",slo="p99"}"#,
+            Some(0.4),
+        ),
+    ] {
+        assert_eq!(value(series), expected, "{series}:\n{text}");
+    }
+}

@@ -46,6 +46,11 @@ impl From<ReasonKind> for Outcome {
 }
 
 const OUTCOMES: [&str; 5] = ["ok", "error", "shed", "limited", "rejected"];
+/// The targets a route's `slo` may set, as the `slo` label (a p95 target allows 5% of the
+/// served requests over it, a p99 target 1%: the alert's thresholds).
+const SLO_TARGETS: [&str; 2] = ["p95", "p99"];
+/// Each route's targets, one series per route and target of the policy serving now.
+const SLO_TARGET_GAUGE: &str = "sloguard_route_slo_target_seconds";
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 /// The `route` label of connection refusals (the access log's "no route" too).
 pub const NO_ROUTE: &str = "-";
@@ -97,6 +102,13 @@ pub struct Metrics {
     connection_refusals: Vec<Counter>,
     /// [rule][result]
     ratelimit: Vec<Counter>,
+    /// [route][p95, p99]: the route's target, seconds, and its count of served requests
+    /// slower than it; `None` where the route sets no such target.
+    over_slo: Vec<[Option<(f64, Counter)>; 2]>,
+    /// (route, `slo` label, seconds) of every target, for `sloguard_route_slo_target_seconds`
+    /// (written by `render`, like `sloguard_config_info`: a route renamed by a reload must not
+    /// keep a series).
+    slo_targets: Vec<(String, &'static str, f64)>,
     pub worker: Vec<WorkerMetrics>,
     pub queue_depth: Gauge,
     pub queue_wait: Histogram,
@@ -140,6 +152,14 @@ impl Metrics {
             })
             .expect("bucket lists are constant and non-empty")
             .build_recorder();
+        recorder.describe_counter(
+            "sloguard_requests_over_slo_total".into(),
+            None,
+            "Requests a worker served (outcome ok or error) slower than their route's p95 or \
+             p99 target (label slo); over the served requests, a share above 5% (p95) or 1% \
+             (p99) misses the SLO."
+                .into(),
+        );
         let handle = recorder.handle();
         let mut m = Metrics {
             handle,
@@ -150,6 +170,8 @@ impl Metrics {
             durations: vec![],
             refusals: vec![],
             ratelimit: vec![],
+            over_slo: vec![],
+            slo_targets: vec![],
             worker: vec![],
             connection_refusals: Reason::connection_reasons()
                 .iter()
@@ -204,6 +226,8 @@ impl Metrics {
             durations: vec![],
             refusals: vec![],
             ratelimit: vec![],
+            over_slo: vec![],
+            slo_targets: vec![],
             worker: vec![],
             connection_refusals: self.connection_refusals.clone(),
             queue_depth: self.queue_depth.clone(),
@@ -263,6 +287,20 @@ impl Metrics {
                 refusals.push(r.register_counter(&key(name, &labels), &meta()));
             }
         }
+        let mut over_slo = Vec::new();
+        let mut slo_targets = Vec::new();
+        for route in policy.routes.iter() {
+            let targets = route.slo.map_or([None, None], |s| [s.p95, s.p99]);
+            over_slo.push(std::array::from_fn(|i| {
+                let target = targets[i]?.as_secs_f64();
+                let slo = SLO_TARGETS[i];
+                slo_targets.push((route.name.to_string(), slo, target));
+                let labels = [("route", route.name.to_string()), ("slo", slo.to_string())];
+                let counter =
+                    r.register_counter(&key("sloguard_requests_over_slo_total", &labels), &meta());
+                Some((target, counter))
+            }));
+        }
         let mut ratelimit = Vec::new();
         for rule in &policy.ratelimit.rules {
             for result in RATE_RESULTS {
@@ -310,6 +348,8 @@ impl Metrics {
         self.durations = durations;
         self.refusals = refusals;
         self.ratelimit = ratelimit;
+        self.over_slo = over_slo;
+        self.slo_targets = slo_targets;
         self.worker = worker;
     }
 
@@ -335,6 +375,15 @@ impl Metrics {
         let w = worker.filter(|w| *w <= self.workers).unwrap_or(0);
         self.requests[(route * CLASSES.len() + class) * (self.workers + 1) + w].increment(1);
         self.durations[route * OUTCOMES.len() + outcome as usize].record(seconds);
+        // Served requests only: refusals are answered in a millisecond and have their own
+        // counters (as the latency panels and alerts judge them).
+        if matches!(outcome, Outcome::Ok | Outcome::Error) {
+            for (target, over) in self.over_slo[route].iter().flatten() {
+                if seconds > *target {
+                    over.increment(1);
+                }
+            }
+        }
     }
 
     /// One refusal of a routed request by sloguard itself.
@@ -403,6 +452,18 @@ impl Metrics {
              sloguard_config_info{{version=\"{}\"}} 1\n",
             self.version
         ));
+        if !self.slo_targets.is_empty() {
+            text.push_str(&format!(
+                "# HELP {SLO_TARGET_GAUGE} Each route's latency targets, from the policy \
+                 serving now.\n# TYPE {SLO_TARGET_GAUGE} gauge\n"
+            ));
+            for (route, slo, seconds) in &self.slo_targets {
+                text.push_str(&format!(
+                    "{SLO_TARGET_GAUGE}{{route=\"{}\",slo=\"{slo}\"}} {seconds}\n",
+                    label_value(route)
+                ));
+            }
+        }
         text
     }
 
@@ -410,6 +471,14 @@ impl Metrics {
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
     }
+}
+
+/// `value` escaped for a Prometheus label (backslash, quote, newline).
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -474,6 +543,69 @@ rate = 1
         assert!(text
             .contains(r#"sloguard_rejections_total{route="-",reason="too_many_connections"} 0"#));
         assert!(text.contains("sloguard_config_info{version="));
+    }
+
+    fn with_slo(p95_ms: u64) -> Policy {
+        let text = format!(
+            r#"
+[listen]
+proxy = "127.0.0.1:1"
+admin = "127.0.0.1:2"
+[upstream]
+workers = ["127.0.0.1:3"]
+[[route]]
+name = "ingest"
+match = {{ method = "POST" }}
+slo = {{ p95_ms = {p95_ms}, p99_ms = 400 }}
+[[route]]
+name = "query"
+match = {{ method = "GET" }}
+"#
+        );
+        Policy::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn served_requests_over_their_routes_targets_are_counted_per_target() {
+        let m = Metrics::new(&with_slo(150));
+        for (outcome, seconds) in [
+            (Outcome::Ok, 0.1),
+            (Outcome::Ok, 0.2),
+            (Outcome::Error, 0.5),
+            // Refusals are not judged against the SLO, however late.
+            (Outcome::Shed, 0.3),
+            (Outcome::Limited, 0.9),
+        ] {
+            m.record_request(0, 200, Some(1), outcome, seconds);
+        }
+        m.record_request(1, 200, Some(1), Outcome::Ok, 9.0);
+        let text = m.render();
+        for series in [
+            r#"sloguard_requests_over_slo_total{route="ingest",slo="p95"} 2"#,
+            r#"sloguard_requests_over_slo_total{route="ingest",slo="p99"} 1"#,
+            r#"sloguard_route_slo_target_seconds{route="ingest",slo="p95"} 0.15"#,
+            r#"sloguard_route_slo_target_seconds{route="ingest",slo="p99"} 0.4"#,
+            "# HELP sloguard_requests_over_slo_total Requests a worker served",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+        // No target, no series.
+        assert!(!text.contains(r#"route="query",slo="#), "{text}");
+        // A reload that moves the target: the count stays, the target follows.
+        let m = m.rebound(&with_slo(100));
+        m.record_request(0, 200, Some(1), Outcome::Ok, 0.12);
+        let text = m.render();
+        assert!(text.contains(r#"sloguard_requests_over_slo_total{route="ingest",slo="p95"} 3"#));
+        let targets: Vec<_> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("sloguard_route_slo_target_seconds{route=\"ingest\",slo=\"p95\"}")
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [r#"sloguard_route_slo_target_seconds{route="ingest",slo="p95"} 0.1"#]
+        );
     }
 
     #[test]
