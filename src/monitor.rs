@@ -209,6 +209,7 @@ impl Monitor {
                 connections_open: state.connections.open(),
                 connections_max: state.connection_cap(),
                 log_lines_suppressed: crate::logging::suppressed_total(),
+                loop_lateness: state.admission.own_delay().as_secs_f64(),
             });
             metrics.retries.absolute(state.retry_budget.granted());
             metrics.hedges_launched.absolute(state.hedges.launched());

@@ -101,6 +101,18 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported() {
             "{file} uses metrics sloguard does not export: {missing:?}"
         );
         checked += used.len();
+        // The standard process metrics the "sloguard itself" row and alerts read.
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+        ]
+        .into_iter()
+        .filter(|n| text.contains(n))
+        {
+            assert!(exported.contains(name), "{file} uses {name}, not exported");
+            checked += 1;
+        }
     }
     assert!(checked > 10);
 }

@@ -17,9 +17,11 @@ use crate::config::Policy;
 use crate::stages::{Reason, ReasonKind};
 use crate::workers::HealthState;
 
-/// Request-duration buckets, seconds: dense around the SLOs (150 ms, 250 ms, 400 ms).
-pub const DURATION_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.4, 0.5, 1.0, 2.5,
+/// Request-duration buckets, seconds: dense around the SLOs (150 ms, 250 ms, 400 ms), and up
+/// to the longest timeout a request can wait out (30 s: `read_timeout_ms`'s default), so a
+/// request that hung until a timeout lands in a bucket that says so, not in `+Inf`.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Queue-wait buckets, seconds.
 const WAIT_BUCKETS: [f64; 9] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25];
@@ -61,6 +63,44 @@ const STATES: [HealthState; 3] = [
     HealthState::Ejected,
 ];
 
+/// The kind of a described metric.
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// `# HELP` of every registered metric (`sloguard_config_info`, the SLO targets and the
+/// process metrics write their own at render time). A test checks none is left out.
+const HELP: &[(&str, Kind, &str)] = &[
+    ("sloguard_requests_total", Kind::Counter, "Requests answered, by route, status class and the worker that answered (none: sloguard did)."),
+    ("sloguard_request_duration_seconds", Kind::Histogram, "Time from the request's arrival to its answer, by route and outcome (ok, error: served by a worker; shed, limited, rejected: answered by sloguard)."),
+    ("sloguard_requests_over_slo_total", Kind::Counter, "Requests a worker served (outcome ok or error) slower than their route's p95 or p99 target (label slo); over the served requests, a share above 5% (p95) or 1% (p99) misses the SLO."),
+    ("sloguard_shed_total", Kind::Counter, "Requests shed by admission (503), by route and reason."),
+    ("sloguard_rejections_total", Kind::Counter, "Requests and connections refused by sloguard for another reason than shedding (limits, rate limits, bad input, upstream failures), by route (- before routing) and reason."),
+    ("sloguard_ratelimit_decisions_total", Kind::Counter, "Rate-limit results, by rule and result."),
+    ("sloguard_ratelimit_redis_errors_total", Kind::Counter, "Rate-limit calls to Redis that failed or timed out."),
+    ("sloguard_ratelimit_fallback_active", Kind::Gauge, "1 while rate limits run on the fallback because Redis is unreachable."),
+    ("sloguard_worker_state", Kind::Gauge, "1 for the state each worker is in (healthy, suspect, ejected)."),
+    ("sloguard_worker_in_flight", Kind::Gauge, "Requests in flight on each worker."),
+    ("sloguard_worker_concurrency_limit", Kind::Gauge, "Each worker's learnt concurrency limit."),
+    ("sloguard_worker_latency_seconds", Kind::Gauge, "Each worker's latency estimate (peak EWMA of its answers and probes)."),
+    ("sloguard_worker_loop_lag_seconds", Kind::Gauge, "Each worker's last reported event-loop lag."),
+    ("sloguard_worker_probe_seconds", Kind::Gauge, "Each worker's last health-probe latency."),
+    ("sloguard_worker_ejections_total", Kind::Counter, "Times each worker was ejected."),
+    ("sloguard_admission_queue_depth", Kind::Gauge, "Requests waiting in the admission queue."),
+    ("sloguard_admission_wait_seconds", Kind::Histogram, "Time admitted requests waited in the admission queue."),
+    ("sloguard_retries_total", Kind::Counter, "Requests sent again to another worker after a failure."),
+    ("sloguard_hedges_total", Kind::Counter, "Hedged requests: second attempts launched, and second attempts that answered first."),
+    ("sloguard_config_reloads_total", Kind::Counter, "Policy reloads, by result (error: rejected, the running policy stays)."),
+    ("sloguard_local_failures_total", Kind::Counter, "Operations that failed for want of a local resource (descriptors, memory, ports), by cause."),
+    ("sloguard_accept_failures_total", Kind::Counter, "Failed accepts on the listeners, by cause."),
+    ("sloguard_client_connections", Kind::Gauge, "Client connections open."),
+    ("sloguard_client_connections_max", Kind::Gauge, "Most client connections accepted at once (limits.max_connections)."),
+    ("sloguard_log_lines_suppressed_total", Kind::Counter, "Repeated log lines held back by the per-line rate limit."),
+    ("sloguard_loop_lateness_seconds", Kind::Gauge, "How late sloguard's own event loops run (the worst timer lateness of the last 50-100 ms): a sidecar short of CPU."),
+];
+
 /// What [`Metrics::set_process`] exports.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessStats {
@@ -69,6 +109,8 @@ pub struct ProcessStats {
     pub connections_open: u32,
     pub connections_max: u32,
     pub log_lines_suppressed: u64,
+    /// How late sloguard's own event loops run (see `proxy::self_lag`), seconds.
+    pub loop_lateness: f64,
 }
 
 /// One worker's gauges.
@@ -152,14 +194,14 @@ impl Metrics {
             })
             .expect("bucket lists are constant and non-empty")
             .build_recorder();
-        recorder.describe_counter(
-            "sloguard_requests_over_slo_total".into(),
-            None,
-            "Requests a worker served (outcome ok or error) slower than their route's p95 or \
-             p99 target (label slo); over the served requests, a share above 5% (p95) or 1% \
-             (p99) misses the SLO."
-                .into(),
-        );
+        for (name, kind, help) in HELP {
+            let (name, help) = ((*name).into(), (*help).into());
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, None, help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, None, help),
+            }
+        }
         let handle = recorder.handle();
         let mut m = Metrics {
             handle,
@@ -414,6 +456,8 @@ impl Metrics {
             .set(f64::from(p.connections_max));
         r.register_counter(&key("sloguard_log_lines_suppressed_total", &[]), &meta())
             .absolute(p.log_lines_suppressed);
+        r.register_gauge(&key("sloguard_loop_lateness_seconds", &[]), &meta())
+            .set(p.loop_lateness);
     }
 
     /// One connection refused before any request on it was routed.
@@ -452,6 +496,13 @@ impl Metrics {
              sloguard_config_info{{version=\"{}\"}} 1\n",
             self.version
         ));
+        text.push_str(&format!(
+            "# HELP sloguard_build_info The sloguard release serving.\n\
+             # TYPE sloguard_build_info gauge\n\
+             sloguard_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ));
+        text.push_str(&super::process::render());
         if !self.slo_targets.is_empty() {
             text.push_str(&format!(
                 "# HELP {SLO_TARGET_GAUGE} Each route's latency targets, from the policy \
@@ -606,6 +657,41 @@ match = {{ method = "GET" }}
             targets,
             [r#"sloguard_route_slo_target_seconds{route="ingest",slo="p95"} 0.1"#]
         );
+    }
+
+    /// Every metric in `/metrics` says what it is: a `# HELP` line for each name, the
+    /// registered ones from [`HELP`], the rendered ones their own.
+    #[test]
+    fn every_metric_has_help() {
+        let m = Metrics::new(&with_slo(150));
+        m.set_process(&ProcessStats {
+            local_failures: vec![("fd_limit", 1)],
+            accept_failures: vec![("shortage", 1)],
+            ..ProcessStats::default()
+        });
+        m.record_request(0, 200, Some(1), Outcome::Ok, 0.01);
+        m.queue_wait.record(0.001);
+        let text = m.render();
+        let names: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap())
+            .map(|n| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .unwrap_or(n)
+            })
+            .collect();
+        assert!(names.len() > 25, "{names:?}");
+        for name in names {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP line"
+            );
+        }
+        assert!(text.contains("sloguard_build_info{version=\""));
+        assert!(text.contains("sloguard_loop_lateness_seconds 0"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod process;
 
 use std::sync::Arc;
 
