@@ -18,7 +18,7 @@ use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 /// Most lines a second from one log site. A burst of ten says what is happening; the
 /// thousandth identical line says nothing more.
@@ -34,10 +34,70 @@ pub enum Format {
     Json,
 }
 
+/// The filter in force, replaceable while serving (`POST /logging` on the admin port).
+struct LiveFilter {
+    handle: reload::Handle<EnvFilter, Registry>,
+    /// The directives it was built from (`EnvFilter`'s `Display` reorders them).
+    directives: Mutex<String>,
+}
+
+static LIVE_FILTER: OnceLock<LiveFilter> = OnceLock::new();
+
+/// Why a new log filter was refused; the one in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("invalid log filter `{directives}`: {source}")]
+    Invalid {
+        directives: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("no log subscriber of ours is installed")]
+    NotInstalled,
+}
+
+/// Replaces the log filter while serving, as Envoy's `/logging?level=` and linkerd's
+/// `/proxy-log-level` do: an on-call engineer turns `sloguard=debug` on for the minute a
+/// problem lasts, without a restart that would lose the state being looked at. `directives`
+/// take `RUST_LOG`'s syntax (`debug`, `sloguard=debug,pingora=warn`). Returns the directives
+/// replaced.
+pub fn set_filter(directives: &str) -> Result<String, FilterError> {
+    let live = LIVE_FILTER.get().ok_or(FilterError::NotInstalled)?;
+    let filter = EnvFilter::try_new(directives).map_err(|source| FilterError::Invalid {
+        directives: directives.to_string(),
+        source,
+    })?;
+    live.handle
+        .reload(filter)
+        .map_err(|_| FilterError::NotInstalled)?;
+    let mut current = live
+        .directives
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    Ok(std::mem::replace(&mut current, directives.to_string()))
+}
+
+/// The directives of the filter in force, if our subscriber is installed.
+pub fn current_filter() -> Option<String> {
+    let live = LIVE_FILTER.get()?;
+    Some(
+        live.directives
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
+    )
+}
+
 /// Installs the subscriber: `RUST_LOG` (default `info`), the per-site limit, `format`.
 /// Also starts the thread that reports suppressed lines once a second.
 pub fn init(format: Format) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.trim().is_empty());
+    let (filter, directives) = match from_env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (f, from_env.unwrap_or_default()),
+        _ => (EnvFilter::new("info"), "info".to_string()),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(PerSiteLimit::default());
@@ -50,6 +110,10 @@ pub fn init(format: Format) {
             .try_init(),
     };
     if installed.is_ok() {
+        let _ = LIVE_FILTER.set(LiveFilter {
+            handle,
+            directives: Mutex::new(directives),
+        });
         let _ = std::thread::Builder::new()
             .name("log-limit".into())
             .spawn(report_suppressed_forever);

@@ -207,3 +207,54 @@ async fn the_access_log_is_not_cut_by_the_per_site_log_limit() {
     })
     .await;
 }
+
+/// The log filter is changed while serving, on the admin port (Envoy's `/logging`): access
+/// lines filtered out at `warn` appear once `sloguard::access=info` is added, a bad filter
+/// is refused with a 400 naming it, and the filter in force stays.
+#[tokio::test]
+async fn the_log_filter_changes_at_run_time_and_a_bad_one_is_refused() {
+    let be = backend(1);
+    let sg = Sloguard::spawn_logging(
+        &be.addrs(),
+        &format!("{ROUTES}\n[log]\naccess = \"all\"\n"),
+        "warn",
+    );
+    let http = client();
+    // `POST /logging` with `query`: the status and the JSON answer.
+    let post = |query: &'static str| {
+        let http = http.clone();
+        let url = sg.admin_url(&format!("/logging{query}"));
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let current: serde_json::Value =
+        serde_json::from_str(&get_text(&sg.admin_url("/logging")).await).unwrap();
+    assert_eq!(current["filter"], "warn");
+    assert_eq!(sg.post_event(&http, "t", 1).await.0, 202);
+    let (status, body) = post("?filter=warn%2Csloguard%3A%3Aaccess%3Dinfo").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["previous"], "warn");
+    assert_eq!(body["filter"], "warn,sloguard::access=info");
+    assert_eq!(sg.post_event(&http, "t", 2).await.0, 202);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "an access line after the filter changed",
+        || async { !access_lines(&sg).is_empty() },
+    )
+    .await;
+    // Only the request after the change was logged.
+    assert_eq!(access_lines(&sg).len(), 1, "{}", sg.log());
+    let (status, body) = post("?filter=sloguard%3Dloud").await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("sloguard=loud"),
+        "{body}"
+    );
+    assert_eq!(body["filter"], "warn,sloguard::access=info");
+    assert_eq!(post("").await.0, 400);
+}

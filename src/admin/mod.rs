@@ -30,9 +30,20 @@ impl AdminApp {
         AdminApp { state }
     }
 
-    /// The answer for a method and path (`POST /reload` reloads the policy file).
-    pub fn route(&self, method: &http::Method, path: &str) -> (StatusCode, serde_json::Value) {
+    /// The answer for a method, path and query (`POST /reload` reloads the policy file,
+    /// `POST /logging?filter=...` replaces the log filter).
+    pub fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
         match (method.as_str(), path) {
+            ("GET" | "HEAD", "/logging") => (
+                StatusCode::OK,
+                json!({"filter": crate::logging::current_filter()}),
+            ),
+            ("POST", "/logging") => Self::set_log_filter(query),
             ("GET" | "HEAD", "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
             ("GET" | "HEAD", "/readyz") => self.readiness(),
             ("GET" | "HEAD", "/status") => (StatusCode::OK, self.status()),
@@ -49,7 +60,7 @@ impl AdminApp {
                     ),
                 }
             }
-            (_, "/healthz" | "/readyz" | "/status" | "/reload") => (
+            (_, "/healthz" | "/readyz" | "/status" | "/reload" | "/logging") => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": format!("{method} is not allowed on {path}")}),
             ),
@@ -57,6 +68,37 @@ impl AdminApp {
                 StatusCode::NOT_FOUND,
                 json!({"error": format!("no admin endpoint at {path}")}),
             ),
+        }
+    }
+
+    /// `POST /logging?filter=DIRECTIVES` (or `level=`, Envoy's name): the new filter in
+    /// `RUST_LOG` syntax, e.g. `sloguard=debug,info`. A bad filter is a 400 naming it, and
+    /// the filter in force stays.
+    fn set_log_filter(query: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let wanted = query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "filter" || k == "level")
+                .map(|(_, v)| v.into_owned())
+        });
+        let Some(directives) = wanted else {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "give the new filter as ?filter=DIRECTIVES (RUST_LOG syntax, e.g. sloguard=debug,info)", "filter": crate::logging::current_filter()}),
+            );
+        };
+        match crate::logging::set_filter(&directives) {
+            Ok(previous) => {
+                tracing::warn!(filter = %directives, previous = %previous, "log filter changed from the admin port");
+                (
+                    StatusCode::OK,
+                    json!({"filter": directives, "previous": previous}),
+                )
+            }
+            Err(e @ crate::logging::FilterError::Invalid { .. }) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": e.to_string(), "filter": crate::logging::current_filter()}),
+            ),
+            Err(e) => (StatusCode::CONFLICT, json!({"error": e.to_string()})),
         }
     }
 
@@ -214,7 +256,7 @@ impl ServeHttp for AdminApp {
                 .body(text)
                 .unwrap_or_default();
         }
-        let (status, body) = self.route(&req.method, req.uri.path());
+        let (status, body) = self.route(&req.method, req.uri.path(), req.uri.query());
         let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
         Response::builder()
             .status(status)
