@@ -106,7 +106,14 @@ pub fn init(format: Format) {
             .with(fmt::layer().with_writer(std::io::stderr))
             .try_init(),
         Format::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
+            // Flat: an access line's fields sit beside `timestamp`, `level` and `target`
+            // (`.status`, not `.fields.status`), as log pipelines index them.
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if installed.is_ok() {

@@ -138,6 +138,10 @@ async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
     let r = http
         .post(sg.url("/v1/events"))
         .header("x-request-id", "ok-1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .json(&event("c", "e", 1, 1.0))
         .send()
         .await
@@ -160,19 +164,31 @@ async fn the_access_log_says_why_a_request_was_refused_in_one_json_line() {
     let find = |id: &str| {
         lines
             .iter()
-            .find(|v| v["fields"]["request_id"] == id)
+            .find(|v| v["request_id"] == id)
             .cloned()
             .unwrap_or_default()
     };
     let ok = find("ok-1");
-    assert_eq!(ok["fields"]["decision"], "admitted", "{lines:?}");
-    assert_eq!(ok["fields"]["route"], "ingest");
-    assert_eq!(ok["fields"]["status"], 202);
-    assert!(ok["fields"]["worker"].as_u64().is_some());
+    assert_eq!(ok["decision"], "admitted", "{lines:?}");
+    assert_eq!(ok["route"], "ingest");
+    assert_eq!(ok["status"], 202);
+    assert!(ok["worker"].as_u64().is_some());
+    // Flat fields, with the address the worker number stands for, the bodies' sizes and
+    // the client's trace context.
+    assert_eq!(ok["upstream"], be.addrs()[0].to_string(), "{ok}");
+    let sent = serde_json::to_vec(&event("c", "e", 1, 1.0)).unwrap().len();
+    assert_eq!(ok["bytes_in"].as_u64(), Some(sent as u64), "{ok}");
+    assert!(ok["bytes_out"].as_u64() > Some(0), "{ok}");
+    assert_eq!(
+        ok["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(ok["target"], "sloguard::access");
+    assert!(ok.get("fields").is_none(), "{ok}");
     let big = find("big-1");
-    assert_eq!(big["fields"]["decision"], "rejected", "{lines:?}");
-    assert_eq!(big["fields"]["reason"], "body_too_large");
-    assert_eq!(big["fields"]["status"], 413);
+    assert_eq!(big["decision"], "rejected", "{lines:?}");
+    assert_eq!(big["reason"], "body_too_large");
+    assert_eq!(big["status"], 413);
 }
 
 /// The per-site log limit (10 lines a second per site) bounds error paths, never the access
@@ -196,7 +212,7 @@ async fn the_access_log_is_not_cut_by_the_per_site_log_limit() {
         access_lines(&sg)
             .iter()
             .filter(|v| {
-                v["fields"]["request_id"]
+                v["request_id"]
                     .as_str()
                     .is_some_and(|id| id.starts_with("burst-"))
             })

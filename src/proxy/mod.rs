@@ -430,9 +430,21 @@ impl ProxyHttp for SloGuard {
         let req = session.req_header();
         let reason = ctx.rejection.as_ref().map(|r| r.reason.as_str());
         let dropped = log.take_dropped();
+        let upstream = ctx
+            .worker_id
+            .and_then(|w| policy.upstream.workers.get(w.checked_sub(1)?))
+            .map(|a| a.to_string());
+        // The W3C trace context as the client sent it (55 characters when well formed; a
+        // longer value is not a trace id and is left out rather than copied into every line).
+        let traceparent = req
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| t.len() <= 64);
         tracing::info!(
             target: "sloguard::access",
             request_id = %ctx.request_id,
+            traceparent,
             method = %req.method,
             path = %req.uri.path(),
             route = ctx.route_name(),
@@ -441,6 +453,9 @@ impl ProxyHttp for SloGuard {
             reason,
             rule = ctx.limited_by.as_deref(),
             worker = ctx.worker_id,
+            upstream,
+            bytes_in = session.body_bytes_read(),
+            bytes_out = session.body_bytes_sent(),
             attempts = ctx.attempts,
             retries = ctx.retries,
             status,
