@@ -91,6 +91,13 @@ async fn from_an_untrusted_peer_a_spoofed_forwarded_for_is_ignored_everywhere() 
     let line = wait_access_line(&sg, "u-3").await;
     assert_eq!(line["decision"], "limited", "{line}");
     assert_eq!(line["client_ip"], "127.0.0.1", "{line}");
+    // The 429's line and /status name the key that was limited: the real client, not a
+    // claimed one.
+    assert_eq!(line["key"], "127.0.0.1", "{line}");
+    let top = &sg.status().await["ratelimit"]["top_keys"];
+    let limited = top[line["rule"].as_str().unwrap()]["limited"].clone();
+    assert_eq!(limited[0]["key"], "127.0.0.1", "{top}");
+    assert_eq!(limited[0]["count"], 1, "{top}");
 }
 
 #[tokio::test]

@@ -100,3 +100,34 @@ async fn the_status_page_shows_the_stalled_worker_as_ejected() {
             .unwrap();
     }
 }
+
+/// The page names the keys a rate-limit rule refuses most: a tenant over its limit shows in
+/// the rule's "limited" column of the rendered DOM, a tenant within it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_names_the_tenant_being_rate_limited() {
+    let be = backend(2);
+    let policy = format!(
+        "{ROUTES}\n[[ratelimit.rule]]\nname = \"per-tenant\"\nkey = \"header:x-tenant\"\n\
+         rate = 1\nburst = 2\n"
+    );
+    let sg = Sloguard::spawn(&be.addrs(), &policy);
+    let http = client();
+    let mut limited = 0;
+    for i in 0..8u64 {
+        limited += u32::from(sg.post_event(&http, "hot-tenant", i).await.0 == 429);
+    }
+    assert!(limited >= 4, "{limited} of 8 limited");
+    assert_eq!(sg.post_event(&http, "quiet-tenant", 99).await.0, 202);
+    let url = sg.admin_url("/");
+    let dom = tokio::task::spawn_blocking(move || render(&url, &["--dump-dom"]))
+        .await
+        .unwrap();
+    let row = dom
+        .split(r#"<tr data-rule="per-tenant">"#)
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for the rule: {dom}"));
+    let limited_cell = row.split("<td>").nth(2).unwrap_or_default();
+    assert!(limited_cell.contains("hot-tenant"), "{row}");
+    assert!(!row.contains("quiet-tenant"), "{row}");
+}

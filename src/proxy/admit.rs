@@ -170,6 +170,7 @@ impl SloGuard {
         ctx.rate_headers = verdict.headers;
         let rejection = verdict.outcome.rejection()?;
         ctx.limited_by = verdict.outcome.rule().map(std::sync::Arc::from);
+        ctx.limited_key = verdict.outcome.key().map(str::to_string);
         Some(rejection)
     }
 }

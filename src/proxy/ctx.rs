@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub rate_headers: Option<RateHeaders>,
     /// The rate-limit rule that refused the request.
     pub limited_by: Option<std::sync::Arc<str>>,
+    /// The value of the key it refused (a tenant, a client IP).
+    pub limited_key: Option<String>,
     /// Body bytes seen so far against the route's cap (streamed bodies).
     pub body: BodyCounter,
     /// The route's JSON guard, scanning this request's body.
@@ -84,6 +86,7 @@ impl RequestCtx {
             retries: 0,
             rate_headers: None,
             limited_by: None,
+            limited_key: None,
             body: BodyCounter::new(None),
             body_checked: false,
             json: None,

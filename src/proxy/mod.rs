@@ -452,6 +452,7 @@ impl ProxyHttp for SloGuard {
             decision = access_log::decision(refusal, ctx.queued),
             reason,
             rule = ctx.limited_by.as_deref(),
+            key = ctx.limited_key.as_deref(),
             worker = ctx.worker_id,
             upstream,
             bytes_in = session.body_bytes_read(),

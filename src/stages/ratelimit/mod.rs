@@ -9,16 +9,19 @@
 //!
 //! A key known to be over its limit is remembered until its retry time, so an abusive tenant
 //! costs no Redis round trips. A request that got within 20% of a limit is counted as
-//! "near limit" and logged at debug with its rule and key, so operators see who is next.
+//! "near limit"; the keys limited, near their limit and denied in shadow are counted per rule
+//! in bounded memory ([`top`]) so `/status` names them.
 
 pub mod breaker;
 pub mod gcra;
 pub mod redis;
 pub mod rules;
 pub mod secret;
+pub mod top;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use rules::{KeyPart, KeySource, MissingKey, OnRedisError, RateLimitConfig, Rule, RuleMode};
@@ -27,7 +30,8 @@ pub use secret::{Credentials, RedisAuth, SecretError};
 use self::breaker::{Breaker, BreakerChange};
 use self::gcra::{Gcra, GcraDecision, LocalStore};
 use self::redis::RedisStore;
-use self::rules::{rule_key, RuleKey};
+use self::rules::{key_value, rule_key, RuleKey};
+use self::top::{KeyCount, TopKeys};
 use super::{Reason, Rejection};
 
 /// Microseconds on a process-wide monotonic clock (local state only; Redis uses its own).
@@ -44,6 +48,8 @@ pub enum RateOutcome {
     /// Over an enforced rule's limit: 429.
     Limited {
         rule: Arc<str>,
+        /// The key's value (a tenant, a client IP), for the access line.
+        key: String,
         retry_after: Duration,
     },
     /// The rule's key could not be built and `missing_key = "deny"`: 400.
@@ -57,7 +63,9 @@ impl RateOutcome {
     pub fn rejection(&self) -> Option<Rejection> {
         let (status, reason, message, retry_after) = match self {
             RateOutcome::Allow => return None,
-            RateOutcome::Limited { rule, retry_after } => (
+            RateOutcome::Limited {
+                rule, retry_after, ..
+            } => (
                 429,
                 Reason::RateLimited,
                 format!("rate limit `{rule}` exceeded; retry in {} ms", retry_after.as_millis()),
@@ -84,6 +92,14 @@ impl RateOutcome {
             value: None,
             retry_after,
         })
+    }
+
+    /// The key's value a 429 was for (a tenant, a client IP), for the access line.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            RateOutcome::Limited { key, .. } => Some(key),
+            _ => None,
+        }
     }
 
     /// The rule that refused, for the JSON body.
@@ -161,7 +177,23 @@ pub struct RateLimiter {
     pub stats: RateStats,
     /// The key the breaker's health check decides on (see [`RateLimiter::health_check`]).
     health_key: String,
+    /// Per rule name: the keys it limited, found near their limit, and denied in shadow.
+    top: Mutex<HashMap<Arc<str>, [TopKeys; 3]>>,
 }
+
+/// What happened to a key, for the top-keys tables (their order in `RateLimiter::top`).
+#[derive(Debug, Clone, Copy)]
+enum KeyEvent {
+    Limited = 0,
+    NearLimit = 1,
+    ShadowDenied = 2,
+}
+
+/// The `/status` names of the [`KeyEvent`] tables, in their order.
+const KEY_EVENTS: [&str; 3] = ["limited", "near_limit", "shadow_denied"];
+
+/// Keys listed per rule and event on `/status`.
+const TOP_SHOWN: usize = 10;
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +242,7 @@ impl RateLimiter {
             denied: LocalStore::default(),
             stats: RateStats::default(),
             health_key: format!("{}:breaker-check", cfg.key_prefix),
+            top: Mutex::default(),
         })
     }
 
@@ -282,9 +315,11 @@ impl RateLimiter {
             if let Some(until) = self.denied.get(key, now) {
                 bump(&self.stats.limited);
                 bump(&self.stats.limited_from_cache);
+                self.note(rule, KeyEvent::Limited, key);
                 return RateVerdict {
                     outcome: RateOutcome::Limited {
                         rule: rule.name.clone(),
+                        key: key_value(key, &rule.name).to_string(),
                         retry_after: Duration::from_micros(until - now),
                     },
                     headers: Some(headers_for(rule, 0, until - now)),
@@ -408,7 +443,7 @@ impl RateLimiter {
         decisions: &[GcraDecision],
         now: u64,
     ) -> RateVerdict {
-        let mut limited: Option<(&Rule, u64)> = None;
+        let mut limited: Option<(&Rule, &str, u64)> = None;
         let mut tightest: Option<(&Rule, &GcraDecision)> = None;
         for ((rule, key), d) in applicable.iter().zip(decisions) {
             if tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
@@ -417,25 +452,31 @@ impl RateLimiter {
             if d.allowed {
                 if d.remaining * 5 <= rule.gcra.capacity() {
                     bump(&self.stats.near_limit);
+                    self.note(rule, KeyEvent::NearLimit, key);
                     tracing::debug!(rule = %rule.name, key = %key, remaining = d.remaining, "near rate limit");
                 }
             } else if rule.mode == RuleMode::Shadow {
                 bump(&self.stats.shadow_denied);
-                tracing::debug!(rule = %rule.name, key = %key, "shadow rate limit would deny");
+                self.note(rule, KeyEvent::ShadowDenied, key);
+                // At the normal level: shadow mode exists to show whom enforce would refuse
+                // (the per-site log limit bounds the lines).
+                tracing::info!(rule = %rule.name, key = key_value(key, &rule.name), "shadow rate limit would deny");
             } else {
                 self.denied.set(key, now + d.retry_after_us, now);
-                if limited.is_none_or(|(_, r)| d.retry_after_us > r) {
-                    limited = Some((rule, d.retry_after_us));
+                self.note(rule, KeyEvent::Limited, key);
+                if limited.is_none_or(|(_, _, r)| d.retry_after_us > r) {
+                    limited = Some((rule, key, d.retry_after_us));
                 }
             }
         }
         let headers = tightest.map(|(r, d)| headers_for(r, d.remaining, d.reset_us));
         match limited {
-            Some((rule, retry_us)) => {
+            Some((rule, key, retry_us)) => {
                 bump(&self.stats.limited);
                 RateVerdict {
                     outcome: RateOutcome::Limited {
                         rule: rule.name.clone(),
+                        key: key_value(key, &rule.name).to_string(),
                         retry_after: Duration::from_micros(retry_us),
                     },
                     headers,
@@ -493,7 +534,40 @@ impl RateLimiter {
             "redis_calls": n(&s.redis_calls),
             "redis_errors": n(&s.redis_errors),
             "fallback_decisions": n(&s.fallback_decisions),
+            "top_keys": self.top_keys(cfg),
         })
+    }
+
+    /// Counts `event` for `key` (the full store key) under `rule`.
+    fn note(&self, rule: &Rule, event: KeyEvent, key: &str) {
+        let now = Instant::now();
+        let mut top = self.top.lock().unwrap_or_else(PoisonError::into_inner);
+        let tables = top
+            .entry(rule.name.clone())
+            .or_insert_with(|| std::array::from_fn(|_| TopKeys::new(top::CAPACITY, now)));
+        tables[event as usize].record(key_value(key, &rule.name), now);
+    }
+
+    /// Per rule of `cfg`: the keys it limited, found near their limit and denied in shadow
+    /// most over the last one to two minutes.
+    pub fn top_keys(&self, cfg: &RateLimitConfig) -> serde_json::Value {
+        let now = Instant::now();
+        let top = self.top.lock().unwrap_or_else(PoisonError::into_inner);
+        let per_rule = cfg.rules.iter().map(|r| {
+            let tables: serde_json::Map<String, serde_json::Value> = KEY_EVENTS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let keys: Vec<KeyCount> = top
+                        .get(&r.name)
+                        .map(|t| t[i].top(TOP_SHOWN, now))
+                        .unwrap_or_default();
+                    (name.to_string(), serde_json::json!(keys))
+                })
+                .collect();
+            (r.name.to_string(), serde_json::Value::Object(tables))
+        });
+        serde_json::Value::Object(per_rule.collect())
     }
 
     /// Drops replenished local keys and expired denials.

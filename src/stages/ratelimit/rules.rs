@@ -162,6 +162,19 @@ pub struct KeySource<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// The value part of a key built by [`rule_key`] for rule `rule` (`acme` of
+/// `{sloguard:per-tenant:acme}`), for logs and `/status`; the whole key if it is not one.
+pub fn key_value<'a>(key: &'a str, rule: &str) -> &'a str {
+    let inner = key
+        .strip_prefix('{')
+        .and_then(|k| k.strip_suffix('}'))
+        .unwrap_or(key);
+    let marker = format!(":{rule}:");
+    inner
+        .find(&marker)
+        .map_or(inner, |i| &inner[i + marker.len()..])
+}
+
 /// Builds the key of `rule` for a request: `{prefix:rule:part1+part2}`. The braces make the
 /// whole key a Redis Cluster hash tag, so a key's state lives on one slot.
 pub fn rule_key(prefix: &str, rule: &Rule, src: &KeySource<'_>) -> RuleKey {
@@ -219,6 +232,19 @@ fn missing_or_shared(rule: &Rule, part: &KeyPart, key: &mut String) -> Option<Ru
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_value_of_a_key_is_what_follows_its_rule() {
+        assert_eq!(
+            key_value("{sloguard:per-tenant:acme}", "per-tenant"),
+            "acme"
+        );
+        assert_eq!(
+            key_value("{a:b:per-ip:10.0.0.1+ingest}", "per-ip"),
+            "10.0.0.1+ingest"
+        );
+        assert_eq!(key_value("plain", "per-ip"), "plain");
+    }
 
     fn rule(key: &str, missing_key: MissingKey) -> Rule {
         Rule {

@@ -49,8 +49,13 @@ async fn local_limits_allow_the_burst_then_refuse_with_retry_after_and_headers()
     }
     let v = rl.check(&cfg, &src(&h)).await;
     match &v.outcome {
-        RateOutcome::Limited { rule, retry_after } => {
+        RateOutcome::Limited {
+            rule,
+            key,
+            retry_after,
+        } => {
             assert_eq!(&**rule, "t");
+            assert_eq!(key, "acme", "the key's value, not the store key");
             assert!(*retry_after > Duration::from_millis(900));
         }
         other => panic!("{other:?}"),
@@ -160,4 +165,31 @@ async fn an_unreachable_redis_falls_back_at_the_local_share_and_opens_the_breake
         rl.check(&allow, &src(&tenant("new2"))).await.outcome,
         RateOutcome::Allow
     );
+}
+
+/// `/status` names the keys a rule limits most, by their value: the hot tenant first, with
+/// its count, and the near-limit table beside it.
+#[tokio::test]
+async fn the_keys_a_rule_limits_most_are_named_with_their_counts() {
+    let cfg = RateLimitConfig {
+        rules: vec![rule("t", 1.0, 2, RuleMode::Enforce)],
+        ..RateLimitConfig::default()
+    };
+    let rl = RateLimiter::new(&cfg).unwrap();
+    let (hot, cold) = (tenant("hot"), tenant("cold"));
+    for _ in 0..6 {
+        rl.check(&cfg, &src(&hot)).await;
+    }
+    for _ in 0..4 {
+        rl.check(&cfg, &src(&cold)).await;
+    }
+    let top = rl.top_keys(&cfg);
+    let limited = top["t"]["limited"].as_array().unwrap();
+    assert_eq!(limited[0]["key"], "hot", "{top}");
+    assert_eq!(limited[0]["count"], 3, "3 of 6 within the burst: {top}");
+    assert_eq!(limited[1]["key"], "cold");
+    assert_eq!(limited[1]["count"], 1);
+    assert!(!top["t"]["near_limit"].as_array().unwrap().is_empty());
+    assert!(top["t"]["shadow_denied"].as_array().unwrap().is_empty());
+    assert_eq!(rl.snapshot(&cfg)["top_keys"], top);
 }
