@@ -369,3 +369,49 @@ async fn a_limited_post_keeps_its_connection_and_the_next_request_is_answered() 
         "a refused chunked body closes: {statuses:?}"
     );
 }
+
+/// A plan's tier and an allowlist on a real Redis: under one rule at 1 a second with no
+/// burst, a tenant on the "enterprise" override gets its burst of 9 at once, an allowlisted
+/// batch job is never refused, and everyone else gets one request; each answer's
+/// `RateLimit-Policy` names its own quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_and_an_allowlist_hold_on_redis() {
+    let redis = RedisServer::spawn();
+    let be = backend(1);
+    let policy = format!(
+        "{}\n[[ratelimit.rule.override]]\nkeys = [\"enterprise-co\"]\nrate = 1\nburst = 9\n\n\
+         [[ratelimit.rule.override]]\nkeys = [\"nightly-batch\"]\nunlimited = true\n",
+        limits(Some(&redis), 1, 0, "")
+    );
+    let sg = Sloguard::spawn(&be.addrs(), &policy);
+    let http = client();
+    let mut accepted = std::collections::BTreeMap::new();
+    for tenant in ["free-co", "enterprise-co", "nightly-batch"] {
+        for i in 0..15u64 {
+            let r = http
+                .post(sg.url("/v1/events"))
+                .header("x-tenant", tenant)
+                .json(&event(tenant, "e", i, 1.0))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 202 {
+                *accepted.entry(tenant).or_insert(0) += 1;
+                let policy = r.headers().get("ratelimit-policy").cloned();
+                let quota = policy.map(|p| p.to_str().unwrap().to_string());
+                let want = match tenant {
+                    "enterprise-co" => Some("\"per-tenant\";q=10;w=1".to_string()),
+                    "free-co" => Some("\"per-tenant\";q=1;w=1".to_string()),
+                    _ => None,
+                };
+                assert_eq!(quota, want, "{tenant}");
+            }
+        }
+    }
+    // 15 requests in well under a second each: one, ten, all fifteen (a second's refill
+    // may add one or two on a slow machine).
+    let got = |t| accepted.get(t).copied().unwrap_or(0);
+    assert!((1..=3).contains(&got("free-co")), "{accepted:?}");
+    assert!((10..=12).contains(&got("enterprise-co")), "{accepted:?}");
+    assert_eq!(got("nightly-batch"), 15, "{accepted:?}");
+}

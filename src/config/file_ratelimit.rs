@@ -59,6 +59,23 @@ pub struct RuleFile {
     pub mode: RuleModeFile,
     #[serde(default)]
     pub missing_key: MissingKeyFile,
+    /// `[[ratelimit.rule.override]]`: keys with limits of their own.
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<OverrideFile>,
+}
+
+/// `[[ratelimit.rule.override]]`: a plan's tier (`rate`, `burst`) or an allowlist
+/// (`unlimited = true`) for the key values listed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideFile {
+    /// Key values as the rule builds them (a tenant id, a client IP, `a+b` for two parts).
+    pub keys: Spanned<Vec<Spanned<String>>>,
+    /// Requests per the rule's `period_ms`.
+    pub rate: Option<Spanned<Number>>,
+    /// Default: the rule's `burst`.
+    pub burst: Option<Spanned<u64>>,
+    pub unlimited: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]

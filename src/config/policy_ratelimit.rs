@@ -1,12 +1,16 @@
 //! Validation of `[ratelimit]` (a child of `policy.rs`, sharing its `Validator`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Validator;
 use crate::config::error::PolicyError;
-use crate::config::file::{MissingKeyFile, OnRedisErrorFile, RateLimitFile, RuleModeFile};
+use crate::config::file::{
+    MissingKeyFile, OnRedisErrorFile, RateLimitFile, RuleFile, RuleModeFile,
+};
 use crate::stages::ratelimit::gcra::Gcra;
+use crate::stages::ratelimit::rules::{KeyOverride, Limits};
 use crate::stages::ratelimit::secret::{redact_url, PasswordSource, RedisAuth};
 use crate::stages::ratelimit::{
     KeyPart, MissingKey, OnRedisError, RateLimitConfig, Rule, RuleMode,
@@ -137,6 +141,7 @@ impl Validator<'_> {
                     "is over one request per microsecond",
                 ));
             }
+            let overrides = self.overrides(f, &key, period_us, burst, replicas_hint)?;
             rules.push(Rule {
                 name: Arc::from(name),
                 routes: rule_routes,
@@ -155,6 +160,7 @@ impl Validator<'_> {
                 },
                 gcra: Gcra::new(rate, period_us, burst),
                 local_gcra: Gcra::new(rate / replicas_hint as f64, period_us, burst),
+                overrides,
             });
         }
         Ok(RateLimitConfig {
@@ -182,6 +188,84 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// A rule's `[[ratelimit.rule.override]]` entries, by key value. `key` names the rule's
+    /// keys in errors (`ratelimit.rule[0].`...).
+    fn overrides(
+        &self,
+        f: &RuleFile,
+        key: &dyn Fn(&str) -> String,
+        period_us: u64,
+        rule_burst: u64,
+        replicas_hint: u64,
+    ) -> Result<HashMap<String, KeyOverride>, PolicyError> {
+        let mut out = HashMap::new();
+        for (j, o) in f.overrides.iter().enumerate() {
+            let k = |name: &str| key(&format!("override[{j}].{name}"));
+            if o.keys.get_ref().is_empty() {
+                return Err(self.invalid(o.keys.span(), k("keys"), "must list at least one key"));
+            }
+            let unlimited = o.unlimited.as_ref().is_some_and(|u| *u.get_ref());
+            let limit = match (&o.rate, unlimited) {
+                (Some(r), true) => {
+                    return Err(self.invalid(
+                        r.span(),
+                        k("rate"),
+                        "give `rate` or `unlimited = true`, not both",
+                    ))
+                }
+                (None, false) => {
+                    return Err(self.invalid(
+                        o.keys.span(),
+                        k("rate"),
+                        "an override needs `rate` (a tier) or `unlimited = true` (an allowlist)",
+                    ))
+                }
+                (None, true) => KeyOverride::Unlimited,
+                (Some(r), false) => {
+                    let rate = r.get_ref().0;
+                    if !(rate.is_finite() && rate > 0.0) || period_us as f64 / rate < 1.0 {
+                        return Err(self.invalid(
+                            r.span(),
+                            k("rate"),
+                            format!("must be a positive number of at most one request per microsecond, not {rate}"),
+                        ));
+                    }
+                    let burst = o.burst.as_ref().map_or(rule_burst, |b| *b.get_ref());
+                    if burst > 1_000_000 {
+                        let span = o.burst.as_ref().map(|b| b.span()).unwrap_or(0..0);
+                        return Err(self.invalid(span, k("burst"), "must be at most 1000000"));
+                    }
+                    KeyOverride::Limited {
+                        rate,
+                        burst,
+                        limits: Limits {
+                            gcra: Gcra::new(rate, period_us, burst),
+                            local_gcra: Gcra::new(rate / replicas_hint as f64, period_us, burst),
+                        },
+                    }
+                }
+            };
+            for value in o.keys.get_ref() {
+                let v = value.get_ref().trim();
+                if v.is_empty() || v.contains(['{', '}']) {
+                    return Err(self.invalid(
+                        value.span(),
+                        k("keys"),
+                        "a key must be non-empty, without braces",
+                    ));
+                }
+                if out.insert(v.to_string(), limit).is_some() {
+                    return Err(self.invalid(
+                        value.span(),
+                        k("keys"),
+                        format!("key `{v}` has two overrides in this rule"),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `redis_username`, `redis_password_env` / `redis_password_file` and `redis_ca_file`:
     /// checked for shape here; read when the policy is put to use (see
     /// `stages::ratelimit::secret`). Relative paths are from the policy file's directory.

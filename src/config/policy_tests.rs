@@ -301,3 +301,59 @@ fn connection_guard_errors_are_located() {
         assert!(e.line().is_some(), "no line for {extra:?}: {e}");
     }
 }
+
+const TIERED: &str = r#"
+[[ratelimit.rule]]
+name = "per-tenant"
+key = "header:x-tenant"
+rate = 100
+burst = 50
+
+[[ratelimit.rule.override]]
+keys = ["acme", "globex"]
+rate = 1000
+
+[[ratelimit.rule.override]]
+keys = ["internal-batch"]
+unlimited = true
+"#;
+
+#[test]
+fn per_key_overrides_give_tiers_and_an_allowlist() {
+    use crate::stages::ratelimit::rules::KeyOverride;
+    let p = parse(TIERED).unwrap();
+    let rule = &p.ratelimit.rules[0];
+    match rule.overrides["acme"] {
+        KeyOverride::Limited { rate, burst, .. } => assert_eq!((rate, burst), (1000.0, 50)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rule.overrides["globex"], rule.overrides["acme"]);
+    assert_eq!(rule.overrides["internal-batch"], KeyOverride::Unlimited);
+    assert!(rule.limits_for("internal-batch").is_none());
+    assert_eq!(rule.limits_for("someone").unwrap().gcra, rule.gcra);
+    assert_ne!(rule.limits_for("acme").unwrap().gcra, rule.gcra);
+}
+
+#[test]
+fn a_bad_override_is_refused_with_its_line_and_key() {
+    let both = TIERED.replace("unlimited = true", "unlimited = true\nrate = 5");
+    let e = parse(&both).unwrap_err();
+    assert_eq!(e.key(), Some("ratelimit.rule[0].override[1].rate"), "{e}");
+    assert!(e.to_string().contains("not both"), "{e}");
+    let neither = TIERED.replace("unlimited = true", "");
+    let e = parse(&neither).unwrap_err();
+    assert_eq!(e.key(), Some("ratelimit.rule[0].override[1].rate"), "{e}");
+    let twice = TIERED.replace("[\"internal-batch\"]", "[\"acme\"]");
+    let e = parse(&twice).unwrap_err();
+    assert_eq!(e.key(), Some("ratelimit.rule[0].override[1].keys"), "{e}");
+    assert!(e.to_string().contains("`acme` has two overrides"), "{e}");
+    // Line 20 of BASE + TIERED: the second override's keys.
+    assert_eq!(e.line(), Some(20), "{e}");
+    let empty = TIERED.replace("[\"internal-batch\"]", "[]");
+    assert_eq!(
+        parse(&empty).unwrap_err().key(),
+        Some("ratelimit.rule[0].override[1].keys")
+    );
+    let typo = TIERED.replace("unlimited = true", "unlimted = true");
+    assert!(parse(&typo).is_err());
+}

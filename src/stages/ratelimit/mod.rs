@@ -30,7 +30,7 @@ pub use secret::{Credentials, RedisAuth, SecretError};
 use self::breaker::{Breaker, BreakerChange};
 use self::gcra::{Gcra, GcraDecision, LocalStore};
 use self::redis::RedisStore;
-use self::rules::{key_value, rule_key, RuleKey};
+use self::rules::{key_value, rule_key, Limits, RuleKey};
 use self::top::{KeyCount, TopKeys};
 use super::{Reason, Rejection};
 
@@ -281,10 +281,16 @@ impl RateLimiter {
 
     /// Decides one request against every rule of its route.
     pub async fn check(&self, cfg: &RateLimitConfig, src: &KeySource<'_>) -> RateVerdict {
-        let mut applicable: Vec<(&Rule, String)> = Vec::new();
+        let mut applicable: Vec<Applied<'_>> = Vec::new();
         for rule in cfg.rules.iter().filter(|r| r.applies_to(src.route)) {
             match rule_key(&cfg.key_prefix, rule, src) {
-                RuleKey::Key(k) => applicable.push((rule, k)),
+                RuleKey::Key(key) => {
+                    // A key on the rule's allowlist is not counted; one with a tier of its
+                    // own is counted against that.
+                    if let Some(limits) = rule.limits_for(key_value(&key, &rule.name)) {
+                        applicable.push(Applied { rule, key, limits });
+                    }
+                }
                 RuleKey::Exempt => {}
                 RuleKey::Missing(part) if rule.mode == RuleMode::Enforce => {
                     return RateVerdict {
@@ -308,9 +314,11 @@ impl RateLimiter {
         }
         let now = now_us();
         // Known over the limit: answer without a round trip.
-        for (rule, key) in applicable
+        for Applied {
+            rule, key, limits, ..
+        } in applicable
             .iter()
-            .filter(|(r, _)| r.mode == RuleMode::Enforce)
+            .filter(|a| a.rule.mode == RuleMode::Enforce)
         {
             if let Some(until) = self.denied.get(key, now) {
                 bump(&self.stats.limited);
@@ -322,7 +330,7 @@ impl RateLimiter {
                         key: key_value(key, &rule.name).to_string(),
                         retry_after: Duration::from_micros(until - now),
                     },
-                    headers: Some(headers_for(rule, 0, until - now)),
+                    headers: Some(headers_for(rule, limits, 0, until - now)),
                     results: vec![(rule_index(cfg, rule), "limited")],
                 };
             }
@@ -351,7 +359,7 @@ impl RateLimiter {
                 OnRedisError::Deny => {
                     return RateVerdict {
                         outcome: RateOutcome::Unavailable {
-                            rule: applicable[0].0.name.clone(),
+                            rule: applicable[0].rule.name.clone(),
                         },
                         headers: None,
                         results: vec![],
@@ -363,9 +371,9 @@ impl RateLimiter {
         verdict.results = applicable
             .iter()
             .zip(&decisions)
-            .map(|((rule, _), d)| {
+            .map(|(Applied { rule, limits, .. }, d)| {
                 let result = match (d.allowed, rule.mode) {
-                    (true, _) if d.remaining * 5 <= rule.gcra.capacity() => "near_limit",
+                    (true, _) if d.remaining * 5 <= limits.gcra.capacity() => "near_limit",
                     (true, _) => "allowed",
                     (false, RuleMode::Shadow) => "shadow_denied",
                     (false, RuleMode::Enforce) => "limited",
@@ -381,7 +389,7 @@ impl RateLimiter {
     async fn shared_decisions(
         &self,
         cfg: &RateLimitConfig,
-        applicable: &[(&Rule, String)],
+        applicable: &[Applied<'_>],
     ) -> Option<Vec<GcraDecision>> {
         let Some(redis) = self.redis() else {
             return Some(self.local_decisions(applicable, now_us(), false));
@@ -389,10 +397,10 @@ impl RateLimiter {
         if self.breaker.is_open() {
             return None;
         }
-        let keys: Vec<String> = applicable.iter().map(|(_, k)| k.clone()).collect();
+        let keys: Vec<String> = applicable.iter().map(|a| a.key.clone()).collect();
         let params: Vec<_> = applicable
             .iter()
-            .map(|(r, _)| (r.gcra, r.mode == RuleMode::Enforce))
+            .map(|a| (a.limits.gcra, a.rule.mode == RuleMode::Enforce))
             .collect();
         bump(&self.stats.redis_calls);
         match redis.decide(&keys, &params).await {
@@ -416,16 +424,16 @@ impl RateLimiter {
     /// the rules after it; rules before it were counted, a small over-count that fails safe).
     fn local_decisions(
         &self,
-        applicable: &[(&Rule, String)],
+        applicable: &[Applied<'_>],
         now: u64,
         fallback: bool,
     ) -> Vec<GcraDecision> {
         let mut out = Vec::with_capacity(applicable.len());
-        for (rule, key) in applicable {
+        for Applied { rule, key, limits } in applicable {
             let gcra = if fallback {
-                &rule.local_gcra
+                &limits.local_gcra
             } else {
-                &rule.gcra
+                &limits.gcra
             };
             let d = self.local.decide(key, gcra, now);
             let stop = !d.allowed && rule.mode == RuleMode::Enforce;
@@ -439,18 +447,19 @@ impl RateLimiter {
 
     fn judge(
         &self,
-        applicable: &[(&Rule, String)],
+        applicable: &[Applied<'_>],
         decisions: &[GcraDecision],
         now: u64,
     ) -> RateVerdict {
         let mut limited: Option<(&Rule, &str, u64)> = None;
-        let mut tightest: Option<(&Rule, &GcraDecision)> = None;
-        for ((rule, key), d) in applicable.iter().zip(decisions) {
+        let mut tightest: Option<(&Applied<'_>, &GcraDecision)> = None;
+        for (applied, d) in applicable.iter().zip(decisions) {
+            let Applied { rule, key, limits } = applied;
             if tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
-                tightest = Some((rule, d));
+                tightest = Some((applied, d));
             }
             if d.allowed {
-                if d.remaining * 5 <= rule.gcra.capacity() {
+                if d.remaining * 5 <= limits.gcra.capacity() {
                     bump(&self.stats.near_limit);
                     self.note(rule, KeyEvent::NearLimit, key);
                     tracing::debug!(rule = %rule.name, key = %key, remaining = d.remaining, "near rate limit");
@@ -469,7 +478,8 @@ impl RateLimiter {
                 }
             }
         }
-        let headers = tightest.map(|(r, d)| headers_for(r, d.remaining, d.reset_us));
+        let headers =
+            tightest.map(|(a, d)| headers_for(a.rule, &a.limits, d.remaining, d.reset_us));
         match limited {
             Some((rule, key, retry_us)) => {
                 bump(&self.stats.limited);
@@ -578,6 +588,14 @@ impl RateLimiter {
     }
 }
 
+/// One rule as it applies to one request: the key it counts, and the limits for that key
+/// (the rule's own, or its tier's).
+struct Applied<'a> {
+    rule: &'a Rule,
+    key: String,
+    limits: Limits,
+}
+
 /// A rule's position in the policy (rules are few; this runs only for judged requests).
 fn rule_index(cfg: &RateLimitConfig, rule: &Rule) -> usize {
     cfg.rules
@@ -586,12 +604,12 @@ fn rule_index(cfg: &RateLimitConfig, rule: &Rule) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-fn headers_for(rule: &Rule, remaining: u64, reset_us: u64) -> RateHeaders {
+fn headers_for(rule: &Rule, limits: &Limits, remaining: u64, reset_us: u64) -> RateHeaders {
     RateHeaders {
         policy: format!(
             "\"{}\";q={};w={}",
             rule.name,
-            rule.gcra.capacity(),
+            limits.gcra.capacity(),
             rule.period.as_secs().max(1)
         ),
         limit: format!(

@@ -1,6 +1,7 @@
 //! Rate-limit rules as validated from `[ratelimit]`, and the key a request is counted under.
 //! Pure.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,11 +138,47 @@ pub struct Rule {
     pub gcra: Gcra,
     /// The local fallback's share: `rate / replicas_hint`.
     pub local_gcra: Gcra,
+    /// Keys with limits of their own, by key value (`[[ratelimit.rule.override]]`): a plan's
+    /// tier, or an allowlist.
+    pub overrides: HashMap<String, KeyOverride>,
+}
+
+/// What a key may do: the shared limit and the local fallback's share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub gcra: Gcra,
+    pub local_gcra: Gcra,
+}
+
+/// A key's exception to its rule's limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeyOverride {
+    /// Not counted at all (an internal batch job, a partner on a contract).
+    Unlimited,
+    /// Counted against these limits instead (a plan's tier).
+    Limited {
+        rate: f64,
+        burst: u64,
+        limits: Limits,
+    },
 }
 
 impl Rule {
     pub fn applies_to(&self, route: &str) -> bool {
         self.routes.is_empty() || self.routes.iter().any(|r| &**r == route)
+    }
+
+    /// The limits for key value `value` (a tenant, a client IP): its override's, the rule's
+    /// own otherwise; `None` when the key is not limited.
+    pub fn limits_for(&self, value: &str) -> Option<Limits> {
+        match self.overrides.get(value) {
+            Some(KeyOverride::Unlimited) => None,
+            Some(KeyOverride::Limited { limits, .. }) => Some(*limits),
+            None => Some(Limits {
+                gcra: self.gcra,
+                local_gcra: self.local_gcra,
+            }),
+        }
     }
 }
 
@@ -258,6 +295,7 @@ mod tests {
             missing_key,
             gcra: Gcra::new(10.0, 1_000_000, 0),
             local_gcra: Gcra::new(10.0, 1_000_000, 0),
+            overrides: HashMap::new(),
         }
     }
 

@@ -16,6 +16,7 @@ fn rule(name: &str, rate: f64, burst: u64, mode: RuleMode) -> Rule {
         missing_key: MissingKey::Deny,
         gcra: Gcra::new(rate, 1_000_000, burst),
         local_gcra: Gcra::new(rate / 2.0, 1_000_000, burst),
+        overrides: HashMap::new(),
     }
 }
 
@@ -192,4 +193,53 @@ async fn the_keys_a_rule_limits_most_are_named_with_their_counts() {
     assert!(!top["t"]["near_limit"].as_array().unwrap().is_empty());
     assert!(top["t"]["shadow_denied"].as_array().unwrap().is_empty());
     assert_eq!(rl.snapshot(&cfg)["top_keys"], top);
+}
+
+/// Per-key overrides: a tenant on a bigger plan gets its tier's rate, one on the allowlist
+/// is never counted, everyone else gets the rule's rate, all under one rule.
+#[tokio::test]
+async fn a_tier_gets_its_own_rate_and_an_allowlisted_key_is_not_counted() {
+    let mut r = rule("t", 1.0, 0, RuleMode::Enforce);
+    r.overrides.insert(
+        "big".into(),
+        rules::KeyOverride::Limited {
+            rate: 1.0,
+            burst: 9,
+            limits: rules::Limits {
+                gcra: Gcra::new(1.0, 1_000_000, 9),
+                local_gcra: Gcra::new(0.5, 1_000_000, 9),
+            },
+        },
+    );
+    r.overrides
+        .insert("batch".into(), rules::KeyOverride::Unlimited);
+    let cfg = RateLimitConfig {
+        rules: vec![r],
+        ..RateLimitConfig::default()
+    };
+    let rl = RateLimiter::new(&cfg).unwrap();
+    let allowed = |t: &'static str| {
+        let rl = &rl;
+        let cfg = &cfg;
+        async move {
+            let h = tenant(t);
+            let mut n = 0;
+            for _ in 0..20 {
+                n += u32::from(rl.check(cfg, &src(&h)).await.outcome == RateOutcome::Allow);
+            }
+            n
+        }
+    };
+    assert_eq!(
+        allowed("small").await,
+        1,
+        "the rule's burst of 0: one at once"
+    );
+    assert_eq!(allowed("big").await, 10, "the tier's burst of 9");
+    assert_eq!(allowed("batch").await, 20, "never counted");
+    // The headers say each key's own quota.
+    let v = rl.check(&cfg, &src(&tenant("big"))).await;
+    assert_eq!(v.headers.unwrap().policy, "\"t\";q=10;w=1");
+    let v = rl.check(&cfg, &src(&tenant("small"))).await;
+    assert_eq!(v.headers.unwrap().policy, "\"t\";q=1;w=1");
 }
