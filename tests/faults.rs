@@ -44,11 +44,22 @@ async fn a_worker_answering_5xx_is_ejected_after_a_few_and_the_rest_go_elsewhere
     // The default consecutive_failures is 5: at most that many 503s reach clients before each
     // ejection (POSTs are never retried: the worker may have acted on them). The run outlasts
     // the first ejection (1 s), so worker 2 may be readmitted once, fail 5 more and be ejected
-    // again, for twice as long.
+    // again, for twice as long. A worker readmitted near the end of the run is on probation
+    // (suspect) and may be up to 4 failures into its next ejection: a clean-clone run ended
+    // there with 8 errors, 1 ejection and worker 2 suspect.
     let ejections = st["workers"][1]["ejections"].as_u64().unwrap();
     assert!((1..=2).contains(&ejections), "{}", st["workers"][1]);
-    assert!(errors as u64 <= 5 * ejections, "{errors} errors");
-    assert_eq!(st["workers"][1]["state"], "ejected");
+    let state = st["workers"][1]["state"].as_str().unwrap();
+    let open_cycle = if state == "ejected" { 0 } else { 4 };
+    assert!(
+        errors as u64 <= 5 * ejections + open_cycle,
+        "{errors} errors, {ejections} ejections, {state}"
+    );
+    assert!(
+        matches!(state, "ejected" | "suspect"),
+        "{}",
+        st["workers"][1]
+    );
     assert!(
         st["workers"][1]["reason"].as_str().unwrap().contains("5xx"),
         "{}",

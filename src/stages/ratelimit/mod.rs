@@ -287,7 +287,7 @@ impl RateLimiter {
                 RuleKey::Key(key) => {
                     // A key on the rule's allowlist is not counted; one with a tier of its
                     // own is counted against that.
-                    if let Some(limits) = rule.limits_for(key_value(&key, &rule.name)) {
+                    if let Some(limits) = rule.limits_for_key(&key) {
                         applicable.push(Applied { rule, key, limits });
                     }
                 }

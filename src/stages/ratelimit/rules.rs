@@ -168,6 +168,18 @@ impl Rule {
         self.routes.is_empty() || self.routes.iter().any(|r| &**r == route)
     }
 
+    /// [`Rule::limits_for`] the key [`rule_key`] built: the lookup (and the key's value)
+    /// only for a rule with overrides, so the others cost nothing more per request.
+    pub fn limits_for_key(&self, key: &str) -> Option<Limits> {
+        if self.overrides.is_empty() {
+            return Some(Limits {
+                gcra: self.gcra,
+                local_gcra: self.local_gcra,
+            });
+        }
+        self.limits_for(key_value(key, &self.name))
+    }
+
     /// The limits for key value `value` (a tenant, a client IP): its override's, the rule's
     /// own otherwise; `None` when the key is not limited.
     pub fn limits_for(&self, value: &str) -> Option<Limits> {
