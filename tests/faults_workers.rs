@@ -360,11 +360,13 @@ async fn a_worker_resetting_connections_costs_posts_a_502_never_a_duplicate_and_
         reset: true,
         ..FaultSpec::default()
     };
-    // Workers 1 and 3 answer in 5 ms, so the fast-failing worker 2 is the cheaper choice
-    // and gets traffic whatever worker the first request lands on.
+    // Workers 1 and 3 answer in 25 ms, so the fast-failing worker 2 is the cheaper choice
+    // and gets traffic whatever worker the first request lands on. (At 5 ms, a clean-clone
+    // run on a slow stretch of the machine saw worker 2's failures take 10 ms: it got 2 of
+    // 60 requests and was never ejected.)
     let slow = FaultSpec {
-        block: Some(Duration::from_millis(5)),
-        query_block: Some(Duration::from_millis(5)),
+        block: Some(Duration::from_millis(25)),
+        query_block: Some(Duration::from_millis(25)),
         ..FaultSpec::default()
     };
     let be = backend_with_faults(3, vec![(1, slow.clone()), (2, reset), (3, slow.clone())]);
@@ -399,15 +401,18 @@ async fn a_worker_resetting_connections_costs_posts_a_502_never_a_duplicate_and_
     );
     // Each reset was a POST answered 502 or a GET retried elsewhere.
     assert!(resets >= failed_posts.len() as u64);
-    // Ejected by its 5xx streak: 5 resets, one more per readmission at most.
+    // Ejected by its 5xx streak.
     let w2 = &st["workers"][1];
     let ejections = w2["ejections"].as_u64().unwrap();
     assert!(ejections >= 1, "{w2}");
     assert!(ejected_after.is_some(), "never seen ejected: {w2}");
     assert!(w2["reason"].as_str().unwrap_or("").contains("5xx"), "{w2}");
+    // Each ejection takes 5 in a row, on first failing and after each readmission; a
+    // worker readmitted near the end of the run may be up to 4 into its next one.
+    let open_cycle = if w2["state"] == "ejected" { 0 } else { 4 };
     assert!(
-        resets <= 5 + ejections,
-        "{resets} resets, {ejections} ejections"
+        resets <= 5 * ejections + open_cycle,
+        "{resets} resets, {ejections} ejections: {w2}"
     );
     // Nothing lost, nothing twice; every 502 POST had been stored by the worker.
     let (ok, total) = check_store(&be, &answers, Some(true));
@@ -678,21 +683,26 @@ async fn redis_answering_errors_falls_back_to_local_limits_and_recovers_by_itsel
             );
             fixed_at = Some(Instant::now());
         }
-        // Ten quiet tenants at ~10/s each (half their rate), one greedy at ~100/s.
-        let tenant = if i.is_multiple_of(2) {
-            format!("quiet-{}", (i / 2) % 10)
+        // Ten quiet tenants at ~5/s each (a quarter of their rate), one greedy at three
+        // requests a turn: over its 20/s even when the loop runs at a third of its usual
+        // ~100 turns a second (a clean-clone run on a slow stretch of the machine made 36,
+        // and one request a turn kept the greedy tenant under its limit).
+        let (tenant, burst) = if i.is_multiple_of(2) {
+            (format!("quiet-{}", (i / 2) % 10), 1)
         } else {
-            "greedy".to_string()
+            ("greedy".to_string(), 3)
         };
-        let (status, took) = sg.post_event(&http, &tenant, i).await;
-        let s = &mut seen[p];
-        s.5 = s.5.max(took);
-        match (tenant.starts_with("quiet"), status) {
-            (true, 202) => s.0 += 1,
-            (true, _) => s.1 += 1,
-            (false, 202) => s.2 += 1,
-            (false, 429) => s.3 += 1,
-            (false, _) => s.4 += 1,
+        for _ in 0..burst {
+            let (status, took) = sg.post_event(&http, &tenant, i).await;
+            let s = &mut seen[p];
+            s.5 = s.5.max(took);
+            match (tenant.starts_with("quiet"), status) {
+                (true, 202) => s.0 += 1,
+                (true, _) => s.1 += 1,
+                (false, 202) => s.2 += 1,
+                (false, 429) => s.3 += 1,
+                (false, _) => s.4 += 1,
+            }
         }
         if last_probe.elapsed() >= Duration::from_millis(50) {
             last_probe = Instant::now();
