@@ -66,13 +66,15 @@ pub fn set_filter(directives: &str) -> Result<String, FilterError> {
         directives: directives.to_string(),
         source,
     })?;
-    live.handle
-        .reload(filter)
-        .map_err(|_| FilterError::NotInstalled)?;
+    // Held across the swap, so two changes at once cannot leave the directives reported
+    // differing from the filter in force.
     let mut current = live
         .directives
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    live.handle
+        .reload(filter)
+        .map_err(|_| FilterError::NotInstalled)?;
     Ok(std::mem::replace(&mut current, directives.to_string()))
 }
 

@@ -57,6 +57,19 @@ pub fn foreign_ticks(t: &ProcTable, me: u32) -> u64 {
         .sum()
 }
 
+/// CPU time process `pid` and its children have used so far, seconds: user and system
+/// time of each, with the children they reaped (nginx's workers replaced by a reload).
+pub fn tree_secs(pid: u32) -> Option<f64> {
+    let t = table();
+    let own = t.get(&pid)?.1;
+    let kids: u64 = t
+        .values()
+        .filter(|&&(ppid, _)| ppid == pid)
+        .map(|&(_, ticks)| ticks)
+        .sum();
+    Some((own + kids) as f64 / hz())
+}
+
 /// Clock ticks per second (USER_HZ).
 fn hz() -> f64 {
     // SAFETY: sysconf has no memory preconditions.

@@ -323,41 +323,6 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// CPU time process `pid` and its children have used so far, seconds: its own user and
-/// system time, that of children it reaped (nginx's workers replaced by a reload), and that
-/// of its live children.
-pub fn tree_cpu_secs(pid: u32) -> Option<f64> {
-    let own = stat_ticks(pid, true)?;
-    let kids: u64 = children(pid)
-        .into_iter()
-        .filter_map(|c| stat_ticks(c, false))
-        .sum();
-    // SAFETY: sysconf has no memory preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some((own + kids) as f64 / hz)
-}
-
-/// Clock ticks of user and system time of `pid` (with `reaped`, plus its reaped
-/// children's).
-fn stat_ticks(pid: u32, reaped: bool) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_cpu_ticks(&text, reaped)
-}
-
-/// utime + stime (and with `reaped`, cutime + cstime) from a /proc/PID/stat line: fields
-/// 14-17, counted from the state after the `(comm)` as field 3.
-pub fn parse_cpu_ticks(stat: &str, reaped: bool) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let field = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
-    let own = field(14)? + field(15)?;
-    Some(if reaped {
-        own + field(16)? + field(17)?
-    } else {
-        own
-    })
-}
-
 /// The parent pid from a /proc/PID/stat line (the field after the `(comm)`).
 pub fn parse_ppid(stat: &str) -> Option<u32> {
     let after = &stat[stat.rfind(')')? + 1..];
@@ -380,16 +345,6 @@ mod tests {
     fn parses_ppid_even_with_spaces_in_comm() {
         assert_eq!(parse_ppid("123 (nginx: worker) S 77 123 123 0"), Some(77));
         assert_eq!(parse_ppid("garbage"), None);
-    }
-
-    #[test]
-    fn parses_cpu_ticks_with_and_without_reaped_children() {
-        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-        // utime stime cutime cstime ...
-        let stat = "42 (nginx: master) S 1 42 42 0 -1 4194560 10 20 0 0 150 50 700 100 20 0";
-        assert_eq!(parse_cpu_ticks(stat, false), Some(200));
-        assert_eq!(parse_cpu_ticks(stat, true), Some(1000));
-        assert_eq!(parse_cpu_ticks("42 (x) S 1", false), None);
     }
 
     #[test]

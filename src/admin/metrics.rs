@@ -63,6 +63,9 @@ const STATES: [HealthState; 3] = [
     HealthState::Ejected,
 ];
 
+/// A route's target, seconds, and its count of served requests slower than it.
+type SloCounter = (f64, Counter);
+
 /// The kind of a described metric.
 enum Kind {
     Counter,
@@ -144,13 +147,11 @@ pub struct Metrics {
     connection_refusals: Vec<Counter>,
     /// [rule][result]
     ratelimit: Vec<Counter>,
-    /// [route][p95, p99]: the route's target, seconds, and its count of served requests
-    /// slower than it; `None` where the route sets no such target.
-    over_slo: Vec<[Option<(f64, Counter)>; 2]>,
-    /// (route, `slo` label, seconds) of every target, for `sloguard_route_slo_target_seconds`
-    /// (written by `render`, like `sloguard_config_info`: a route renamed by a reload must not
-    /// keep a series).
-    slo_targets: Vec<(String, &'static str, f64)>,
+    /// [route]: its name and, for [p95, p99], its target in seconds and its count of served
+    /// requests slower than it; `None` where the route sets no such target. The targets are
+    /// also `sloguard_route_slo_target_seconds`, written by `render` like
+    /// `sloguard_config_info`: a route renamed by a reload must not keep a series.
+    over_slo: Vec<(String, [Option<SloCounter>; 2])>,
     pub worker: Vec<WorkerMetrics>,
     pub queue_depth: Gauge,
     pub queue_wait: Histogram,
@@ -213,7 +214,6 @@ impl Metrics {
             refusals: vec![],
             ratelimit: vec![],
             over_slo: vec![],
-            slo_targets: vec![],
             worker: vec![],
             connection_refusals: Reason::connection_reasons()
                 .iter()
@@ -269,7 +269,6 @@ impl Metrics {
             refusals: vec![],
             ratelimit: vec![],
             over_slo: vec![],
-            slo_targets: vec![],
             worker: vec![],
             connection_refusals: self.connection_refusals.clone(),
             queue_depth: self.queue_depth.clone(),
@@ -329,20 +328,23 @@ impl Metrics {
                 refusals.push(r.register_counter(&key(name, &labels), &meta()));
             }
         }
-        let mut over_slo = Vec::new();
-        let mut slo_targets = Vec::new();
-        for route in policy.routes.iter() {
-            let targets = route.slo.map_or([None, None], |s| [s.p95, s.p99]);
-            over_slo.push(std::array::from_fn(|i| {
-                let target = targets[i]?.as_secs_f64();
-                let slo = SLO_TARGETS[i];
-                slo_targets.push((route.name.to_string(), slo, target));
-                let labels = [("route", route.name.to_string()), ("slo", slo.to_string())];
-                let counter =
-                    r.register_counter(&key("sloguard_requests_over_slo_total", &labels), &meta());
-                Some((target, counter))
-            }));
-        }
+        let over_slo = policy
+            .routes
+            .iter()
+            .map(|route| {
+                let targets = route.slo.map_or([None, None], |s| [s.p95, s.p99]);
+                let counters = std::array::from_fn(|i| {
+                    let target = targets[i]?.as_secs_f64();
+                    let labels = [
+                        ("route", route.name.to_string()),
+                        ("slo", SLO_TARGETS[i].to_string()),
+                    ];
+                    let name = key("sloguard_requests_over_slo_total", &labels);
+                    Some((target, r.register_counter(&name, &meta())))
+                });
+                (route.name.to_string(), counters)
+            })
+            .collect();
         let mut ratelimit = Vec::new();
         for rule in &policy.ratelimit.rules {
             for result in RATE_RESULTS {
@@ -391,7 +393,6 @@ impl Metrics {
         self.refusals = refusals;
         self.ratelimit = ratelimit;
         self.over_slo = over_slo;
-        self.slo_targets = slo_targets;
         self.worker = worker;
     }
 
@@ -420,7 +421,7 @@ impl Metrics {
         // Served requests only: refusals are answered in a millisecond and have their own
         // counters (as the latency panels and alerts judge them).
         if matches!(outcome, Outcome::Ok | Outcome::Error) {
-            for (target, over) in self.over_slo[route].iter().flatten() {
+            for (target, over) in self.over_slo[route].1.iter().flatten() {
                 if seconds > *target {
                     over.increment(1);
                 }
@@ -503,17 +504,26 @@ impl Metrics {
             env!("CARGO_PKG_VERSION")
         ));
         text.push_str(&super::process::render());
-        if !self.slo_targets.is_empty() {
+        // Route names are letters, digits, '_' and '-' (policy validation): nothing to
+        // escape.
+        let targets: Vec<String> = self
+            .over_slo
+            .iter()
+            .flat_map(|(route, per_slo)| {
+                per_slo.iter().zip(SLO_TARGETS).filter_map(move |(t, slo)| {
+                    let (seconds, _) = t.as_ref()?;
+                    Some(format!(
+                        "{SLO_TARGET_GAUGE}{{route=\"{route}\",slo=\"{slo}\"}} {seconds}\n"
+                    ))
+                })
+            })
+            .collect();
+        if !targets.is_empty() {
             text.push_str(&format!(
                 "# HELP {SLO_TARGET_GAUGE} Each route's latency targets, from the policy \
                  serving now.\n# TYPE {SLO_TARGET_GAUGE} gauge\n"
             ));
-            for (route, slo, seconds) in &self.slo_targets {
-                text.push_str(&format!(
-                    "{SLO_TARGET_GAUGE}{{route=\"{}\",slo=\"{slo}\"}} {seconds}\n",
-                    label_value(route)
-                ));
-            }
+            text.extend(targets);
         }
         text
     }
@@ -522,14 +532,6 @@ impl Metrics {
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
     }
-}
-
-/// `value` escaped for a Prometheus label (backslash, quote, newline).
-fn label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

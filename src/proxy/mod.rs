@@ -432,8 +432,7 @@ impl ProxyHttp for SloGuard {
         let dropped = log.take_dropped();
         let upstream = ctx
             .worker_id
-            .and_then(|w| policy.upstream.workers.get(w.checked_sub(1)?))
-            .map(|a| a.to_string());
+            .and_then(|w| policy.upstream.workers.get(w.checked_sub(1)?));
         // The W3C trace context as the client sent it (55 characters when well formed; a
         // longer value is not a trace id and is left out rather than copied into every line).
         let traceparent = req
@@ -454,7 +453,7 @@ impl ProxyHttp for SloGuard {
             rule = ctx.limited_by.as_deref(),
             key = ctx.limited_key.as_deref(),
             worker = ctx.worker_id,
-            upstream,
+            upstream = upstream.map(tracing::field::display),
             bytes_in = session.body_bytes_read(),
             bytes_out = session.body_bytes_sent(),
             attempts = ctx.attempts,

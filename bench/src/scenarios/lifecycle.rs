@@ -24,7 +24,7 @@ use crate::configs::Balance;
 use crate::loadgen::{self, ClosedLoop, Mix, PoolLoop, Stretch, TimedOutcome};
 use crate::scenarios::env::FleetKind;
 use crate::stats::{self, ClosedSummary, OpenSummary};
-use crate::{procs, sysinfo};
+use crate::{foreign, sysinfo};
 
 /// The incident's fault, as both fleets take it.
 pub const FAULT: &str = "3:block=250ms,every=4";
@@ -331,7 +331,7 @@ fn cpu_sampler(pid: u32, schedule: &[Stretch]) -> std::thread::JoinHandle<Vec<Cp
         .collect();
     std::thread::spawn(move || {
         let t0 = Instant::now();
-        let snap = || (procs::tree_cpu_secs(pid), sysinfo::cpu_times());
+        let snap = || (foreign::tree_secs(pid), sysinfo::cpu_times());
         let mut snaps = vec![snap()];
         for end in ends {
             let at = t0 + Duration::from_secs_f64(end);

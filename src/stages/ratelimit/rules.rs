@@ -172,10 +172,7 @@ impl Rule {
     /// only for a rule with overrides, so the others cost nothing more per request.
     pub fn limits_for_key(&self, key: &str) -> Option<Limits> {
         if self.overrides.is_empty() {
-            return Some(Limits {
-                gcra: self.gcra,
-                local_gcra: self.local_gcra,
-            });
+            return Some(self.own_limits());
         }
         self.limits_for(key_value(key, &self.name))
     }
@@ -186,10 +183,15 @@ impl Rule {
         match self.overrides.get(value) {
             Some(KeyOverride::Unlimited) => None,
             Some(KeyOverride::Limited { limits, .. }) => Some(*limits),
-            None => Some(Limits {
-                gcra: self.gcra,
-                local_gcra: self.local_gcra,
-            }),
+            None => Some(self.own_limits()),
+        }
+    }
+
+    /// The rule's own limits, for keys without an override.
+    fn own_limits(&self) -> Limits {
+        Limits {
+            gcra: self.gcra,
+            local_gcra: self.local_gcra,
         }
     }
 }
