@@ -51,6 +51,8 @@ fn main() {
     let mut conf = ServerConf {
         threads: 1,
         work_stealing: false,
+        // As every proxy in the bench (`sloguard-bench`'s `configs::UPSTREAM_POOL`).
+        upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
     conf.pid_file = String::new();

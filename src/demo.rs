@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::Policy;
+use crate::workers::WorkerAddr;
 
 /// The fault the demo injects: the incident's blocking ORM write on worker 3.
 pub const DEMO_FAULT: &str = "3:block=250ms,every=4";
@@ -20,7 +21,7 @@ pub enum DemoError {
     Policy(#[from] crate::PolicyError),
     #[error("cannot find the analytics-backend binary at {0}; build both with `cargo xtask demo` (or `cargo build --release -p sloguard -p analytics-backend`)")]
     BackendMissing(PathBuf),
-    #[error("the demo starts the backend itself, so the policy's workers must be consecutive ports on one address ({0})")]
+    #[error("the demo starts the backend itself, so the policy's workers must be consecutive TCP ports on one address ({0})")]
     WorkersNotConsecutive(String),
     #[error("cannot start {path}: {source}")]
     Spawn {
@@ -73,15 +74,32 @@ fn wait_listening(addr: SocketAddr, within: Duration) -> bool {
 
 pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
     let policy = Policy::load(config)?;
-    let workers = &policy.upstream.workers;
-    let first = workers[0];
-    let consecutive = workers.iter().enumerate().all(|(i, w)| {
-        w.ip() == first.ip() && usize::from(w.port()) == usize::from(first.port()) + i
-    });
-    if !consecutive {
-        let list: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+    // The demo's backend listens on TCP ports only.
+    let tcp: Option<Vec<SocketAddr>> = policy
+        .upstream
+        .workers
+        .iter()
+        .map(|w| match w {
+            WorkerAddr::Tcp(addr) => Some(*addr),
+            WorkerAddr::Unix(_) => None,
+        })
+        .collect();
+    let consecutive = |workers: &[SocketAddr]| {
+        let first = workers[0];
+        workers.iter().enumerate().all(|(i, w)| {
+            w.ip() == first.ip() && usize::from(w.port()) == usize::from(first.port()) + i
+        })
+    };
+    let Some(workers) = tcp.filter(|w| consecutive(w)) else {
+        let list: Vec<String> = policy
+            .upstream
+            .workers
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
         return Err(DemoError::WorkersNotConsecutive(list.join(", ")));
-    }
+    };
+    let first = workers[0];
     let backend = backend.unwrap_or_else(default_backend_path);
     if !backend.is_file() {
         return Err(DemoError::BackendMissing(backend));
@@ -98,7 +116,7 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
             source,
         })?;
     let _guard = ChildGuard(child);
-    for w in workers {
+    for w in &workers {
         if !wait_listening(*w, Duration::from_secs(10)) {
             return Err(DemoError::BackendNotListening(*w));
         }

@@ -16,7 +16,7 @@
 //!   [`stages::admission`] (wait for a worker slot within the deadline, or be shed); each
 //!   refusal names a [`stages::Reason`], which the metrics, the access log and `/status`
 //!   all count by.
-//! - [`workers`] choose the upstream worker and hold in-flight leases.
+//! - [`workers`] choose the upstream worker (on TCP or a Unix socket) and hold in-flight leases.
 //! - [`monitor`] runs health evaluation, probes and drain-rate estimates in the background.
 //! - [`admin`] serves `/healthz` and `/status`.
 //! - [`config`] reads and validates the TOML policy; [`state`] holds the live snapshot;

@@ -147,7 +147,7 @@ impl Monitor {
                     policy.upstream.health.clone(),
                 );
                 tokio::spawn(async move {
-                    match probe_once(w.addr, &cfg, &header).await {
+                    match probe_once(&w.addr, &cfg, &header).await {
                         ProbeOutcome::Answered(result) => {
                             w.on_probe(&health, result, Instant::now())
                         }

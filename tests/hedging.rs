@@ -57,6 +57,21 @@ fn hedges(st: &serde_json::Value) -> (u64, u64) {
     )
 }
 
+/// Every query got its answer (200 with series), at least one was hedged and a hedge
+/// answered first.
+fn every_query_answered_and_one_hedge_won(
+    results: &[(u16, serde_json::Value, Duration)],
+    st: &serde_json::Value,
+) {
+    for (status, body, _) in results {
+        assert_eq!(*status, 200, "{body}");
+        assert!(body["series"].is_array(), "not a query answer: {body}");
+    }
+    let (launched, won) = hedges(st);
+    assert!(launched >= 1, "no query was hedged: {}", st["hedges"]);
+    assert!(won >= 1, "no hedge answered first: {}", st["hedges"]);
+}
+
 /// A worker whose queries block 300 ms (but is not ejected: its health thresholds are set
 /// out of reach): queries sent to it are hedged after 40 ms and answered by the other
 /// worker, long before the slow one would have.
@@ -87,13 +102,7 @@ async fn a_slow_query_is_hedged_after_hedge_after_ms_and_the_fast_answer_wins() 
         results.iter().map(|r| r.2).collect::<Vec<_>>(),
         st["hedges"]
     );
-    for (status, body, _) in &results {
-        assert_eq!(*status, 200, "{body}");
-        assert!(body["series"].is_array(), "not a query answer: {body}");
-    }
-    let (launched, won) = hedges(&st);
-    assert!(launched >= 1, "no query was hedged: {}", st["hedges"]);
-    assert!(won >= 1, "no hedge answered first: {}", st["hedges"]);
+    every_query_answered_and_one_hedge_won(&results, &st);
     assert!(
         worst < Duration::from_millis(250),
         "a query waited {worst:?}: the hedge did not take over from the 300 ms block"
@@ -172,4 +181,39 @@ async fn a_query_on_a_worker_found_stalled_is_hedged_before_the_timer() {
         worst < Duration::from_millis(1000),
         "a query waited {worst:?}: the stall signal did not trigger the hedge before the 1.5 s timer"
     );
+}
+
+/// Hedging over Unix sockets: two uvicorn workers reached on their socket files (`unix:`
+/// workers), worker 1 blocking its loop 300 ms on every query. Queries caught on it are hedged
+/// to worker 2 and answered from there; every query is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_to_unix_socket_workers_are_hedged_too() {
+    use common::fleet::{Fleet, FleetKind};
+    let fleet = Fleet::start(FleetKind::PythonUnix, 2, &[(1, "query_block=300ms")]);
+    let workers = fleet.workers();
+    assert!(
+        workers.iter().all(|w| w.starts_with("unix:/")),
+        "{workers:?}"
+    );
+    let sg = Sloguard::spawn_named(
+        &workers,
+        &format!(
+            "{}lag_eject_ms = 10000\n\n[upstream.probe]\nenabled = false\n",
+            hedging_policy(250, 40, 10_000)
+        ),
+    );
+    let results = concurrent_queries(&sg, 8).await;
+    let st = sg.status().await;
+    println!(
+        "latencies {:?}; hedges {}; workers {}",
+        results.iter().map(|r| r.2).collect::<Vec<_>>(),
+        st["hedges"],
+        st["workers"]
+    );
+    every_query_answered_and_one_hedge_won(&results, &st);
+    // Queries went to the blocked worker over its socket (their first attempts, given up
+    // when the hedge answered first), and the other answered over its own.
+    let w = &st["workers"];
+    assert!(w[0]["requests"].as_u64().unwrap() >= 1, "{w}");
+    assert!(w[1]["successes"].as_u64().unwrap() >= 1, "{w}");
 }

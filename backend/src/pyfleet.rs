@@ -13,7 +13,8 @@ use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,12 +55,16 @@ pub struct PyFleetConfig {
     pub cpu: Option<usize>,
     /// Where worker logs go (`pyworker-N.log`); a temp dir of the fleet's own if `None`.
     pub log_dir: Option<PathBuf>,
+    /// Each worker also listens on a Unix socket, `wN.sock` in the log dir (see
+    /// [`PyFleet::unix_paths`]), served by the same loop as its TCP port.
+    pub unix: bool,
 }
 
 /// Running uvicorn workers, stopped on drop.
 pub struct PyFleet {
     children: Vec<Child>,
     addrs: Vec<SocketAddr>,
+    unix_paths: Vec<PathBuf>,
     log_dir: PathBuf,
     _own_logs: Option<TempLogDir>,
 }
@@ -92,6 +97,7 @@ impl PyFleet {
         let mut fleet = PyFleet {
             children: Vec::new(),
             addrs: Vec::new(),
+            unix_paths: Vec::new(),
             log_dir,
             _own_logs: own,
         };
@@ -103,9 +109,10 @@ impl PyFleet {
                 .find(|(w, _)| *w == id)
                 .map(|(_, f)| f.as_str())
                 .unwrap_or("");
-            let (child, addr) = fleet.spawn_worker(&venv, id, fault, cfg)?;
+            let (child, addr, unix_path) = fleet.spawn_worker(&venv, id, fault, cfg)?;
             fleet.children.push(child);
             fleet.addrs.push(addr);
+            fleet.unix_paths.extend(unix_path);
         }
         for (i, addr) in fleet.addrs.clone().into_iter().enumerate() {
             fleet.wait_ready(i + 1, addr, Duration::from_secs(30))?;
@@ -119,10 +126,22 @@ impl PyFleet {
         id: usize,
         fault: &str,
         cfg: &PyFleetConfig,
-    ) -> Result<(Child, SocketAddr), PyFleetError> {
+    ) -> Result<(Child, SocketAddr, Option<PathBuf>), PyFleetError> {
         // uvicorn's own backlog (2048), so a burst of new connections is not refused by us.
         let listener = bind_with_backlog(2048)?;
         let addr = listener.local_addr()?;
+        let unix = if cfg.unix {
+            let path = self.log_dir.join(format!("w{id}.sock"));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path)?;
+            // SAFETY: listen(2) again on our own bound socket only changes its backlog.
+            if unsafe { libc::listen(listener.as_raw_fd(), 2048) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Some((listener, path))
+        } else {
+            None
+        };
         let log = File::create(self.log_dir.join(format!("pyworker-{id}.log")))?;
         let mut cmd = Command::new(venv.join("bin").join("python"));
         cmd.arg("serve.py")
@@ -137,17 +156,29 @@ impl PyFleet {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let fd = listener.as_raw_fd();
+        if unix.is_some() {
+            cmd.env("FLEET_UNIX_FD", "4");
+        }
+        // Both sockets are moved above the fds the child gets them on, so that placing one
+        // never closes the other.
+        let tcp_fd = dup_above(listener.as_raw_fd(), 10)?;
+        let unix_fd = match &unix {
+            Some((l, _)) => Some(dup_above(l.as_raw_fd(), 10)?),
+            None => None,
+        };
+        let (tcp_raw, unix_raw) = (tcp_fd.as_raw_fd(), unix_fd.as_ref().map(|f| f.as_raw_fd()));
         let cpu = cfg.cpu;
         // SAFETY: between fork and exec only async-signal-safe calls: dup2 (which also
-        // clears close-on-exec on fd 3), sched_setaffinity and prctl.
+        // clears close-on-exec on fds 3 and 4), sched_setaffinity and prctl.
         unsafe {
             cmd.pre_exec(move || {
-                if fd == 3 {
-                    // Already in place: only clear close-on-exec.
-                    libc::fcntl(3, libc::F_SETFD, 0);
-                } else if libc::dup2(fd, 3) < 0 {
+                if libc::dup2(tcp_raw, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = unix_raw {
+                    if libc::dup2(fd, 4) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 // The fleet dies with the test or bench that started it.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -161,9 +192,9 @@ impl PyFleet {
             });
         }
         let child = cmd.spawn()?;
-        // The child holds its copy on fd 3; ours closes here.
-        drop(listener);
-        Ok((child, addr))
+        // The child holds its copies on fds 3 and 4; ours close here.
+        drop((listener, tcp_fd, unix_fd));
+        Ok((child, addr, unix.map(|(_, path)| path)))
     }
 
     fn wait_ready(
@@ -192,6 +223,11 @@ impl PyFleet {
     /// Each worker's address, worker 1 first.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Each worker's Unix socket, worker 1 first (empty unless started with `unix`).
+    pub fn unix_paths(&self) -> &[PathBuf] {
+        &self.unix_paths
     }
 
     /// Worker `worker`'s (1-based) log so far.
@@ -270,6 +306,17 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+fn dup_above(fd: i32, min: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd we own returns a new fd that only we own.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
 /// A listener on `127.0.0.1:0` with `backlog` (std's `bind` listens with 128).

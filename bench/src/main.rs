@@ -71,6 +71,9 @@ enum Cmd {
     /// Memory per idle keep-alive client connection (2000 and 10 000) for sloguard, bare
     /// Pingora, nginx and HAProxy (prints its table).
     Conns,
+    /// Workers on Unix sockets against TCP: the Python fleet through sloguard, nginx and
+    /// HAProxy over each (prints its table).
+    Uds,
     /// The starved-sidecar scenario only (sloguard under a 0.5 CPU quota), on `--fleet`.
     Starved {
         #[arg(long, value_enum, default_value_t = FleetArg::Both)]
@@ -298,6 +301,9 @@ fn main() -> anyhow::Result<()> {
             })
         })
         .flatten();
+    let uds = want(Cmd::Uds)
+        .then(|| attempt("unix sockets", &mut failures, || scenarios::uds::run(&env)))
+        .flatten();
     let mut memory = Vec::new();
     memory.extend(over.iter().flat_map(|o| o.memory.clone()));
     memory.extend(inc.iter().flat_map(|i| i.memory.clone()));
@@ -319,6 +325,7 @@ fn main() -> anyhow::Result<()> {
         starved: starve,
         ratelimit: rl,
         conns,
+        uds,
         memory,
         micro,
         failures,
@@ -403,6 +410,7 @@ fn command_line(cli: &Cli) -> String {
         Cmd::Overload { .. } => "overload",
         Cmd::Ratelimit => "ratelimit",
         Cmd::Conns => "conns",
+        Cmd::Uds => "uds",
         Cmd::Lifecycle { .. } => "lifecycle",
         Cmd::Starved { .. } => "starved",
         Cmd::Profile { .. } => "profile",

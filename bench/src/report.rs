@@ -33,6 +33,7 @@ pub struct Results {
     pub starved: Option<crate::scenarios::starved::Starved>,
     pub ratelimit: Option<RateLimits>,
     pub conns: Option<crate::scenarios::conns::Conns>,
+    pub uds: Option<crate::scenarios::uds::Uds>,
     pub memory: Vec<MemSample>,
     pub micro: Vec<Micro>,
     /// Parts that failed, and why.
@@ -47,6 +48,7 @@ pub const SKELETON: &str = "# Benchmarks\n\n## Run\n\n<!-- bench:run -->\n<!-- /
 ## 3b. Lifecycle\n\n<!-- bench:lifecycle -->\n<!-- /bench:lifecycle -->\n\n\
 ## 3c. Starved sidecar\n\n<!-- bench:starved -->\n<!-- /bench:starved -->\n\n\
 ## 4. Rate limits\n\n<!-- bench:ratelimit -->\n<!-- /bench:ratelimit -->\n\n\
+## 4b. Workers on Unix sockets\n\n<!-- bench:uds -->\n<!-- /bench:uds -->\n\n\
 ## 5. Memory\n\n<!-- bench:memory -->\n<!-- /bench:memory -->\n\n\
 <!-- bench:conns -->\n<!-- /bench:conns -->\n\n\
 ## 6. Soak\n\n<!-- bench:soak -->\n<!-- /bench:soak -->\n\n\
@@ -130,6 +132,9 @@ pub fn sections(r: &Results) -> Vec<(&'static str, String)> {
     if let Some(c) = &r.conns {
         m.push(("conns", conns_section(c)));
     }
+    if let Some(u) = &r.uds {
+        m.push(("uds", uds_section(u)));
+    }
     if !r.memory.is_empty() {
         m.push(("memory", memory_section(&r.memory)));
     }
@@ -170,12 +175,97 @@ fn conns_section(c: &crate::scenarios::conns::Conns) -> String {
     out.push_str(
         "\nRSS is VmRSS (nginx: master plus worker), one second after the last connection's answer; \
          per connection = (idle − before) / N; active: the highest RSS read once a second while \
-         every connection sent one request a second (a tenth of them every 100 ms), per connection \
+         every connection sent one request a second (a hundredth of them every 10 ms), per connection \
          = (active − before) / N.",
     );
+    if !c.pools.is_empty() {
+        out.push_str(&pools_table(&c.pools));
+    }
     for s in &c.skipped {
         out.push_str(&format!("\n\n**Not measured**: {s}."));
     }
+    out
+}
+
+fn uds_section(u: &crate::scenarios::uds::Uds) -> String {
+    let rounds = u.round_count;
+    let mut out = format!(
+        "The Python fleet (4 uvicorn workers, each serving its TCP port and a socket file from \
+         one loop) with each proxy in front, over TCP, then over the sockets; medians of {rounds} \
+         round(s). Closed loop: {} s on the incident's mix (80% `POST /v1/events`, 20% `GET \
+         /v1/metrics`), workers and proxy on one core. Open loop: {:.0} requests/s of the same \
+         mix for {} s, latency from the intended send time.\n\n\
+         | proxy | TCP: max requests/s | Unix: max requests/s | Unix vs TCP | TCP: p50 / p99 (ms) | Unix: p50 / p99 (ms) | failed answers (TCP, Unix) |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+        u.closed_secs, u.open_rate, u.open_secs,
+    );
+    for name in u.contenders() {
+        let (Some(t), Some(x)) = (u.medians(name, "tcp"), u.medians(name, "unix")) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "| {name} | {:.0} | {:.0} | {:.2}x | {:.3} / {:.2} | {:.3} / {:.2} | {}, {} |\n",
+            t.0,
+            x.0,
+            x.0 / t.0,
+            t.1,
+            t.2,
+            x.1,
+            x.2,
+            u.failures(name, "tcp"),
+            u.failures(name, "unix"),
+        ));
+    }
+    out
+}
+
+/// Pooled idle upstream connections: per proxy, the median of its rounds.
+fn pools_table(pools: &[crate::scenarios::conns::PoolRow]) -> String {
+    let mut out = format!(
+        "\n\nPooled idle upstream connections: each proxy started afresh {} times in front of \
+         4 workers that trickle their `/v1/*` answers (20 ms a byte, about 4 s an answer, \
+         without blocking their loop); {} concurrent `POST /v1/events`, each on its own client connection, so each \
+         holds an upstream connection, twice: first the workers close every connection after \
+         its answer (nothing is pooled; RSS before), then they keep them (RSS pooled); each \
+         read one second after the last answer, the client connections closed, with the \
+         proxy's connections to the workers counted in `/proc/net/tcp`:\n\n\
+         | proxy | pooled (per round) | RSS before (MiB, median) | RSS pooled (MiB, median) | per pooled connection (KiB, median; rounds) |\n\
+         | --- | --- | --- | --- | --- |\n",
+        crate::scenarios::conns::POOL_ROUNDS,
+        crate::scenarios::conns::POOL_FILL,
+    );
+    let mut names: Vec<&str> = pools.iter().map(|p| p.contender.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let rounds: Vec<_> = pools.iter().filter(|p| p.contender == name).collect();
+        let pooled: Vec<String> = rounds.iter().map(|p| p.pooled.to_string()).collect();
+        let kib = |f: fn(&crate::scenarios::conns::PoolRow) -> u64| {
+            median(&rounds.iter().map(|p| f(p) as f64).collect::<Vec<_>>()) / 1024.0
+        };
+        let per: Vec<f64> = rounds.iter().filter_map(|p| p.per_pooled_kib()).collect();
+        let shown: Vec<String> = per.iter().map(|k| format!("{k:.2}")).collect();
+        let per_cell = if per.is_empty() {
+            "none pooled".to_string()
+        } else {
+            format!("**{:.2}** ({})", median(&per), shown.join(", "))
+        };
+        out.push_str(&format!(
+            "| {name} | {} | {:.1} | {:.1} | {per_cell} |\n",
+            pooled.join(", "),
+            kib(|p| p.rss_before_kib),
+            kib(|p| p.rss_pooled_kib),
+        ));
+    }
+    out.push_str(
+        "\nPer pooled connection = (pooled − before) / pooled. The first fill leaves the \
+         allocator holding what as many requests in flight cost, so the difference is the pool's \
+         own. sloguard runs with `[guard] mode = \"off\"` here: the guard would take \
+         trickling workers for stalled ones and hold the fill back, and a pooled \
+         connection's memory does not depend on the mode. sloguard and bare Pingora run with \
+         `MIMALLOC_PURGE_DELAY=0` here (mimalloc returns freed pages at once), so that RSS \
+         follows live memory: with the default delay their RSS after a thousand requests moved \
+         by up to 13 MiB between rounds, more than the pool holds.",
+    );
     out
 }
 
@@ -344,6 +434,7 @@ mod tests {
             "ratelimit",
             "memory",
             "conns",
+            "uds",
             "soak",
             "micro",
         ] {

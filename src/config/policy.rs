@@ -23,7 +23,7 @@ use crate::stages::payload::HeadLimits;
 use crate::stages::ratelimit::RateLimitConfig;
 use crate::stages::retry::RetryConfig;
 use crate::stages::route::{Priority, Route, RouteMatch, RouteTable, Slo};
-use crate::workers::{GuardMode, LimiterConfig, UpstreamConfig};
+use crate::workers::{GuardMode, LimiterConfig, UpstreamConfig, WorkerAddr, WorkerAddrError};
 
 #[path = "policy_guard.rs"]
 mod guard;
@@ -138,6 +138,13 @@ impl Validator<'_> {
         }
     }
 
+    fn worker_addr(&self, value: &Spanned<String>, key: &str) -> Result<WorkerAddr, PolicyError> {
+        value
+            .get_ref()
+            .parse()
+            .map_err(|e: WorkerAddrError| self.invalid(value.span(), key, e.to_string()))
+    }
+
     fn addr(&self, value: &Spanned<String>, key: &str) -> Result<SocketAddr, PolicyError> {
         value.get_ref().parse().map_err(|_| {
             self.invalid(
@@ -236,7 +243,7 @@ impl Validator<'_> {
         let mut workers = Vec::with_capacity(u.workers.get_ref().len());
         for (i, w) in u.workers.get_ref().iter().enumerate() {
             let key = format!("upstream.workers[{i}]");
-            let addr = self.addr(w, &key)?;
+            let addr = self.worker_addr(w, &key)?;
             if workers.contains(&addr) {
                 return Err(self.invalid(w.span(), key, format!("worker {addr} is listed twice")));
             }

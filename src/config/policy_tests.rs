@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::locate::key_path_at;
 use crate::stages::admission::SheddingConfig;
-use crate::workers::{GuardMode, LimiterConfig};
+use crate::workers::{GuardMode, LimiterConfig, WorkerAddr};
 
 const BASE: &str = r#"
 [listen]
@@ -134,6 +134,38 @@ fn addresses_must_be_ip_port_and_distinct() {
         )
     });
     assert_eq!(e.unwrap_err().key(), Some("upstream.workers[1]"));
+}
+
+#[test]
+fn unix_socket_workers_are_taken_and_a_bad_one_is_located() {
+    let with = |second: &str| BASE.replace("\"127.0.0.1:8002\"", &format!("\"{second}\""));
+    let p = Policy::parse(&with("unix:/run/app/w2.sock"), Path::new("t")).unwrap();
+    assert_eq!(
+        p.upstream.workers,
+        vec![
+            WorkerAddr::Tcp("127.0.0.1:8001".parse().unwrap()),
+            WorkerAddr::Unix("/run/app/w2.sock".into()),
+        ]
+    );
+    for (bad, says) in [
+        ("unix:run/w2.sock", "must be absolute"),
+        (
+            "localhost:8002",
+            "neither an ip:port address nor unix:/absolute/path",
+        ),
+        (
+            "unix:/run/app/w1.sock\", \"unix:/run/app/w1.sock",
+            "listed twice",
+        ),
+    ] {
+        let e = Policy::parse(&with(bad), Path::new("t")).unwrap_err();
+        assert!(
+            matches!(e.key(), Some("upstream.workers[1]" | "upstream.workers[2]")),
+            "{bad}: {e}"
+        );
+        assert_eq!(e.line(), Some(7), "{bad}: {e}");
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
 }
 
 #[test]

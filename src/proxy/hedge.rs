@@ -29,13 +29,13 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn new(lease: WorkerLease, policy: &Policy, route: usize) -> Attempt {
-        let peer = super::attempt_peer(lease.worker().addr, policy, route);
-        Attempt {
+    fn new(lease: WorkerLease, policy: &Policy, route: usize) -> Result<Attempt> {
+        let peer = super::attempt_peer(&lease.worker().addr, policy, route)?;
+        Ok(Attempt {
             lease,
             peer,
             dispatched: Instant::now(),
-        }
+        })
     }
 }
 
@@ -122,7 +122,7 @@ impl SloGuard {
         let mut req = session.req_header().clone();
         super::forward_headers(session, &mut req, ctx)?;
 
-        let first = Attempt::new(lease, &policy, ctx.route);
+        let first = Attempt::new(lease, &policy, ctx.route)?;
         ctx.attempts += 1;
         let mut first_send = Box::pin(send(&self.connector, first.peer.clone(), &req));
         let hedge_at = tokio::time::Instant::from_std(first.dispatched + hedge_after);
@@ -256,7 +256,7 @@ impl SloGuard {
             None,
             Some(self.state.slot_listener()),
         )?;
-        Some(Attempt::new(lease, policy, ctx.route))
+        Attempt::new(lease, policy, ctx.route).ok()
     }
 
     /// Records a failed attempt against its worker's health.

@@ -45,7 +45,7 @@ use crate::stages::retry::{self, FailedAttempt};
 use crate::stages::{client_ip, payload, Rejection};
 use crate::state::State;
 use crate::workers::probe::parse_lag_ms;
-use crate::workers::GuardMode;
+use crate::workers::{GuardMode, WorkerAddr};
 
 /// The sloguard proxy: one per process, shared by every request.
 pub struct SloGuard {
@@ -206,7 +206,7 @@ impl ProxyHttp for SloGuard {
                     })?
             }
         };
-        let peer = attempt_peer(lease.worker().addr, &policy, ctx.route);
+        let peer = attempt_peer(&lease.worker().addr, &policy, ctx.route)?;
         ctx.attempts += 1;
         ctx.worker_id = Some(lease.worker().id);
         ctx.dispatched = Some(Instant::now());
@@ -525,9 +525,15 @@ fn resolve_client(session: &Session, policy: &Policy) -> Option<client_ip::Clien
 /// timeout capped by the route's `per_try_timeout_ms`. The main path, its retries and both
 /// attempts of a hedged request build their peers here (hedges once built their own and lost
 /// the per-try timeout).
-pub(super) fn attempt_peer(addr: std::net::SocketAddr, policy: &Policy, route: usize) -> HttpPeer {
+///
+/// A Unix-socket worker's path was checked when the policy was loaded; `Err` only if the
+/// system refuses it all the same.
+pub(super) fn attempt_peer(addr: &WorkerAddr, policy: &Policy, route: usize) -> Result<HttpPeer> {
     let up = &policy.upstream;
-    let mut peer = HttpPeer::new(addr, false, String::new());
+    let mut peer = match addr {
+        WorkerAddr::Tcp(addr) => HttpPeer::new(*addr, false, String::new()),
+        WorkerAddr::Unix(path) => HttpPeer::new_uds(path, false, String::new())?,
+    };
     peer.options.connection_timeout = Some(up.connect_timeout);
     peer.options.read_timeout = Some(
         policy
@@ -538,7 +544,7 @@ pub(super) fn attempt_peer(addr: std::net::SocketAddr, policy: &Policy, route: u
     );
     peer.options.write_timeout = Some(up.write_timeout);
     peer.options.idle_timeout = Some(up.idle_timeout);
-    peer
+    Ok(peer)
 }
 
 /// The worker's reported event-loop lag, from the policy's lag header.

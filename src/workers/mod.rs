@@ -6,6 +6,7 @@
 //! Hot-path reads (state, limit, latency) are atomics refreshed under the worker's lock
 //! whenever its health or limiter changes, so choosing a worker takes no lock.
 
+mod addr;
 pub mod ewma;
 pub mod health;
 #[cfg(test)]
@@ -17,11 +18,11 @@ pub mod service;
 pub mod signals;
 
 use crate::config::MAX_WORKERS;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use addr::{WorkerAddr, WorkerAddrError, MAX_UNIX_PATH};
 pub use health::{EjectReason, HealthConfig, HealthState, Transition, WorkerHealth};
 pub use limiter::{Algorithm, ConcurrencyLimiter, LimiterConfig, Sample};
 pub use pick::{pick_least_loaded, pick_p2c, Tried};
@@ -31,7 +32,7 @@ pub use service::{RouteCosts, ServiceTime};
 /// `[upstream]`, validated (with its `health` and `probe` subsections).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
-    pub workers: Vec<SocketAddr>,
+    pub workers: Vec<WorkerAddr>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -70,7 +71,7 @@ impl GuardMode {
 /// Live state of one worker.
 #[derive(Debug)]
 pub struct Worker {
-    pub addr: SocketAddr,
+    pub addr: WorkerAddr,
     /// 1-based worker number, as operators count them.
     pub id: usize,
     in_flight: AtomicUsize,
@@ -147,7 +148,7 @@ fn state_code(s: HealthState) -> u8 {
 impl Worker {
     fn new(
         id: usize,
-        addr: SocketAddr,
+        addr: WorkerAddr,
         health: &HealthConfig,
         limits: &LimiterConfig,
         now: Instant,
@@ -418,7 +419,7 @@ impl WorkerSet {
                 .workers
                 .iter()
                 .enumerate()
-                .map(|(i, a)| Arc::new(Worker::new(i + 1, *a, &cfg.health, limits, now)))
+                .map(|(i, a)| Arc::new(Worker::new(i + 1, a.clone(), &cfg.health, limits, now)))
                 .collect(),
         }
     }

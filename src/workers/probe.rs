@@ -6,11 +6,12 @@
 //! A probe is one short HTTP/1.1 request on a fresh connection, read only up to the end of
 //! the response headers. The parsing is pure and tested; the I/O is in [`probe_once`].
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::WorkerAddr;
 
 use crate::resources::LocalShortage;
 
@@ -81,9 +82,17 @@ pub enum ProbeOutcome {
 }
 
 /// Probes one worker once.
-pub async fn probe_once(addr: SocketAddr, cfg: &ProbeConfig, lag_header: &str) -> ProbeOutcome {
+pub async fn probe_once(addr: &WorkerAddr, cfg: &ProbeConfig, lag_header: &str) -> ProbeOutcome {
     let start = Instant::now();
-    let stream = match tokio::time::timeout(cfg.timeout, TcpStream::connect(addr)).await {
+    let connected = match addr {
+        WorkerAddr::Tcp(a) => tokio::time::timeout(cfg.timeout, TcpStream::connect(a))
+            .await
+            .map(|c| c.map(Probed::Tcp)),
+        WorkerAddr::Unix(path) => tokio::time::timeout(cfg.timeout, UnixStream::connect(path))
+            .await
+            .map(|c| c.map(Probed::Unix)),
+    };
+    let stream = match connected {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return match e.raw_os_error().and_then(LocalShortage::from_os_error) {
@@ -93,35 +102,58 @@ pub async fn probe_once(addr: SocketAddr, cfg: &ProbeConfig, lag_header: &str) -
         }
         Err(_) => return ProbeOutcome::Answered(Err(())),
     };
-    let attempt = async {
-        let mut stream = stream;
-        let _ = stream.set_nodelay(true);
-        let req = format!(
-            "GET {} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: sloguard-probe\r\nconnection: close\r\n\r\n",
-            cfg.path
-        );
-        stream.write_all(req.as_bytes()).await.map_err(|_| ())?;
-        let mut buf = Vec::with_capacity(512);
-        let mut chunk = [0u8; 512];
-        loop {
-            let n = stream.read(&mut chunk).await.map_err(|_| ())?;
-            if n == 0 {
-                return Err(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                return parse_reply(&buf[..end + 4], lag_header).ok_or(());
-            }
-            if buf.len() > 16 * 1024 {
-                return Err(());
-            }
-        }
+    let host = match addr {
+        WorkerAddr::Tcp(a) => a.to_string(),
+        WorkerAddr::Unix(_) => "localhost".to_string(),
     };
     let left = cfg.timeout.saturating_sub(start.elapsed());
+    let attempt = async {
+        match stream {
+            Probed::Tcp(mut s) => {
+                let _ = s.set_nodelay(true);
+                ask(&mut s, &cfg.path, &host, lag_header).await
+            }
+            Probed::Unix(mut s) => ask(&mut s, &cfg.path, &host, lag_header).await,
+        }
+    };
     ProbeOutcome::Answered(match tokio::time::timeout(left, attempt).await {
         Ok(Ok(reply)) if (200..300).contains(&reply.status) => Ok((start.elapsed(), reply.lag)),
         _ => Err(()),
     })
+}
+
+/// A probe's connection, by the worker's kind of address.
+enum Probed {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Sends the probe's GET on `stream` and reads the reply up to the end of its headers.
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+    host: &str,
+    lag_header: &str,
+) -> Result<ProbeReply, ()> {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: sloguard-probe\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.map_err(|_| ())?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return parse_reply(&buf[..end + 4], lag_header).ok_or(());
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -168,7 +200,46 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let r = probe_once(port, &ProbeConfig::default(), "x-loop-lag-ms").await;
+        let r = probe_once(&port.into(), &ProbeConfig::default(), "x-loop-lag-ms").await;
+        assert_eq!(r, ProbeOutcome::Answered(Err(())));
+    }
+
+    /// A worker on a Unix socket is probed like one on TCP: its status and lag are read,
+    /// and a socket file nobody listens on fails the probe.
+    #[tokio::test]
+    async fn probes_a_unix_socket_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w1.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let served = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nx-loop-lag-ms: 7\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let addr: WorkerAddr = format!("unix:{}", path.display()).parse().unwrap();
+        let r = probe_once(&addr, &ProbeConfig::default(), "x-loop-lag-ms").await;
+        let ProbeOutcome::Answered(Ok((_, lag))) = r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(lag, Some(Duration::from_millis(7)));
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.1\r\nhost: localhost\r\n"),
+            "{request}"
+        );
+
+        let gone: WorkerAddr = format!("unix:{}", dir.path().join("none.sock").display())
+            .parse()
+            .unwrap();
+        let r = probe_once(&gone, &ProbeConfig::default(), "x-loop-lag-ms").await;
         assert_eq!(r, ProbeOutcome::Answered(Err(())));
     }
 }

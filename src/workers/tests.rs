@@ -5,7 +5,12 @@ use super::*;
 fn cfg(n: usize) -> UpstreamConfig {
     UpstreamConfig {
         workers: (0..n)
-            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
+            .map(|i| {
+                WorkerAddr::Tcp(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    9000 + i as u16,
+                )))
+            })
             .collect(),
         connect_timeout: Duration::from_millis(100),
         read_timeout: Duration::from_secs(1),

@@ -12,6 +12,8 @@ use analytics_backend::{Backend, BackendConfig, FaultSpec};
 pub enum FleetKind {
     Rust,
     Python,
+    /// The Python fleet, with sloguard reaching each worker on its Unix socket.
+    PythonUnix,
 }
 
 pub enum Fleet {
@@ -35,10 +37,11 @@ impl Fleet {
                 })
                 .expect("backend starts"),
             ),
-            FleetKind::Python => Fleet::Python(
+            FleetKind::Python | FleetKind::PythonUnix => Fleet::Python(
                 PyFleet::start(&PyFleetConfig {
                     workers,
                     faults: faults.iter().map(|(w, f)| (*w, f.to_string())).collect(),
+                    unix: kind == FleetKind::PythonUnix,
                     ..PyFleetConfig::default()
                 })
                 .expect("the python fleet starts (python3 with venv, and PyPI, are needed)"),
@@ -50,6 +53,19 @@ impl Fleet {
         match self {
             Fleet::Rust(b) => b.addrs(),
             Fleet::Python(f) => f.addrs().to_vec(),
+        }
+    }
+
+    /// The workers as sloguard's policy names them: `unix:` paths for a fleet started with
+    /// Unix sockets, TCP addresses otherwise.
+    pub fn workers(&self) -> Vec<String> {
+        match self {
+            Fleet::Python(f) if !f.unix_paths().is_empty() => f
+                .unix_paths()
+                .iter()
+                .map(|p| format!("unix:{}", p.display()))
+                .collect(),
+            _ => self.addrs().iter().map(|a| a.to_string()).collect(),
         }
     }
 

@@ -64,6 +64,17 @@ pub fn policy_text(
     workers: &[SocketAddr],
     rest: &str,
 ) -> String {
+    let named: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+    policy_text_named(proxy, admin, &named, rest)
+}
+
+/// [`policy_text`] with the workers as the policy names them (`unix:/path` or `ip:port`).
+pub fn policy_text_named(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    workers: &[String],
+    rest: &str,
+) -> String {
     let list: Vec<String> = workers.iter().map(|w| format!("\"{w}\"")).collect();
     format!(
         "[listen]\nproxy = \"{proxy}\"\nadmin = \"{admin}\"\ndrain_timeout_ms = 5000\n\n\
@@ -115,6 +126,23 @@ impl Sloguard {
         env: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Sloguard {
+        let named: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+        Sloguard::spawn_full(&named, listen, rest, filter, env, nofile)
+    }
+
+    /// Like `spawn`, with the workers as the policy names them (`unix:/path` or `ip:port`).
+    pub fn spawn_named(workers: &[String], rest: &str) -> Sloguard {
+        Sloguard::spawn_full(workers, "", rest, "warn", &[], None)
+    }
+
+    fn spawn_full(
+        workers: &[String],
+        listen: &str,
+        rest: &str,
+        filter: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Sloguard {
         let mut last_err = String::new();
         for _ in 0..3 {
             match Sloguard::try_spawn(workers, listen, rest, filter, env, nofile) {
@@ -126,7 +154,7 @@ impl Sloguard {
     }
 
     fn try_spawn(
-        workers: &[SocketAddr],
+        workers: &[String],
         listen: &str,
         rest: &str,
         filter: &str,
@@ -137,7 +165,7 @@ impl Sloguard {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let policy_path = dir.path().join("sloguard.toml");
-        let text = policy_text(proxy, admin, workers, rest).replacen(
+        let text = policy_text_named(proxy, admin, workers, rest).replacen(
             "[upstream]",
             &format!("{listen}\n[upstream]"),
             1,

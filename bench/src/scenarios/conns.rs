@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{say, Contender, Env, ProxyKind, SLOGUARD_ENFORCE};
+use super::{say, Contender, Env, ProxyKind, SLOGUARD_ENFORCE, SLOGUARD_OFF};
 use crate::configs::Balance;
 
 /// Connection counts measured, in one run per proxy each.
@@ -46,40 +46,66 @@ impl ConnsRow {
     }
 }
 
+/// Concurrent requests sent to fill each proxy's pool of idle upstream connections, under
+/// the [`crate::configs::UPSTREAM_POOL`] every proxy here may keep.
+pub const POOL_FILL: usize = 1000;
+
+/// Rounds of the pooled-connections measure per proxy (each a fresh proxy); the figure is
+/// their median.
+pub const POOL_ROUNDS: usize = 5;
+
+/// One round of idle upstream connections kept in a proxy's pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolRow {
+    pub contender: String,
+    /// Requests in flight at once, each on its own client connection.
+    pub concurrent: usize,
+    /// Established connections from the proxy to the workers one second after the last
+    /// answer of the second fill, the client connections closed (less those left open
+    /// after the first): the pooled ones.
+    pub pooled: usize,
+    /// After a first fill whose upstream connections the workers closed (nothing pooled).
+    pub rss_before_kib: u64,
+    pub rss_pooled_kib: u64,
+}
+
+impl PoolRow {
+    pub fn per_pooled_kib(&self) -> Option<f64> {
+        (self.pooled > 0)
+            .then(|| (self.rss_pooled_kib as f64 - self.rss_before_kib as f64) / self.pooled as f64)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Conns {
     pub rows: Vec<ConnsRow>,
+    /// Idle pooled upstream connections, [`POOL_ROUNDS`] rounds per proxy.
+    pub pools: Vec<PoolRow>,
     /// Contender and count not measured, and why.
     pub skipped: Vec<String>,
 }
 
 pub fn contenders() -> Vec<Contender> {
     vec![
-        Contender {
-            name: "sloguard (enforce)",
-            proxy: Some(SLOGUARD_ENFORCE),
-            only: None,
-        },
-        Contender {
-            name: "Pingora (bare)",
-            proxy: Some(ProxyKind::BarePingora),
-            only: None,
-        },
-        Contender {
-            name: "nginx least_conn",
-            proxy: Some(ProxyKind::Nginx(Balance::LeastConn)),
-            only: None,
-        },
-        Contender {
-            name: "HAProxy leastconn",
-            proxy: Some(ProxyKind::Haproxy(Balance::LeastConn)),
-            only: None,
-        },
+        Contender::through("sloguard (enforce)", SLOGUARD_ENFORCE),
+        Contender::through("Pingora (bare)", ProxyKind::BarePingora),
+        Contender::through("nginx least_conn", ProxyKind::Nginx(Balance::LeastConn)),
+        Contender::through("HAProxy leastconn", ProxyKind::Haproxy(Balance::LeastConn)),
     ]
 }
 
 pub fn run(env: &Env) -> anyhow::Result<Conns> {
     raise_fd_limit();
+    // For a closer look at the pool alone (its rounds are short; the rest takes minutes).
+    if std::env::var_os("SLOGUARD_BENCH_POOLS_ONLY").is_some() {
+        let mut skipped = Vec::new();
+        let pools = measure_pools(env, &mut skipped)?;
+        return Ok(Conns {
+            rows: Vec::new(),
+            pools,
+            skipped,
+        });
+    }
     let hold = Duration::from_secs(if env.plan.quick { 5 } else { 60 });
     let active = Duration::from_secs(if env.plan.quick { 3 } else { 10 });
     let mut rows = Vec::new();
@@ -129,7 +155,148 @@ pub fn run(env: &Env) -> anyhow::Result<Conns> {
             });
         }
     }
-    Ok(Conns { rows, skipped })
+    let pools = measure_pools(env, &mut skipped)?;
+    Ok(Conns {
+        rows,
+        pools,
+        skipped,
+    })
+}
+
+/// Pooled idle upstream connections: every worker trickles its `/v1/*` answers (20 ms a
+/// byte, about 4 s an answer, without blocking its loop), so [`POOL_FILL`] requests sent at
+/// once each hold an upstream connection of their own, and all are sent before the first
+/// answer ends (a connection a worker closes after its answer is never reused by a request
+/// of the same fill); once answered, those connections go back to the proxy's pool. Two such fills on one proxy: in the first the
+/// workers close each connection after its answer (nothing is pooled), so the second, where
+/// they keep them, finds the allocator already holding what as many requests in flight cost;
+/// the RSS between the two (the client connections closed, one second after the last
+/// answer) is what the pool holds. The proxy's connections to the workers are counted in
+/// `/proc/net/tcp`.
+fn measure_pools(env: &Env, skipped: &mut Vec<String>) -> anyhow::Result<Vec<PoolRow>> {
+    let faults: Vec<String> = (1..=4)
+        .map(|w| format!("{w}:trickle=20ms,close_keepalive=1"))
+        .collect();
+    let mut rows = Vec::new();
+    // With the allocator's default purge delay, sloguard's and bare Pingora's RSS after a
+    // thousand requests moved by +-13 MiB between rounds: more than the pool holds.
+    env.live_rss.set(true);
+    for c in contenders() {
+        let Some(kind) = c.proxy else { continue };
+        if !env.available(Some(kind)) {
+            continue;
+        }
+        // The guard would see trickled answers as stalled workers and queue the fill; the
+        // pool's memory does not depend on the mode.
+        let (kind, name) = match kind {
+            ProxyKind::Sloguard { .. } => (SLOGUARD_OFF, "sloguard (off)"),
+            other => (other, c.name),
+        };
+        for round in 1..=POOL_ROUNDS {
+            say(format!(
+                "conns: {name}, {POOL_FILL} pooled upstream connections, round {round}"
+            ));
+            let backend = env.backend(4, &faults)?;
+            let proxy = env.proxy(kind, &backend.addrs)?;
+            let rss = || proxy.proc.rss_kib().unwrap_or(0);
+            match fill_pool(proxy.addr, &backend.addrs, &rss) {
+                Ok(row) => rows.push(PoolRow {
+                    contender: name.into(),
+                    ..row
+                }),
+                Err(e) => {
+                    say(format!(
+                        "conns: {name} pool round {round}: {e}; not measured"
+                    ));
+                    skipped.push(format!("{name}, pooled upstream connections: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    env.live_rss.set(false);
+    Ok(rows)
+}
+
+/// The two fills of [`measure_pools`] (the workers start closing after each answer).
+fn fill_pool(
+    addr: SocketAddr,
+    workers: &[SocketAddr],
+    rss: &dyn Fn() -> u64,
+) -> anyhow::Result<PoolRow> {
+    let ports: Vec<u16> = workers.iter().map(|a| a.port()).collect();
+    concurrent_events(addr)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss();
+    let left_open = established_to(&ports)?;
+    for w in workers {
+        set_fault(*w, r#"{"trickle_ms":20}"#)?;
+    }
+    concurrent_events(addr)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss();
+    let pooled = established_to(&ports)?;
+    Ok(PoolRow {
+        contender: String::new(),
+        concurrent: POOL_FILL,
+        pooled: pooled.saturating_sub(left_open),
+        rss_before_kib: before,
+        rss_pooled_kib: after,
+    })
+}
+
+/// [`POOL_FILL`] `POST /v1/events` sent at once, each on a client connection of its own,
+/// all answered; the client connections are closed.
+fn concurrent_events(addr: SocketAddr) -> anyhow::Result<()> {
+    // An event (the critical route: a query would be hedged after 50 ms, two connections).
+    let body = r#"{"customer_id":"pool","event":"page_view","ts":1700000000000,"value":1.0}"#;
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conns = Vec::with_capacity(POOL_FILL);
+    for _ in 0..POOL_FILL {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(request.as_bytes())?;
+        conns.push(s);
+    }
+    for (i, s) in conns.iter_mut().enumerate() {
+        read_answer(s).map_err(|e| anyhow::anyhow!("concurrent request {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Sets a worker's fault (`POST /admin/fault` on the worker itself).
+fn set_fault(worker: SocketAddr, json: &str) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect_timeout(&worker, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let request = format!(
+        "POST /admin/fault HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{json}",
+        json.len()
+    );
+    s.write_all(request.as_bytes())?;
+    read_answer(&mut s).map_err(|e| anyhow::anyhow!("fault on worker {worker}: {e}"))
+}
+
+/// Established IPv4 TCP connections whose remote port is one of `ports` (on this machine,
+/// only a proxy connects to the workers; the workers' own ends have them as local ports).
+fn established_to(ports: &[u16]) -> anyhow::Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f
+                .get(2)
+                .and_then(|r| r.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            f.get(3) == Some(&"01") && remote_port.is_some_and(|p| ports.contains(&p))
+        })
+        .count())
 }
 
 /// Opens `n` connections to `addr`, one after the other, each sending one GET and reading
@@ -148,9 +315,11 @@ fn open_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
     Ok(conns)
 }
 
-/// Slices per second of the active stretch: every tenth of a second a tenth of the
-/// connections each send one GET, then their answers are read.
-const TICKS_PER_SEC: usize = 10;
+/// Slices per second of the active stretch: every 10 ms a hundredth of the connections each
+/// send one GET, then their answers are read. (In tenths, the 1000 requests a tick of the
+/// 10 000 connections arrived as one burst, which a one-thread sloguard on the backend's core
+/// answered in part with 503s: the stretch measured sheds, not connections.)
+const TICKS_PER_SEC: usize = 100;
 
 /// Every connection sends one request a second for `secs`; the highest RSS read (after
 /// each second's last tick) and how many answers failed. A failed connection is not used
@@ -188,7 +357,7 @@ fn keep_active(conns: &mut [TcpStream], secs: Duration, rss: &dyn Fn() -> u64) -
     (highest, failures)
 }
 
-/// Reads one answer with a `content-length` body.
+/// Reads one 2xx answer with a `content-length` body.
 fn read_answer(s: &mut TcpStream) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
@@ -200,7 +369,7 @@ fn read_answer(s: &mut TcpStream) -> std::io::Result<()> {
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            if !head.starts_with("http/1.1 200") {
+            if !head.starts_with("http/1.1 2") {
                 return Err(std::io::Error::other(format!(
                     "answer {:?}",
                     head.lines().next()

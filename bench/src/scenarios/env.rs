@@ -36,6 +36,10 @@ pub struct Env {
     pub plan: Plan,
     pub rt: tokio::runtime::Runtime,
     seq: Cell<u32>,
+    /// Start sloguard and bare Pingora with mimalloc returning freed pages at once
+    /// (`MIMALLOC_PURGE_DELAY=0`), so that RSS follows live memory: for measures of a few
+    /// KiB per connection that the allocator's cached pages would drown.
+    pub live_rss: Cell<bool>,
 }
 
 impl Env {
@@ -66,10 +70,18 @@ impl Env {
             plan,
             rt,
             seq: Cell::new(0),
+            live_rss: Cell::new(false),
         })
     }
 
     /// The bare Pingora baseline, built beside sloguard (`--example bare_pingora`).
+    /// See [`Env::live_rss`].
+    fn set_allocator_env(&self, cmd: &mut Command) {
+        if self.live_rss.get() {
+            cmd.env("MIMALLOC_PURGE_DELAY", "0");
+        }
+    }
+
     fn bare_pingora(&self) -> PathBuf {
         self.sloguard
             .with_file_name("examples")
@@ -156,15 +168,48 @@ impl Env {
         }
     }
 
+    /// The Python fleet with every worker also on a Unix socket (one loop serving both),
+    /// pinned with the system under test: the fleet, and the sockets as policies name them.
+    pub fn python_fleet_unix(&self, workers: usize) -> anyhow::Result<(Backend, Vec<String>)> {
+        let log_dir = self.path("pyfleet");
+        std::fs::create_dir_all(&log_dir)?;
+        let fleet = PyFleet::start(&PyFleetConfig {
+            workers,
+            cpu: self.sut_cpu,
+            log_dir: Some(log_dir),
+            unix: true,
+            ..PyFleetConfig::default()
+        })?;
+        let unix = fleet
+            .unix_paths()
+            .iter()
+            .map(|p| format!("unix:{}", p.display()))
+            .collect();
+        let addrs = fleet.addrs().to_vec();
+        Ok((
+            Backend {
+                workers: Workers::Python(fleet),
+                addrs,
+            },
+            unix,
+        ))
+    }
+
     /// Starts a proxy in front of `workers`, retrying on new ports if one was taken.
     pub fn proxy(&self, kind: ProxyKind, workers: &[SocketAddr]) -> anyhow::Result<Running> {
+        self.proxy_named(kind, &names(workers))
+    }
+
+    /// Like [`Env::proxy`], with the workers as the proxies' configs name them: `ip:port`
+    /// or `unix:/path` (not for bare Pingora, which takes TCP workers only).
+    pub fn proxy_named(&self, kind: ProxyKind, workers: &[String]) -> anyhow::Result<Running> {
         self.retrying(|| self.try_proxy(kind, workers, None, true))
     }
 
     /// Like [`Env::proxy`], but returns the moment the listeners accept: no settling time
     /// for probes and health checks (a cold start).
     pub fn proxy_cold(&self, kind: ProxyKind, workers: &[SocketAddr]) -> anyhow::Result<Running> {
-        self.retrying(|| self.try_proxy(kind, workers, None, false))
+        self.retrying(|| self.try_proxy(kind, &names(workers), None, false))
     }
 
     /// Starts sloguard (`mode`, one thread) in front of `workers` with a `[ratelimit]`
@@ -179,7 +224,7 @@ impl Env {
             mode,
             fixed_limit: None,
         };
-        self.retrying(|| self.try_proxy(kind, workers, ratelimit, true))
+        self.retrying(|| self.try_proxy(kind, &names(workers), ratelimit, true))
     }
 
     fn retrying(&self, start: impl Fn() -> anyhow::Result<Running>) -> anyhow::Result<Running> {
@@ -206,7 +251,7 @@ impl Env {
     fn try_proxy(
         &self,
         kind: ProxyKind,
-        workers: &[SocketAddr],
+        workers: &[String],
         ratelimit: Option<&RateLimitSpec>,
         settle: bool,
     ) -> anyhow::Result<Running> {
@@ -236,6 +281,7 @@ impl Env {
                     .arg("--config")
                     .arg(&file)
                     .env("RUST_LOG", filter);
+                self.set_allocator_env(&mut cmd);
                 let log = file.with_extension("log");
                 let p = Proc::spawn("sloguard", cmd, self.sut_cpu, &log, libc::SIGINT)?;
                 policy_file = Some(file);
@@ -268,8 +314,9 @@ impl Env {
             ProxyKind::BarePingora => {
                 let mut cmd = Command::new(self.bare_pingora());
                 cmd.arg(listen.to_string())
-                    .args(workers.iter().map(|w| w.to_string()))
+                    .args(workers)
                     .env("RUST_LOG", "warn");
+                self.set_allocator_env(&mut cmd);
                 let log = self.path("bare-pingora.log");
                 (
                     Proc::spawn("bare-pingora", cmd, self.sut_cpu, &log, libc::SIGINT)?,
@@ -352,6 +399,11 @@ impl Env {
             _ => true,
         }
     }
+}
+
+/// Workers as the proxies' configs name them.
+pub fn names(workers: &[SocketAddr]) -> Vec<String> {
+    workers.iter().map(|w| w.to_string()).collect()
 }
 
 /// `worker 3 listening on 127.0.0.1:40123` -> the address.

@@ -7,6 +7,7 @@
 //! - [`ratelimit`]: what per-tenant rate limits cost, in Redis and in-process.
 //! - [`profile`]: not a scenario; sustained load on one proxy for `perf`.
 //! - [`soak`]: not part of `all`; minutes of load with a fault a minute.
+//! - [`uds`]: the Python fleet reached over TCP and over Unix sockets.
 
 pub mod conns;
 mod env;
@@ -18,6 +19,7 @@ pub mod profile;
 pub mod ratelimit;
 pub mod soak;
 pub mod starved;
+pub mod uds;
 
 pub use env::{Env, FleetKind, ProxyKind, Running};
 
@@ -87,6 +89,17 @@ pub struct Contender {
     pub proxy: Option<ProxyKind>,
     /// Only these workers (0-based), for the healthy-only ideal.
     pub only: Option<&'static [usize]>,
+}
+
+impl Contender {
+    /// `proxy` in front of every worker.
+    pub const fn through(name: &'static str, proxy: ProxyKind) -> Contender {
+        Contender {
+            name,
+            proxy: Some(proxy),
+            only: None,
+        }
+    }
 }
 
 pub const SLOGUARD_ENFORCE: ProxyKind = ProxyKind::Sloguard {

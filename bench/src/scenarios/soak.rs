@@ -560,7 +560,7 @@ fn reload(rig: &mut Rig, t0: Instant) -> Vec<String> {
         &PolicyOverrides {
             proxy: rig.sloguard.addr,
             admin,
-            workers: &rig.addrs,
+            workers: &super::env::names(&rig.addrs),
             mode: "enforce",
             threads: 1,
             fixed_limit: None,
