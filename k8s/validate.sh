@@ -8,7 +8,9 @@
 #     installed); the contract's metrics are all registered in src/admin/metrics.rs;
 #   - the manifests agree with the policy (sloguard a native sidecar: an init container with
 #     restartPolicy Always; ports, config path, no subPath, preStop and grace period vs drain
-#     timeout, replicas_hint vs HPA, SLO thresholds in the alerts vs the routes' SLOs),
+#     timeout, replicas_hint vs HPA, SLO thresholds in the alerts vs the routes' SLOs,
+#     worker ports in the app container, Unix-socket workers in a volume both containers
+#     mount),
 #     the policy uses only keys documented in config/README.md, and the shadow overlay's
 #     policy is the base policy with its modes set to "shadow";
 #   - with a sloguard binary as $1: `sloguard check` on both policies.
@@ -197,9 +199,9 @@ def port_of(addr):
 if base:
     if not str(listen.get("admin", "")).startswith("0.0.0.0:"):
         fail("base policy: listen.admin must bind 0.0.0.0 in a pod (probes and scrapes use the pod IP)")
-    bad = [w for w in base.get("upstream", {}).get("workers", []) if not w.startswith("127.0.0.1:")]
+    bad = [w for w in base.get("upstream", {}).get("workers", []) if not w.startswith(("127.0.0.1:", "unix:/"))]
     if bad:
-        fail(f"base policy: workers must be on 127.0.0.1 (same pod): {bad}")
+        fail(f"base policy: workers must be on 127.0.0.1 or a Unix socket (same pod): {bad}")
     if not base.get("ratelimit", {}).get("redis_url"):
         fail("base policy: ratelimit.redis_url is not set")
 
@@ -305,6 +307,14 @@ elif base:
     check(grace > prestop(app) + drain_s, f"terminationGracePeriodSeconds {grace} must exceed the app's preStop {prestop(app)} s + sloguard's drain_timeout {drain_s} s (the sidecar is signalled after the app exits)")
     app_text = json.dumps(app)
     for w in base.get("upstream", {}).get("workers", []):
+        if w.startswith("unix:"):
+            # A worker's socket file lives in a volume both containers mount.
+            sock_dir = os.path.dirname(w[len("unix:"):])
+            for name, c in (("app", app), ("sloguard", sg)):
+                mounts = [m.get("mountPath", "").rstrip("/") for m in c.get("volumeMounts", [])]
+                check(any(sock_dir == m or sock_dir.startswith(m + "/") for m in mounts if m),
+                      f"worker {w} (policy): {sock_dir} is not a volume mounted in the {name} container")
+            continue
         check(str(port_of(w)) in app_text, f"worker port {port_of(w)} (policy) does not appear in the app container")
     # analytics-backend's flags, when the app is it: worker N on base-port + N - 1.
     app_args = app.get("command", []) + app.get("args", [])
