@@ -91,13 +91,7 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
         })
     };
     let Some(workers) = tcp.filter(|w| consecutive(w)) else {
-        let list: Vec<String> = policy
-            .upstream
-            .workers
-            .iter()
-            .map(|w| w.to_string())
-            .collect();
-        return Err(DemoError::WorkersNotConsecutive(list.join(", ")));
+        return Err(DemoError::WorkersNotConsecutive(worker_list(&policy)));
     };
     let first = workers[0];
     let backend = backend.unwrap_or_else(default_backend_path);
@@ -126,15 +120,21 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn print_banner(policy: &Policy) {
-    let proxy = policy.listen.proxy;
-    let admin = policy.listen.admin;
-    let workers: Vec<String> = policy
+/// The policy's workers as it names them, comma-separated.
+fn worker_list(policy: &Policy) -> String {
+    let names: Vec<String> = policy
         .upstream
         .workers
         .iter()
         .map(|w| w.to_string())
         .collect();
+    names.join(", ")
+}
+
+fn print_banner(policy: &Policy) {
+    let proxy = policy.listen.proxy;
+    let admin = policy.listen.admin;
+    let workers = worker_list(policy);
     println!(
         r#"
 sloguard demo
@@ -153,7 +153,6 @@ Try:
 
 Ctrl-C stops both.
 "#,
-        workers = workers.join(", "),
         file = policy.source.display(),
         version = policy.version,
     );

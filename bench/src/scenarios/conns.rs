@@ -199,11 +199,8 @@ fn measure_pools(env: &Env, skipped: &mut Vec<String>) -> anyhow::Result<Vec<Poo
             let backend = env.backend(4, &faults)?;
             let proxy = env.proxy(kind, &backend.addrs)?;
             let rss = || proxy.proc.rss_kib().unwrap_or(0);
-            match fill_pool(proxy.addr, &backend.addrs, &rss) {
-                Ok(row) => rows.push(PoolRow {
-                    contender: name.into(),
-                    ..row
-                }),
+            match fill_pool(name, proxy.addr, &backend.addrs, &rss) {
+                Ok(row) => rows.push(row),
                 Err(e) => {
                     say(format!(
                         "conns: {name} pool round {round}: {e}; not measured"
@@ -220,6 +217,7 @@ fn measure_pools(env: &Env, skipped: &mut Vec<String>) -> anyhow::Result<Vec<Poo
 
 /// The two fills of [`measure_pools`] (the workers start closing after each answer).
 fn fill_pool(
+    contender: &str,
     addr: SocketAddr,
     workers: &[SocketAddr],
     rss: &dyn Fn() -> u64,
@@ -237,7 +235,7 @@ fn fill_pool(
     let after = rss();
     let pooled = established_to(&ports)?;
     Ok(PoolRow {
-        contender: String::new(),
+        contender: contender.into(),
         concurrent: POOL_FILL,
         pooled: pooled.saturating_sub(left_open),
         rss_before_kib: before,

@@ -38,31 +38,11 @@ pub fn contenders() -> Vec<Contender> {
             proxy: None,
             only: None,
         },
-        Contender {
-            name: "sloguard (enforce)",
-            proxy: Some(SLOGUARD_ENFORCE),
-            only: None,
-        },
-        Contender {
-            name: "sloguard (off)",
-            proxy: Some(SLOGUARD_OFF),
-            only: None,
-        },
-        Contender {
-            name: "nginx round-robin",
-            proxy: Some(ProxyKind::Nginx(Balance::RoundRobin)),
-            only: None,
-        },
-        Contender {
-            name: "nginx least_conn",
-            proxy: Some(ProxyKind::Nginx(Balance::LeastConn)),
-            only: None,
-        },
-        Contender {
-            name: "HAProxy leastconn",
-            proxy: Some(ProxyKind::Haproxy(Balance::LeastConn)),
-            only: None,
-        },
+        Contender::through("sloguard (enforce)", SLOGUARD_ENFORCE),
+        Contender::through("sloguard (off)", SLOGUARD_OFF),
+        Contender::through("nginx round-robin", ProxyKind::Nginx(Balance::RoundRobin)),
+        Contender::through("nginx least_conn", ProxyKind::Nginx(Balance::LeastConn)),
+        Contender::through("HAProxy leastconn", ProxyKind::Haproxy(Balance::LeastConn)),
         Contender {
             name: "healthy only (1,2,4)",
             proxy: Some(SLOGUARD_OFF),

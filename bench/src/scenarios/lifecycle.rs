@@ -129,21 +129,9 @@ pub struct Lifecycle {
 
 pub fn contenders() -> Vec<Contender> {
     vec![
-        Contender {
-            name: "sloguard (enforce)",
-            proxy: Some(SLOGUARD_ENFORCE),
-            only: None,
-        },
-        Contender {
-            name: "nginx least_conn",
-            proxy: Some(ProxyKind::Nginx(Balance::LeastConn)),
-            only: None,
-        },
-        Contender {
-            name: "HAProxy leastconn",
-            proxy: Some(ProxyKind::Haproxy(Balance::LeastConn)),
-            only: None,
-        },
+        Contender::through("sloguard (enforce)", SLOGUARD_ENFORCE),
+        Contender::through("nginx least_conn", ProxyKind::Nginx(Balance::LeastConn)),
+        Contender::through("HAProxy leastconn", ProxyKind::Haproxy(Balance::LeastConn)),
         // The ideal, as the issue measured it: nginx least_conn in front of the healthy
         // workers alone. (sloguard with the guard off was the ideal before; at 6000
         // requests/s on 1250 connections it shares a saturated core with the workers and

@@ -42,26 +42,10 @@ pub fn contenders() -> Vec<Contender> {
             }),
             only: None,
         },
-        Contender {
-            name: "sloguard (off)",
-            proxy: Some(SLOGUARD_OFF),
-            only: None,
-        },
-        Contender {
-            name: "Pingora (bare)",
-            proxy: Some(ProxyKind::BarePingora),
-            only: None,
-        },
-        Contender {
-            name: "nginx round-robin",
-            proxy: Some(ProxyKind::Nginx(Balance::RoundRobin)),
-            only: None,
-        },
-        Contender {
-            name: "HAProxy leastconn",
-            proxy: Some(ProxyKind::Haproxy(Balance::LeastConn)),
-            only: None,
-        },
+        Contender::through("sloguard (off)", SLOGUARD_OFF),
+        Contender::through("Pingora (bare)", ProxyKind::BarePingora),
+        Contender::through("nginx round-robin", ProxyKind::Nginx(Balance::RoundRobin)),
+        Contender::through("HAProxy leastconn", ProxyKind::Haproxy(Balance::LeastConn)),
     ]
 }
 

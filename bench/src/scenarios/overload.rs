@@ -56,21 +56,9 @@ pub struct Overload {
 
 pub fn contenders() -> Vec<Contender> {
     vec![
-        Contender {
-            name: "sloguard (enforce)",
-            proxy: Some(SLOGUARD_ENFORCE),
-            only: None,
-        },
-        Contender {
-            name: "nginx least_conn",
-            proxy: Some(ProxyKind::Nginx(Balance::LeastConn)),
-            only: None,
-        },
-        Contender {
-            name: "HAProxy leastconn",
-            proxy: Some(ProxyKind::Haproxy(Balance::LeastConn)),
-            only: None,
-        },
+        Contender::through("sloguard (enforce)", SLOGUARD_ENFORCE),
+        Contender::through("nginx least_conn", ProxyKind::Nginx(Balance::LeastConn)),
+        Contender::through("HAProxy leastconn", ProxyKind::Haproxy(Balance::LeastConn)),
     ]
 }
 

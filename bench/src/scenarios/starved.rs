@@ -46,16 +46,8 @@ pub struct Starved {
 
 pub fn contenders() -> Vec<Contender> {
     vec![
-        Contender {
-            name: "sloguard (enforce)",
-            proxy: Some(SLOGUARD_ENFORCE),
-            only: None,
-        },
-        Contender {
-            name: "sloguard (off)",
-            proxy: Some(SLOGUARD_OFF),
-            only: None,
-        },
+        Contender::through("sloguard (enforce)", SLOGUARD_ENFORCE),
+        Contender::through("sloguard (off)", SLOGUARD_OFF),
     ]
 }
 
