@@ -318,7 +318,10 @@ pub struct FaultState {
     v1_seen: u64,
     trickle_seen: u64,
     reset_seen: u64,
-    /// A start-time stall waiting for the first request.
+    /// A stall waiting to start: given at start, it waits for the first request; set at
+    /// run time, it is taken by whichever comes first, the worker's next request or the
+    /// task [`crate::worker`] spawns to start it at once (a request already arriving when
+    /// the stall is set may be polled before that task, and must not slip past it).
     stall_armed: Option<Duration>,
 }
 
@@ -333,15 +336,21 @@ impl FaultState {
         }
     }
 
-    /// Replaces the fault and resets the counters. Returns the stall to
-    /// start now, if any (it is consumed, not kept in the spec).
-    pub fn set(&mut self, mut spec: FaultSpec) -> Option<Duration> {
-        let stall = spec.stall.take();
+    /// Replaces the fault and resets the counters. A stall in it is armed (see
+    /// `stall_armed`); returns whether one was.
+    pub fn set(&mut self, mut spec: FaultSpec) -> bool {
+        let stall_armed = spec.stall.take();
         *self = FaultState {
             spec,
+            stall_armed,
             ..FaultState::default()
         };
-        stall
+        stall_armed.is_some()
+    }
+
+    /// Takes the armed stall, if no request has yet.
+    pub fn take_stall(&mut self) -> Option<Duration> {
+        self.stall_armed.take()
     }
 
     /// The fault as it stands (a stall already started is not shown).

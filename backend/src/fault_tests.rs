@@ -102,11 +102,18 @@ fn status_applies_to_all_v1_requests() {
 }
 
 #[test]
-fn stall_set_at_runtime_is_returned_once_not_kept() {
+fn stall_set_at_runtime_starts_once_whoever_takes_it_first() {
     let mut state = FaultState::default();
-    assert_eq!(state.set("stall=2s".parse().unwrap()), Some(ms(2000)));
+    assert!(state.set("stall=2s".parse().unwrap()));
+    // The worker's task takes it: no request stalls again.
+    assert_eq!(state.take_stall(), Some(ms(2000)));
     assert_eq!(state.on_request(RequestKind::Other).stall, None);
     assert_eq!(state.spec().stall, None);
+    // A request arriving first takes it: the task then finds nothing.
+    assert!(state.set("stall=2s".parse().unwrap()));
+    assert_eq!(state.on_request(RequestKind::Other).stall, Some(ms(2000)));
+    assert_eq!(state.take_stall(), None);
+    assert!(!state.set("block=1ms".parse().unwrap()));
 }
 
 #[test]

@@ -80,24 +80,33 @@ impl WorkerShared {
             .on_request(kind)
     }
 
-    /// Replaces the fault. A stall in it starts now: it is spawned as a task
-    /// on this worker's loop, so when asked through `POST /admin/fault` the
+    /// Replaces the fault. A stall in it starts now: it is armed, and a task
+    /// spawned on this worker's loop starts it unless the worker's next
+    /// request does first (a request arriving as the stall is set can be
+    /// polled before the task). When asked through `POST /admin/fault` the
     /// admin answer is written first and the stall begins right after.
     pub(crate) fn set_fault(self: &Arc<Self>, spec: FaultSpec) {
         tracing::info!(worker = self.id, ?spec, "fault set");
-        let stall = self
+        let armed = self
             .fault
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .set(spec);
-        if let (Some(stall), Some(rt)) = (stall, &self.runtime) {
+        if let (true, Some(rt)) = (armed, &self.runtime) {
             if self.stop.is_stopped() {
                 return;
             }
             let w = Arc::clone(self);
             rt.spawn(async move {
-                tracing::info!(worker = w.id, ?stall, "stall fault: blocking the loop");
-                w.stop.block_for(stall);
+                let stall = w
+                    .fault
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_stall();
+                if let Some(stall) = stall {
+                    tracing::info!(worker = w.id, ?stall, "stall fault: blocking the loop");
+                    w.stop.block_for(stall);
+                }
             });
         }
     }

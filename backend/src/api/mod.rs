@@ -58,8 +58,8 @@ where
     let allowed = route.method();
     let method_ok = allowed.as_ref() == Some(&parts.method);
 
-    // A start-time stall fires on the first request, whatever it is; the
-    // other faults only on requests their handler will serve.
+    // An armed stall fires on the next request, whatever it is; the other
+    // faults only on requests their handler will serve.
     let kind = if method_ok {
         route.fault_kind()
     } else {
@@ -69,6 +69,12 @@ where
     if let Some(stall) = actions.stall {
         tracing::info!(worker = w.id, ?stall, "stall fault: blocking the loop");
         w.stop.block_for(stall);
+        if w.stop.is_stopped() {
+            // Killed or shut down during the stall: the request dies with the worker,
+            // as one caught in a stall that started on its own would.
+            conn.reset();
+            return std::future::pending().await;
+        }
     }
 
     let result = match allowed {
