@@ -21,6 +21,9 @@ use crate::workers::{GuardMode, HealthState, Transition};
 /// How often health is evaluated: well under the default `stall_after` of 100 ms.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// A hold-up shorter than this is timer granularity.
+const HELD_UP_NOISE: Duration = Duration::from_millis(1);
+
 pub struct Monitor {
     state: Arc<State>,
     /// A shared (fleet-wide) signal was logged and has not cleared since.
@@ -35,10 +38,18 @@ impl Monitor {
         }
     }
 
-    /// One tick: evaluate every worker, bounded by `max_ejected_percent`.
-    pub fn tick(&self, now: Instant) {
+    /// One tick: evaluate every worker, bounded by `max_ejected_percent`. `held_up` is how
+    /// long sloguard itself was kept from running since the last tick (this ticker late, or a
+    /// proxy thread): every worker is excused that much silence first, so a starved or
+    /// throttled sidecar does not eject the workers whose answers it could not read.
+    pub fn tick(&self, now: Instant, held_up: Duration) {
         let policy = self.state.policy();
         let workers = self.state.workers();
+        if held_up >= HELD_UP_NOISE {
+            for w in workers.iter() {
+                w.excuse_own_delay(held_up, now);
+            }
+        }
         let cfg = &policy.upstream;
         let mut ejected = workers.ejected();
         // A stall, a lag or a slow probe that the whole fleet shows is the host's or the
@@ -258,13 +269,18 @@ impl BackgroundService for Monitor {
         ));
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut proxy_held_up = crate::proxy::HeldUp::default();
+        let mut last_tick = Instant::now();
         loop {
             if *shutdown.borrow() {
                 self.drain().await;
             }
             tokio::select! {
                 _ = ticker.tick() => {
-                    self.tick(Instant::now());
+                    let now = Instant::now();
+                    let late = now.saturating_duration_since(last_tick).saturating_sub(TICK);
+                    last_tick = now;
+                    self.tick(now, late.max(proxy_held_up.since_last()));
                     self.state.retry_budget.refill(&self.state.policy().retry, TICK);
                 }
                 _ = shutdown.changed() => {}

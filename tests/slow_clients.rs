@@ -329,3 +329,48 @@ async fn a_client_over_its_connection_cap_gets_a_json_429_until_one_closes_or_th
     }
     assert_eq!(refusals(&sg, "too_many_connections").await, refused);
 }
+
+#[tokio::test]
+async fn a_client_whose_body_comes_after_its_refusal_still_reads_the_refusal() {
+    let be = backend(1);
+    let rule = "[[ratelimit.rule]]\nname = \"per-tenant\"\nkey = \"header:x-tenant\"\n\
+                rate = 1\nperiod_ms = 600000\n";
+    let sg = Sloguard::spawn(&be.addrs(), &policy(rule));
+    assert_eq!(
+        sg.post_event(&client(), "t", 0).await.0,
+        202,
+        "the one allowed"
+    );
+    // A tenant over its limit whose upload stalls halfway: the proxy reads what came of the
+    // body for a while, then answers 429 and closes. The rest of the body reaches a closed
+    // connection; had the proxy not lingered on it (read and dropped the rest), the kernel
+    // would answer it with a reset: the client's next write fails (broken pipe, 2 runs in 3
+    // here without the linger), and a client that reports its failed write, as HTTP
+    // libraries do, never shows the 429 it was sent.
+    let (mut r, mut w) = TcpStream::connect(sg.proxy).await.unwrap().into_split();
+    w.write_all(
+        b"POST /v1/events HTTP/1.1\r\nhost: x\r\nx-tenant: t\r\n\
+          content-type: application/json\r\ncontent-length: 4000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    w.write_all(&[b' '; 2000]).await.unwrap();
+    // The answer is on its way (not read yet) when the rest of the body is sent.
+    let mut first = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), r.peek(&mut first))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    for _ in 0..2 {
+        w.write_all(&[b' '; 1000]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let got = until_closed(&mut r).await;
+    assert!(got.starts_with("HTTP/1.1 429"), "{got:?}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{got:?}"
+    );
+    assert_eq!(body_of(&got)["rule"], "per-tenant", "{got}");
+}

@@ -26,19 +26,13 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::head_io::HeadGuardIo;
+use super::head_io::{HeadGuardIo, CLOSE_GRACE, LINGER_BYTES};
 use super::{new_request_id, respond, SloGuard};
 use crate::admin::metrics::NO_ROUTE;
 use crate::stages::conn_guard::proxy_header::{self, Parsed};
 use crate::stages::conn_guard::{self, ClientConnections, ClientPermit};
 use crate::stages::Rejection;
 use crate::state::State;
-
-/// Longest time spent answering a refused connection, lingering included.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Most bytes read and dropped while lingering before a close.
-const LINGER_BYTES: usize = 64 * 1024;
 
 /// The proxy service's application: connection guards around Pingora's HTTP proxy.
 pub struct ConnGuard {

@@ -55,7 +55,25 @@ pub struct HeadGuardIo {
     /// send), allocated at the first write and freed at the flush: Pingora's own write
     /// buffer is off on this listener because it is allocated for the connection's life.
     out: Vec<u8>,
+    /// Set once Pingora closes the connection (see `poll_shutdown`).
+    linger: Option<Box<Linger>>,
 }
+
+/// A connection being closed: our FIN is sent, and what the client still sends is read and
+/// dropped until it closes too (see [`HeadGuardIo::poll_linger`]).
+struct Linger {
+    fin_sent: bool,
+    drained: usize,
+    until: Pin<Box<Sleep>>,
+}
+
+/// Longest time a closing connection lingers (nginx: `lingering_time`, 30 s, and
+/// `lingering_timeout`, 5 s; a sidecar's clients are a hop away, and a closing connection
+/// keeps its descriptor meanwhile).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Most bytes read and dropped while lingering.
+pub const LINGER_BYTES: usize = 64 * 1024;
 
 /// The most of a head read while waiting for it. It is part of every connection's future,
 /// so of its memory idle or not (1024 cost 0.5 KiB more per idle connection, measured), and
@@ -115,6 +133,7 @@ impl HeadGuardIo {
             arrived: Vec::new(),
             more_waiting: false,
             out: Vec::new(),
+            linger: None,
         };
         (io, expiry)
     }
@@ -345,9 +364,53 @@ impl AsyncWrite for HeadGuardIo {
             Poll::Ready(Ok(())) => {}
             other => return other,
         }
-        match this.inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
+        this.poll_linger(cx)
+    }
+}
+
+impl HeadGuardIo {
+    /// Pingora closes a connection it will not reuse (the client asked to close, a 400, a
+    /// refusal that left a request body unread, a drain) by shutting its stream down. Closing
+    /// a socket with unread input, or one that input reaches later (a body sent after the
+    /// refusal that was its answer), makes the kernel reset the connection, and the reset
+    /// can destroy the answer before the client reads it: the client sees "connection reset"
+    /// instead of its 429. So, as nginx's `lingering_close`: send our FIN, then read and drop
+    /// what the client still sends until it closes too, at most [`CLOSE_GRACE`] and
+    /// [`LINGER_BYTES`]. A client that closes on reading the answer ends this at once.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let linger = self.linger.get_or_insert_with(|| {
+            Box::new(Linger {
+                fin_sent: false,
+                drained: 0,
+                until: Box::pin(tokio::time::sleep(CLOSE_GRACE)),
+            })
+        });
+        if !linger.fin_sent {
+            match Pin::new(&mut *inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => linger.fin_sent = true,
+                other => return other,
+            }
+        }
+        let mut scratch = [0u8; 1024];
+        loop {
+            if linger.until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    linger.drained += buf.filled().len();
+                    if linger.drained >= LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                // The client closed (or reset): nothing left to protect.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

@@ -79,6 +79,8 @@ impl LatenessWindow {
 }
 
 static SLOTS: [AtomicU64; MAX_THREADS] = [const { AtomicU64::new(0) }; MAX_THREADS];
+/// Each thread's lateness summed since it started, ns (see [`HeldUp`]).
+static TOTALS: [AtomicU64; MAX_THREADS] = [const { AtomicU64::new(0) }; MAX_THREADS];
 static CLAIMED: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
@@ -103,7 +105,11 @@ async fn ticker(index: usize, admission: Arc<Admission>) {
         let due = Instant::now() + TICK;
         tokio::time::sleep(TICK).await;
         let now = Instant::now();
-        window.record(now, now.saturating_duration_since(due));
+        let lateness = now.saturating_duration_since(due);
+        window.record(now, lateness);
+        if lateness >= NOISE {
+            TOTALS[index].fetch_add(lateness.as_nanos() as u64, Ordering::Relaxed);
+        }
         SLOTS[index].store(window.worst(now).as_nanos() as u64, Ordering::Relaxed);
         let threads = CLAIMED.load(Ordering::Relaxed).min(MAX_THREADS);
         let worst = SLOTS[..threads]
@@ -112,6 +118,28 @@ async fn ticker(index: usize, admission: Arc<Admission>) {
             .max()
             .unwrap_or(0);
         admission.set_own_delay(Duration::from_nanos(worst));
+    }
+}
+
+/// How long the most held-up proxy thread was kept from running since the last reading. The
+/// health ticker reads it every tick and excuses workers that long: an answer that arrived
+/// while a thread was descheduled sat unread, so it is not the worker's silence.
+#[derive(Debug, Default)]
+pub struct HeldUp {
+    seen: Vec<u64>,
+}
+
+impl HeldUp {
+    pub fn since_last(&mut self) -> Duration {
+        let threads = CLAIMED.load(Ordering::Relaxed).min(MAX_THREADS);
+        self.seen.resize(threads, 0);
+        let mut worst = 0;
+        for (seen, total) in self.seen.iter_mut().zip(&TOTALS) {
+            let total = total.load(Ordering::Relaxed);
+            worst = worst.max(total.saturating_sub(*seen));
+            *seen = total;
+        }
+        Duration::from_nanos(worst)
     }
 }
 

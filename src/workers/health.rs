@@ -6,7 +6,8 @@
 //! Signals, each cheap and each able to eject on its own:
 //! - passive stall: requests in flight and nothing completed (no response, no probe) for
 //!   `stall_after`. An async worker awaiting a slow database still answers probes, so it is
-//!   not taken for stalled; a blocked event loop answers nothing.
+//!   not taken for stalled; a blocked event loop answers nothing. Time sloguard itself was
+//!   held up is excused ([`WorkerHealth::excuse_own_delay`]): an answer meanwhile sat unread.
 //! - reported loop lag (`x-loop-lag-ms` on responses and probes) over `lag_eject`;
 //! - a probe slower than `lag_eject` or failing;
 //! - consecutive connect failures or 5xx answers (Envoy's consecutive-5xx outlier rule).
@@ -226,6 +227,11 @@ impl WorkerHealth {
     /// A request was sent; `in_flight_before` is the count before it.
     pub fn on_dispatch(&mut self, in_flight_before: usize, now: Instant) {
         self.stall.on_dispatch(in_flight_before, now);
+    }
+
+    /// sloguard was held up for `d` (see [`StallDetector::excuse`]).
+    pub fn excuse_own_delay(&mut self, d: Duration, now: Instant) {
+        self.stall.excuse(d, now);
     }
 
     /// A response arrived: its status, time to response headers and reported loop lag.

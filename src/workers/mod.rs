@@ -359,6 +359,23 @@ impl Worker {
             .store(h.ejection_pending(), Ordering::Relaxed);
     }
 
+    /// sloguard itself was held up for `d`, noticed at `now`: the worker's silence
+    /// meanwhile is not evidence against it (see [`StallDetector::excuse`]), neither for
+    /// ejection nor for the choice of worker.
+    ///
+    /// [`StallDetector::excuse`]: signals::StallDetector::excuse
+    pub fn excuse_own_delay(&self, d: Duration, now: Instant) {
+        let cap = since_epoch(now);
+        let d_ns = d.as_nanos() as u64;
+        let _ = self
+            .quiet_from_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_add(d_ns).min(cap).max(q))
+            });
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.excuse_own_delay(d, now);
+    }
+
     pub fn on_probe(
         &self,
         cfg: &HealthConfig,

@@ -32,6 +32,15 @@ impl StallDetector {
         self.last_completion = self.last_completion.max(now);
     }
 
+    /// sloguard itself was held up for `d` (descheduled, throttled by a CPU limit, or busy
+    /// elsewhere), noticed at `now`: that time is not counted as the worker's silence. An
+    /// answer that came meanwhile waits unread in the socket, so "nothing completed" only
+    /// says something about time the proxy was running.
+    pub fn excuse(&mut self, d: Duration, now: Instant) {
+        self.last_completion = (self.last_completion + d).min(now);
+        self.busy_since = self.busy_since.map(|since| (since + d).min(now));
+    }
+
     /// How long the worker has been stalled (zero when it is not).
     pub fn stalled_for(&mut self, in_flight: usize, now: Instant) -> Duration {
         if in_flight == 0 {
@@ -97,6 +106,20 @@ mod tests {
             Duration::ZERO,
             "busy again only after a dispatch"
         );
+    }
+
+    #[test]
+    fn time_the_proxy_was_held_up_is_not_the_workers_silence() {
+        let t0 = Instant::now();
+        let mut s = StallDetector::new(t0);
+        s.on_dispatch(0, t0);
+        // 144 ms without an answer, 60 ms of which the proxy itself was not running.
+        s.excuse(60 * MS, t0 + 100 * MS);
+        assert_eq!(s.stalled_for(1, t0 + 144 * MS), 84 * MS);
+        // A hold-up longer than the silence so far leaves no stall, and none in credit.
+        s.excuse(500 * MS, t0 + 150 * MS);
+        assert_eq!(s.stalled_for(1, t0 + 150 * MS), Duration::ZERO);
+        assert_eq!(s.stalled_for(1, t0 + 250 * MS), 100 * MS);
     }
 
     #[test]
