@@ -172,6 +172,7 @@ impl State {
             && new.ratelimit.redis_cluster_nodes == old.ratelimit.redis_cluster_nodes
             && new.ratelimit.timeout == old.ratelimit.timeout
             && new.ratelimit.failures_to_open == old.ratelimit.failures_to_open
+            && new.ratelimit.batch_calls == old.ratelimit.batch_calls
             && new.ratelimit.redis_auth == old.ratelimit.redis_auth
             && credentials.as_ref().ok() == Some(self.ratelimiter().credentials());
         if !redis_same {

@@ -415,3 +415,77 @@ async fn a_tier_and_an_allowlist_hold_on_redis() {
     assert!((10..=12).contains(&got("enterprise-co")), "{accepted:?}");
     assert_eq!(got("nightly-batch"), 15, "{accepted:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_redis_calls_and_each_is_decided_as_if_alone() {
+    let redis = RedisServer::spawn();
+    let be = backend(2);
+    // 20 allowed per tenant for the whole test (a burst of 19, one more every 10 minutes).
+    // A generous timeout: this test is about verdicts, and a request that waited past it
+    // would be decided in-process instead.
+    let policy = format!(
+        r#"{ROUTES}
+[ratelimit]
+redis_url = "{}"
+timeout_ms = 2000
+
+[[ratelimit.rule]]
+name = "per-tenant"
+routes = ["ingest"]
+key = "header:x-tenant"
+rate = 1
+period_ms = 600000
+burst = 19
+"#,
+        redis.url()
+    );
+    let sg = Sloguard::spawn(&be.addrs(), &policy);
+    let http = client();
+    let tenants = ["a", "b", "c"];
+    // 180 requests at once, 60 per tenant, interleaved.
+    let requests = (0..180u64).map(|i| {
+        let http = http.clone();
+        let tenant = tenants[i as usize % 3];
+        let url = sg.url("/v1/events");
+        async move {
+            let r = http
+                .post(url)
+                .header("x-tenant", tenant)
+                .json(&event(tenant, "e", 1_700_000_000_000 + i, 1.0))
+                .send()
+                .await
+                .unwrap();
+            (tenant, r.status().as_u16())
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for tenant in tenants {
+        let allowed = answers
+            .iter()
+            .filter(|(t, s)| *t == tenant && *s == 202)
+            .count();
+        let limited = answers
+            .iter()
+            .filter(|(t, s)| *t == tenant && *s == 429)
+            .count();
+        assert_eq!((allowed, limited), (20, 40), "tenant {tenant}");
+    }
+    assert_eq!(be.store().total_events(), 60);
+    // Every verdict came from Redis, and Redis ran fewer scripts than requests asked it:
+    // requests arriving together shared calls.
+    let st = sg.status().await;
+    let rl = &st["ratelimit"];
+    assert_eq!(rl["redis_errors"], 0, "{rl}");
+    assert_eq!(rl["fallback_decisions"], 0, "{rl}");
+    let asked = rl["redis_calls"].as_u64().unwrap();
+    let scripts = redis.script_calls();
+    println!(
+        "{asked} requests asked Redis, {scripts} script calls, {} from the over-limit cache",
+        rl["limited_from_cache"]
+    );
+    assert!(asked >= 60, "{rl}");
+    assert!(
+        scripts < asked,
+        "{scripts} script calls for {asked} requests"
+    );
+}

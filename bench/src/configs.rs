@@ -120,6 +120,8 @@ pub struct RateLimitSpec {
     pub key_prefix: String,
     /// `timeout_ms` (sloguard's default, 5, when `None`).
     pub timeout_ms: Option<u64>,
+    /// `batch_calls = false` when set (sloguard's default batches).
+    pub unbatched: bool,
     pub routes: Vec<String>,
     pub rate: f64,
     pub burst: u64,
@@ -135,6 +137,9 @@ fn ratelimit_table(spec: &RateLimitSpec) -> toml::Table {
         rl.insert("timeout_ms".into(), Value::Integer(t as i64));
     }
     rl.insert("key_prefix".into(), Value::String(spec.key_prefix.clone()));
+    if spec.unbatched {
+        rl.insert("batch_calls".into(), Value::Boolean(false));
+    }
     let mut rule = Table::new();
     rule.insert("name".into(), Value::String(TENANT_RULE.into()));
     let routes = spec.routes.iter().cloned().map(Value::String).collect();
@@ -397,6 +402,7 @@ stall_after_ms = 100
     fn ratelimit_section_has_one_per_tenant_rule() {
         let w = names(&[9001]);
         let spec = RateLimitSpec {
+            unbatched: false,
             redis_url: Some("redis://127.0.0.1:6390".into()),
             key_prefix: "bench-a".into(),
             timeout_ms: None,
@@ -426,6 +432,7 @@ stall_after_ms = 100
         assert_eq!(rule["routes"][0].as_str(), Some("ingest"));
         // In-process: no redis_url at all.
         let local = RateLimitSpec {
+            unbatched: false,
             redis_url: None,
             timeout_ms: Some(6),
             ..spec.clone()

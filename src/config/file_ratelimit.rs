@@ -26,6 +26,8 @@ pub struct RateLimitFile {
     pub replicas_hint: Option<Spanned<u64>>,
     pub key_prefix: Option<Spanned<String>>,
     pub failures_to_open: Option<Spanned<u64>>,
+    /// Whether concurrent requests share Redis calls. Default true.
+    pub batch_calls: Option<bool>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleFile>,
 }

@@ -182,6 +182,7 @@ impl Validator<'_> {
                 None => d.failures_to_open,
                 Some(v) => self.positive(v, "ratelimit.failures_to_open")?.min(1000) as u32,
             },
+            batch_calls: r.batch_calls.unwrap_or(d.batch_calls),
             rules,
         })
     }

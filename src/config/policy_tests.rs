@@ -389,3 +389,13 @@ fn a_bad_override_is_refused_with_its_line_and_key() {
     let typo = TIERED.replace("unlimited = true", "unlimted = true");
     assert!(parse(&typo).is_err());
 }
+
+#[test]
+fn redis_calls_are_shared_unless_batch_calls_is_false() {
+    assert!(parse("").unwrap().ratelimit.batch_calls);
+    let p = parse("[ratelimit]\nredis_url = \"redis://127.0.0.1:6379\"\nbatch_calls = false\n")
+        .unwrap();
+    assert!(!p.ratelimit.batch_calls);
+    let e = parse("[ratelimit]\nbatch_calls = \"no\"\n").unwrap_err();
+    assert!(e.to_string().contains("batch_calls"), "{e}");
+}

@@ -419,6 +419,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// How many scripts (`EVALSHA` and `EVAL`) Redis ran, from `INFO commandstats`.
+    pub fn script_calls(&self) -> u64 {
+        script_calls_on(self.port)
+    }
+
     /// Stops it at once (SIGKILL): the outage case.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -615,27 +620,7 @@ impl RedisCluster {
     /// Script calls (EVAL/EVALSHA) each node has served: the limits' keys spread over the
     /// slots, so every node should get some.
     pub fn script_calls_per_node(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .map(|n| {
-                let out = Command::new("redis-cli")
-                    .args(["-p", &n.port.to_string(), "info", "commandstats"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-                    .filter_map(|l| {
-                        l.split("calls=")
-                            .nth(1)?
-                            .split(',')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .sum()
-            })
-            .collect()
+        self.nodes.iter().map(|n| script_calls_on(n.port)).collect()
     }
 }
 
@@ -653,4 +638,24 @@ where
         assert!(start.elapsed() < within, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Scripts (`EVALSHA` and `EVAL`) run by the Redis on `port`, from `INFO commandstats`.
+fn script_calls_on(port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }

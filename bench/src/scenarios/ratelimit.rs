@@ -1,7 +1,8 @@
 //! Scenario 4, rate limits: what sloguard's per-tenant limits cost. Four healthy workers,
-//! `POST /v1/events` naming its tenant in `x-tenant-id` (50 tenants), and four sloguards
+//! `POST /v1/events` naming its tenant in `x-tenant-id` (50 tenants), and five sloguards
 //! (guard enforcing, shipped policy) that differ only in `[ratelimit]`: none; a rule in
-//! Redis that never trips; the same rule in-process; and a rule in Redis that one hot
+//! Redis that never trips, with concurrent requests sharing calls (the default) and with a
+//! call per request (`batch_calls = false`); the same rule in-process; and a rule in Redis that one hot
 //! tenant, sending half the traffic, is several times over (to show that a denial answered from
 //! the deny cache costs no Redis round trip). The harness starts its own `redis-server`,
 //! pinned on the system under test's core. Every contender is started once and measured in
@@ -24,6 +25,8 @@ use crate::stats::{self, ClosedSummary, OpenSummary};
 pub const BASELINE: &str = "no limits";
 /// The contender the targets are about.
 pub const REDIS_NEVER: &str = "Redis rule, never trips";
+/// The same with `batch_calls = false`: each request its own script call.
+pub const REDIS_NEVER_UNBATCHED: &str = "Redis rule, never trips, a call per request";
 pub const LOCAL_NEVER: &str = "in-process rule, never trips";
 pub const REDIS_HOT: &str = "Redis rule, hot tenant over";
 
@@ -68,6 +71,7 @@ fn spec(redis_url: Option<String>, prefix: &str, rate: f64, burst: u64) -> RateL
         redis_url,
         key_prefix: prefix.into(),
         timeout_ms: None,
+        unbatched: false,
         routes: vec!["ingest".into()],
         rate,
         burst,
@@ -88,6 +92,14 @@ pub fn setups(capacity_rps: f64, redis_url: Option<&str>) -> Vec<Setup> {
             name: REDIS_NEVER,
             mix: Mix::TenantIngest,
             ratelimit: Some(spec(url.clone(), "bench-never", NEVER_RATE, NEVER_BURST)),
+        });
+        v.push(Setup {
+            name: REDIS_NEVER_UNBATCHED,
+            mix: Mix::TenantIngest,
+            ratelimit: Some(RateLimitSpec {
+                unbatched: true,
+                ..spec(url.clone(), "bench-never-1", NEVER_RATE, NEVER_BURST)
+            }),
         });
     }
     v.push(Setup {
@@ -466,12 +478,27 @@ mod tests {
     fn redis_contenders_need_redis() {
         let with = setups(10_000.0, Some("redis://127.0.0.1:1"));
         let names: Vec<_> = with.iter().map(|s| s.name).collect();
-        assert_eq!(names, [BASELINE, REDIS_NEVER, LOCAL_NEVER, REDIS_HOT]);
+        assert_eq!(
+            names,
+            [
+                BASELINE,
+                REDIS_NEVER,
+                REDIS_NEVER_UNBATCHED,
+                LOCAL_NEVER,
+                REDIS_HOT
+            ]
+        );
         assert!(with[0].ratelimit.is_none());
-        assert!(with[2].ratelimit.as_ref().unwrap().redis_url.is_none());
-        let hot = with[3].ratelimit.as_ref().unwrap();
+        let (batched, unbatched) = (
+            with[1].ratelimit.as_ref().unwrap(),
+            with[2].ratelimit.as_ref().unwrap(),
+        );
+        assert!(!batched.unbatched && unbatched.unbatched);
+        assert_ne!(batched.key_prefix, unbatched.key_prefix);
+        assert!(with[3].ratelimit.as_ref().unwrap().redis_url.is_none());
+        let hot = with[4].ratelimit.as_ref().unwrap();
         assert_eq!((hot.rate, hot.burst), (150.0, 15));
-        assert_eq!(with[3].mix, Mix::HotTenant);
+        assert_eq!(with[4].mix, Mix::HotTenant);
         // Contenders sharing one Redis keep their keys apart.
         assert_ne!(
             with[1].ratelimit.as_ref().unwrap().key_prefix,
@@ -497,7 +524,7 @@ mod tests {
             },
         };
         let r = RateResult {
-            setup: setups(10_000.0, Some("redis://x"))[3].clone(),
+            setup: setups(10_000.0, Some("redis://x"))[4].clone(),
             open: OpenResult {
                 contender: REDIS_HOT.into(),
                 rounds: vec![],

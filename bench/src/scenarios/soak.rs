@@ -332,6 +332,7 @@ pub fn run(env: &Env, plan: SoakPlan, ctx: &SoakContext) -> anyhow::Result<Soak>
     let addrs: Vec<SocketAddr> = workers.iter().map(|b| b.addrs[0]).collect();
     let redis = env.redis_server()?;
     let rule = RateLimitSpec {
+        unbatched: false,
         redis_url: Some(redis.url()),
         key_prefix: "soak".into(),
         timeout_ms: Some(5),
@@ -785,6 +786,7 @@ mod tests {
     #[test]
     fn reloads_change_the_policy_and_put_it_back() {
         let base = RateLimitSpec {
+            unbatched: false,
             redis_url: Some("redis://127.0.0.1:1".into()),
             key_prefix: "soak".into(),
             timeout_ms: Some(5),
@@ -914,6 +916,7 @@ mod tests {
             rate: 5000.0,
             rule: reload_spec(
                 &RateLimitSpec {
+                    unbatched: false,
                     redis_url: None,
                     key_prefix: "soak".into(),
                     timeout_ms: None,

@@ -3,7 +3,8 @@
 //! - [`rules`]: the validated rules and the key a request is counted under;
 //! - [`gcra`]: the limiter math, and the in-process store used without Redis or while it is
 //!   down (at `rate / replicas_hint`);
-//! - [`redis`]: the same math in one Lua script, one round trip per request;
+//! - [`redis`]: the same math in one Lua script, one round trip per request, concurrent
+//!   requests sharing a call ([`batch`]);
 //! - [`breaker`]: after a few Redis failures, stop asking until a health check says it is back;
 //! - [`secret`]: the username, password and CA a managed Redis (TLS, ACL) needs.
 //!
@@ -12,6 +13,7 @@
 //! "near limit"; the keys limited, near their limit and denied in shadow are counted per rule
 //! in bounded memory ([`top`]) so `/status` names them.
 
+pub mod batch;
 pub mod breaker;
 pub mod gcra;
 pub mod redis;
@@ -167,6 +169,7 @@ pub struct RateLimiter {
     /// The Redis URLs use TLS (`rediss://`).
     tls: bool,
     redis_timeout: Duration,
+    batch_calls: bool,
     /// Made on first use, inside a Tokio runtime (the connection manager spawns its driver
     /// there; the process builds this before Pingora's runtimes exist).
     redis: OnceLock<Option<RedisStore>>,
@@ -236,6 +239,7 @@ impl RateLimiter {
             credentials,
             tls,
             redis_timeout: cfg.timeout,
+            batch_calls: cfg.batch_calls,
             redis: OnceLock::new(),
             breaker: Breaker::new(cfg.failures_to_open),
             local: LocalStore::default(),
@@ -266,7 +270,7 @@ impl RateLimiter {
             .get_or_init(|| {
                 let store = match self.target.as_ref()? {
                     RedisTarget::Single(client) => {
-                        RedisStore::new(client.clone(), self.redis_timeout)
+                        RedisStore::new(client.clone(), self.redis_timeout, self.batch_calls)
                     }
                     RedisTarget::Cluster(client) => {
                         Ok(RedisStore::cluster(client.clone(), self.redis_timeout))
@@ -403,14 +407,16 @@ impl RateLimiter {
             .map(|a| (a.limits.gcra, a.rule.mode == RuleMode::Enforce))
             .collect();
         bump(&self.stats.redis_calls);
-        match redis.decide(&keys, &params).await {
+        match redis.decide(keys, params).await {
             Ok(d) => {
                 self.breaker.on_success();
                 Some(d)
             }
             Err(e) => {
                 bump(&self.stats.redis_errors);
-                if self.breaker.on_failure() == Some(BreakerChange::Opened) {
+                if e.is_shared() {
+                    tracing::debug!(error = %e, "rate limits: redis call failed");
+                } else if self.breaker.on_failure() == Some(BreakerChange::Opened) {
                     tracing::warn!(error = %e, fallback = cfg.on_redis_error.as_str(), "rate limits: redis failing, breaker open, using the fallback");
                 } else {
                     tracing::debug!(error = %e, "rate limits: redis call failed");
@@ -517,7 +523,7 @@ impl RateLimiter {
                 tau_us: 1_000_000,
             };
             let decides = redis
-                .decide(std::slice::from_ref(&self.health_key), &[(allow, true)])
+                .decide(vec![self.health_key.clone()], vec![(allow, true)])
                 .await
                 .is_ok();
             if self.breaker.on_health_check(decides) == Some(BreakerChange::Closed) {

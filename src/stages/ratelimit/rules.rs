@@ -27,8 +27,11 @@ pub struct RateLimitConfig {
     pub replicas_hint: u32,
     /// Prefix of every Redis key. Default `sloguard`.
     pub key_prefix: String,
-    /// Consecutive Redis failures that open the breaker. Default 3.
+    /// Consecutive failed Redis calls that open the breaker. Default 3.
     pub failures_to_open: u32,
+    /// Requests asking Redis while a call is under way share the next call
+    /// (see `ratelimit::batch`); off, each request is its own call. Default on.
+    pub batch_calls: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -43,6 +46,7 @@ impl Default for RateLimitConfig {
             replicas_hint: 1,
             key_prefix: "sloguard".into(),
             failures_to_open: 3,
+            batch_calls: true,
             rules: vec![],
         }
     }
