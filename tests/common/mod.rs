@@ -7,6 +7,7 @@
 
 pub mod fleet;
 pub mod load;
+pub mod prometheus;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -456,6 +457,11 @@ pub async fn get_text(url: &str) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// A GET's body as JSON (`Null` if it is not JSON).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    serde_json::from_str(&get_text(url).await).unwrap_or_default()
 }
 
 /// Times the event `e` of `customer` is in the backend's store.
