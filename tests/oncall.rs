@@ -2,9 +2,10 @@
 //! and evaluates the shipped rules, time-scaled 10 times (5 minutes become 30 s; see
 //! `common::prometheus`), while the test plays an incident timeline on the real backend
 //! under steady light load: quiet, a worker's event loop blocks and then recovers, a broken
-//! policy is written and then fixed, Redis dies and comes back. Each alert meant for a phase
-//! must fire in it, read from Prometheus's own `/api/v1/alerts`, and none may be pending or
-//! firing while all is well. What fired when is printed as a table (docs/oncall.md).
+//! policy is written and then fixed, Redis dies and comes back, 2x overload. Each alert
+//! meant for a phase must fire in it, read from Prometheus's own `/api/v1/alerts`, none may
+//! be pending or firing while all is well, and the error alert stays quiet while sloguard
+//! sheds an overload. What fired when is printed as a table (docs/oncall.md).
 
 mod common;
 
@@ -34,17 +35,23 @@ burst = 1000
     )
 }
 
-/// Steady light load until `stop`: 40 requests/s, 80% events, in bounded 20 s runs.
-fn background_load(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+/// `rate` requests/s (80% events) until `stop`, in bounded 5 s runs; the statuses.
+fn steady_load(
+    base: String,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u16>> {
     tokio::spawn(async move {
+        let mut statuses = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let run = Load {
-                rate: 40.0,
+                rate,
                 duration: Duration::from_secs(5),
                 ingest_share: 0.8,
             };
-            load::run(&base, &run).await;
+            statuses.extend(load::run(&base, &run).await.iter().map(|o| o.status));
         }
+        statuses
     })
 }
 
@@ -100,7 +107,8 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = background_load(format!("http://{}", sg.proxy), stop.clone());
+    let base = format!("http://{}", sg.proxy);
+    let load = steady_load(base.clone(), 40.0, stop.clone());
     let mut rows = Vec::new();
 
     // Quiet: the longest window of the alerts that could misfire (5 minutes, 30 s scaled)
@@ -194,6 +202,59 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     rows.push(Row {
         phase: "Redis dies, then returns",
         alert: "SloguardRateLimitRedisFallback",
+        fired_after: fired,
+        resolved_after: Some(resolved),
+    });
+
+    // 2x overload: every event now holds its worker's loop 40 ms (4 workers: 100 events/s)
+    // and 200 events/s arrive. sloguard sheds the excess and the shedding alert fires; the
+    // shed 503s are not counted as errors. When the load ends, the alert resolves. The SLO
+    // alert fires here too today, and rightly: what sloguard serves when every worker slows
+    // down at once is over the route's target (docs/oncall.md); that is the guard's to fix,
+    // so it is asserted neither way here.
+    for w in 1..=4 {
+        be.set_fault(w, "block=40ms".parse().unwrap());
+    }
+    let over = Arc::new(AtomicBool::new(false));
+    let overload = steady_load(base.clone(), 250.0, over.clone());
+    let fired = wait_state(&prom, "SloguardShedding", true, Duration::from_secs(90)).await;
+    let during = prom.alerts().await;
+    // What the recording rules said then, for docs/oncall.md.
+    for q in [
+        "namespace_route:sloguard_shed:ratio_rate5m",
+        "namespace_route:sloguard_request_duration_seconds:p95_5m",
+        "namespace_route_slo:sloguard_requests_over_slo:ratio_rate5m",
+    ] {
+        let values: Vec<String> = prom
+            .query(q)
+            .await
+            .iter()
+            .map(|r| {
+                let slo = r["metric"]["slo"].as_str().unwrap_or("");
+                format!("{} {slo} {}", r["metric"]["route"], r["value"][1])
+            })
+            .collect();
+        println!("{q}: {values:?}");
+    }
+    over.store(true, Ordering::Relaxed);
+    let statuses = overload.await.unwrap();
+    for w in 1..=4 {
+        be.set_fault(w, FaultSpec::default());
+    }
+    let resolved = wait_state(&prom, "SloguardShedding", false, Duration::from_secs(90)).await;
+    let shed = statuses.iter().filter(|s| **s == 503).count();
+    println!(
+        "overload: {shed} of {} shed; alerts when shedding fired: {during:?}",
+        statuses.len()
+    );
+    assert!(shed > 0);
+    assert!(
+        !during.iter().any(|(a, _)| a == "SloguardHigh5xxRatio"),
+        "shed 503s counted as errors: {during:?}"
+    );
+    rows.push(Row {
+        phase: "2x overload",
+        alert: "SloguardShedding",
         fired_after: fired,
         resolved_after: Some(resolved),
     });
