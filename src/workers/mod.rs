@@ -236,7 +236,12 @@ impl Worker {
     ///     class cannot fill a loop with work a critical request would then wait behind.
     ///     Starting within the cap, rather than finishing within it, always leaves a
     ///     request ready behind the one running when requests are dear compared to the
-    ///     cap: the loop never idles for a round trip between two of them;
+    ///     cap: the loop never idles for a round trip between two of them. And only while
+    ///     the worker answers within the cap: a route's cost is learnt from requests that
+    ///     find their worker idle, so when every worker slows down at the moment an
+    ///     overload begins, none is ever idle and the cost learnt before stays; the work
+    ///     check alone then admitted each worker up to the ceiling (2 s answers at a 150 ms
+    ///     target, docs/oncall.md) while its answers said it was late;
     ///   - its cost not known yet (at start, a new route, a reload that renamed one), while
     ///     the worker's latency outlook ([`Worker::outlook`]) is within the cap: no evidence
     ///     is not bad evidence, so a fresh proxy admits as least-connections would until
@@ -256,9 +261,10 @@ impl Worker {
         }
         let weight = f64::from(self.weight_milli.load(Ordering::Relaxed)) / 1000.0;
         let cap = rule.work_cap.mul_f64(weight * rule.share);
+        let answering_in_time = || self.outlook(since_epoch(Instant::now())) < cap;
         match rule.cost {
-            Some(_) => self.work() < cap,
-            None => self.outlook(since_epoch(Instant::now())) < cap,
+            Some(_) => self.work() < cap && answering_in_time(),
+            None => answering_in_time(),
         }
     }
 

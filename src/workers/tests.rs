@@ -201,6 +201,37 @@ fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
 }
 
 #[test]
+fn a_worker_answering_late_takes_no_work_beyond_its_limit_whatever_the_cost_learnt() {
+    let s = set(1);
+    let w = &s.workers[0];
+    let now = Instant::now();
+    // A cost learnt at 1 ms, then the worker slows down for every request at once.
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            s.acquire(
+                GuardMode::Enforce,
+                Tried::NONE,
+                Some(&costing(1.0, 1)),
+                None,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        w.has_slot(&costing(1.0, 1)),
+        "10 ms of work, under the 50 ms cap"
+    );
+    // Its answers now take 400 ms: the 1 ms cost is stale, and the answers say so.
+    answer(w, Duration::from_millis(400), 0, now);
+    assert!(!w.has_slot(&costing(1.0, 1)));
+    drop(held);
+    assert!(
+        w.has_slot(&costing(1.0, 1)),
+        "an idle worker always takes one"
+    );
+}
+
+#[test]
 fn a_silent_busy_worker_stops_getting_requests_before_it_is_ejected() {
     let s = set(2);
     let now = Instant::now();
