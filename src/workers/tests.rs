@@ -47,6 +47,16 @@ fn costing(share: f64, ms: u64) -> SlotRule {
     }
 }
 
+/// `n` leases taken under `rule` (each must be granted), held until dropped.
+fn hold(s: &WorkerSet, n: usize, rule: &SlotRule) -> Vec<WorkerLease> {
+    (0..n)
+        .map(|_| {
+            s.acquire(GuardMode::Enforce, Tried::NONE, Some(rule), None)
+                .unwrap()
+        })
+        .collect()
+}
+
 /// Feeds worker `w` an answer `rtt` after it was sent with `before` others in flight.
 fn answer(w: &Worker, rtt: Duration, before: usize, now: Instant) {
     let up = cfg(1);
@@ -162,17 +172,7 @@ fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
     // behind 10 ms of work...
     assert!(w.has_slot(&costing(0.5, 25)));
     // ...not behind 30 ms: a critical request would wait behind it.
-    let more: Vec<_> = (0..20)
-        .map(|_| {
-            s.acquire(
-                GuardMode::Enforce,
-                Tried::NONE,
-                Some(&costing(1.0, 1)),
-                None,
-            )
-            .unwrap()
-        })
-        .collect();
+    let more = hold(&s, 20, &costing(1.0, 1));
     assert_eq!(w.work(), Duration::from_millis(30));
     assert!(!w.has_slot(&costing(0.5, 1)));
     drop(more);
@@ -190,12 +190,7 @@ fn a_worker_takes_work_beyond_its_learnt_limit_while_it_fits_the_target() {
         ceiling: 10,
         ..costing(1.0, 0)
     };
-    let held: Vec<_> = (0..10)
-        .map(|_| {
-            s.acquire(GuardMode::Enforce, Tried::NONE, Some(&cheap), None)
-                .unwrap()
-        })
-        .collect();
+    let held = hold(&s, 10, &cheap);
     assert!(!w.has_slot(&cheap));
     drop(held);
 }
@@ -206,17 +201,7 @@ fn a_worker_answering_late_takes_no_work_beyond_its_limit_whatever_the_cost_lear
     let w = &s.workers[0];
     let now = Instant::now();
     // A cost learnt at 1 ms, then the worker slows down for every request at once.
-    let held: Vec<_> = (0..10)
-        .map(|_| {
-            s.acquire(
-                GuardMode::Enforce,
-                Tried::NONE,
-                Some(&costing(1.0, 1)),
-                None,
-            )
-            .unwrap()
-        })
-        .collect();
+    let held = hold(&s, 10, &costing(1.0, 1));
     assert!(
         w.has_slot(&costing(1.0, 1)),
         "10 ms of work, under the 50 ms cap"
@@ -286,12 +271,7 @@ fn a_silent_worker_stops_taking_work_beyond_its_limit_once_its_silence_passes_th
     let s = set(1);
     let w = &s.workers[0];
     let now = Instant::now();
-    let held: Vec<_> = (0..10)
-        .map(|_| {
-            s.acquire(GuardMode::Enforce, Tried::NONE, Some(&rule(1.0)), None)
-                .unwrap()
-        })
-        .collect();
+    let held = hold(&s, 10, &rule(1.0));
     // Busy since the first lease and silent: 60 ms later it is at least 60 ms slow.
     let later = since_epoch(now + Duration::from_millis(60));
     assert!(w.outlook(later) >= Duration::from_millis(59));
