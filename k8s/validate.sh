@@ -102,6 +102,7 @@ METRICS = {
     "sloguard_requests_over_slo_total": {"route", "slo"},
     "sloguard_route_slo_target_seconds": {"route", "slo"},
     "sloguard_loop_lateness_seconds": set(),
+    "sloguard_loop_held_up_seconds_total": {"thread"},
     "sloguard_client_connections": set(),
     "sloguard_client_connections_max": set(),
 }

@@ -1,11 +1,14 @@
-//! On call, end to end (short form): a real Prometheus scrapes a real sloguard every 500 ms
+//! On call, end to end: a real Prometheus scrapes a real sloguard every 500 ms
 //! and evaluates the shipped rules, time-scaled 10 times (5 minutes become 30 s; see
 //! `common::prometheus`), while the test plays an incident timeline on the real backend
 //! under steady light load: quiet, a worker's event loop blocks and then recovers, a broken
 //! policy is written and then fixed, Redis dies and comes back, 2x overload. Each alert
 //! meant for a phase must fire in it, read from Prometheus's own `/api/v1/alerts`, none may
 //! be pending or firing while all is well, and the error alert stays quiet while sloguard
-//! sheds an overload. What fired when is printed as a table (docs/oncall.md).
+//! sheds an overload. Every query of the shipped Grafana dashboard is read over each phase
+//! (`common::dashboard`) and what the on-call engineer acts on must show. A second timeline
+//! beside it covers sloguard itself (killed, left down, starved of CPU) and a fleet that
+//! dies. What fired when, and what each panel showed, is printed as tables (docs/oncall.md).
 
 mod common;
 
@@ -13,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::dashboard::{panel_queries, read_all, reading, PanelQuery, Reading, SCRAPE_MS};
 use common::load::{self, Load};
 use common::prometheus::{time_scaled_rules, Prometheus, TIME_SCALE};
 use common::*;
@@ -110,16 +114,33 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     let base = format!("http://{}", sg.proxy);
     let load = steady_load(base.clone(), 40.0, stop.clone());
     let mut rows = Vec::new();
+    let queries = panel_queries("oncall", SCRAPE_MS, TIME_SCALE);
+    let mut panels: Vec<(&str, Vec<Reading>)> = Vec::new();
 
     // Quiet: the longest window of the alerts that could misfire (5 minutes, 30 s scaled)
     // passes under steady load, and nothing is pending or firing.
     let quiet = Duration::from_millis(300_000 / TIME_SCALE + 2000);
-    let quiet_until = Instant::now() + quiet;
+    let mut phase_start = Instant::now();
+    let quiet_until = phase_start + quiet;
     while Instant::now() < quiet_until {
         let alerts = prom.alerts().await;
         assert!(alerts.is_empty(), "while all is well: {alerts:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    panels.push((
+        "quiet",
+        read_all(&prom, &queries, phase_start.elapsed()).await,
+    ));
+    // What SloguardStarved compares with its threshold (0.25), for docs/oncall.md: on a
+    // 2-core machine running both timelines' processes, debug builds.
+    let held = "max without (thread) (rate(sloguard_loop_held_up_seconds_total[30000ms]))";
+    println!(
+        "quiet: held-up share over 30 s: {:?}",
+        prom.query(held)
+            .await
+            .first()
+            .map(|r| r["value"][1].clone())
+    );
     // The load was served, every event through the Redis rule.
     let st = sg.status().await;
     assert!(
@@ -133,6 +154,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     // ejected, again at each readmission, and the ejection alert fires; once it is fixed
     // the alert resolves.
     be.set_fault(3, "block=250ms,every=4".parse().unwrap());
+    phase_start = Instant::now();
     let fired = wait_state(
         &prom,
         "SloguardWorkerEjected",
@@ -141,6 +163,10 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     )
     .await;
     let also = prom.firing().await;
+    panels.push((
+        "worker 3 blocks",
+        read_all(&prom, &queries, phase_start.elapsed()).await,
+    ));
     be.set_fault(3, FaultSpec::default());
     let resolved = wait_state(
         &prom,
@@ -162,6 +188,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     let good = std::fs::read_to_string(&sg.policy_path).unwrap();
     std::fs::write(&sg.policy_path, format!("{good}\n[[route]]\nname = 1\n")).unwrap();
     let http = client();
+    phase_start = Instant::now();
     let refused = http.post(sg.admin_url("/reload")).send().await.unwrap();
     assert_ne!(refused.status(), 200, "a broken policy is not loaded");
     let fired = wait_state(
@@ -171,6 +198,10 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
         Duration::from_secs(30),
     )
     .await;
+    panels.push((
+        "broken policy",
+        read_all(&prom, &queries, phase_start.elapsed()).await,
+    ));
     std::fs::write(&sg.policy_path, &good).unwrap();
     let fixed = http.post(sg.admin_url("/reload")).send().await.unwrap();
     assert_eq!(fixed.status(), 200);
@@ -184,6 +215,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     // Redis dies: limits fall back in-process and the fallback alert fires; Redis comes
     // back and it resolves.
     redis.kill();
+    phase_start = Instant::now();
     let fired = wait_state(
         &prom,
         "SloguardRateLimitRedisFallback",
@@ -191,6 +223,10 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
         Duration::from_secs(30),
     )
     .await;
+    panels.push((
+        "Redis down",
+        read_all(&prom, &queries, phase_start.elapsed()).await,
+    ));
     redis.restart();
     let resolved = wait_state(
         &prom,
@@ -217,8 +253,13 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     }
     let over = Arc::new(AtomicBool::new(false));
     let overload = steady_load(base.clone(), 250.0, over.clone());
+    phase_start = Instant::now();
     let fired = wait_state(&prom, "SloguardShedding", true, Duration::from_secs(90)).await;
     let during = prom.alerts().await;
+    panels.push((
+        "2x overload",
+        read_all(&prom, &queries, phase_start.elapsed()).await,
+    ));
     // What the recording rules said then, for docs/oncall.md.
     for q in [
         "namespace_route:sloguard_shed:ratio_rate5m",
@@ -261,8 +302,55 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
 
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
+    print_rows(&rows);
+    print_panels(&queries, &panels);
+    check_panels(&queries, &panels);
+}
+
+/// What the on-call engineer must see on the dashboard in each phase of the first timeline.
+fn check_panels(queries: &[PanelQuery], panels: &[(&str, Vec<Reading>)]) {
+    let at = |phase: &str, name: &str| {
+        let (_, readings) = panels.iter().find(|(p, _)| *p == phase).unwrap();
+        reading(queries, readings, name).clone()
+    };
+    // Every panel that is not about events draws something in every phase: no query
+    // broken by a renamed metric or label. The admission wait quantiles are NaN while no
+    // request waits (a gap in Grafana).
+    for (phase, readings) in panels {
+        for (q, r) in queries.iter().zip(readings) {
+            if !q.events_only && !q.name.starts_with("Admission wait") {
+                assert!(
+                    r.has_data(),
+                    "{phase}: panel {} shows {r}: {}",
+                    q.name,
+                    q.expr
+                );
+            }
+        }
+    }
+    // While all is well: nothing shed, ejected or on the fallback, and the event panels
+    // are empty.
+    for name in ["Shed", "Rate-limit Redis", "Workers ejected / suspect #1"] {
+        assert_eq!(at("quiet", name).max(), 0.0, "quiet: {name}");
+    }
+    for name in ["Ejections", "Shed by reason", "Policy reloads"] {
+        assert_eq!(at("quiet", name), Reading::NoData, "quiet: {name}");
+    }
+    // Each incident shows on its panels while its alert fires.
+    assert!(at("worker 3 blocks", "Workers ejected / suspect #1").max() >= 1.0);
+    assert!(at("worker 3 blocks", "Ejections").has_data());
+    assert!(at("worker 3 blocks", "Event-loop lag per worker").max() > 0.075);
+    assert!(at("broken policy", "Policy reloads").has_data());
+    assert_eq!(at("Redis down", "Rate-limit Redis").max(), 1.0);
+    assert_eq!(at("Redis down", "Redis errors and fallback #2").max(), 1.0);
+    assert!(at("2x overload", "Shed").max() > 0.01);
+    assert!(at("2x overload", "Shed by reason").has_data());
+}
+
+/// The phase x alert table of docs/oncall.md.
+fn print_rows(rows: &[Row]) {
     println!("| phase | alert | fired after | resolved after |\n| --- | --- | --- | --- |");
-    for r in &rows {
+    for r in rows {
         println!(
             "| {} | {} | {:.1} s | {} |",
             r.phase,
@@ -272,4 +360,197 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
                 .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
         );
     }
+}
+
+/// The phase x panel table of docs/oncall.md: each query's largest value from the start of
+/// the phase until its alert fired (the whole quiet phase for the first column).
+fn print_panels(queries: &[PanelQuery], panels: &[(&str, Vec<Reading>)]) {
+    let phases: Vec<&str> = panels.iter().map(|(p, _)| *p).collect();
+    println!("| panel | {} |", phases.join(" | "));
+    println!("| --- |{}", " --- |".repeat(phases.len()));
+    for (i, q) in queries.iter().enumerate() {
+        let cells: Vec<String> = panels.iter().map(|(_, r)| r[i].to_string()).collect();
+        println!("| {} | {} |", q.name, cells.join(" | "));
+    }
+}
+
+/// The phases about sloguard itself and a fleet beyond its help, in a second timeline run
+/// beside the first (its own backend, sloguard and Prometheus): sloguard crashes and comes
+/// back, stays down, is starved of CPU by a Kubernetes-style quota; half the workers die,
+/// then all of them. Each alert fires in its phase; the restart and scrape alerts resolve
+/// once sloguard is back, the starvation alert once the quota is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sloguard_down_starved_or_out_of_workers_pages_in_its_phase() {
+    let be = backend(4);
+    let mut sg = Sloguard::spawn(&be.addrs(), "");
+    let prom = Prometheus::spawn(sg.admin);
+    let start_times = || async {
+        prom.query("process_start_time_seconds{container=\"sloguard\"}")
+            .await
+            .first()
+            .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+    };
+    wait_until(Duration::from_secs(20), "the first scrape", || async {
+        start_times().await.is_some()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(format!("http://{}", sg.proxy), 40.0, stop.clone());
+    let mut rows = Vec::new();
+    let queries = panel_queries("oncall", SCRAPE_MS, TIME_SCALE);
+    let mut panels: Vec<(&str, Vec<Reading>)> = Vec::new();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(prom.alerts().await.is_empty(), "{:?}", prom.alerts().await);
+
+    // sloguard crashes and its container restarts it at once; Prometheus sees a new start
+    // time. The start time has a second's resolution: wait past it.
+    let first = start_times().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sg.crash();
+    sg.start_again();
+    wait_until(
+        Duration::from_secs(20),
+        "the new start time scraped",
+        || async { start_times().await.is_some_and(|t| t > first) },
+    )
+    .await;
+    // It crashes again and stays down (CrashLoopBackOff): the scrape alert fires after
+    // its `for:`; when it is back, the restart alert fires (two restarts in 15 minutes)
+    // and the scrape alert resolves.
+    sg.crash();
+    let fired = wait_state(&prom, "SloguardScrapeDown", true, Duration::from_secs(60)).await;
+    sg.start_again();
+    let restarting = wait_state(&prom, "SloguardRestarting", true, Duration::from_secs(30)).await;
+    let resolved = wait_state(&prom, "SloguardScrapeDown", false, Duration::from_secs(30)).await;
+    rows.push(Row {
+        phase: "sloguard down",
+        alert: "SloguardScrapeDown",
+        fired_after: fired,
+        resolved_after: Some(resolved),
+    });
+    rows.push(Row {
+        phase: "sloguard restarted twice",
+        alert: "SloguardRestarting",
+        fired_after: restarting,
+        resolved_after: None,
+    });
+
+    // Traffic grows to 200 requests/s and the CPU limit is a quarter of what sloguard
+    // then uses (a Kubernetes `limits.cpu` set for yesterday's traffic; relative, because a
+    // debug build needs ten times the CPU of a release one; never under 0.02 cores, where
+    // even a scrape takes longer than this Prometheus waits for it). It is held up most of
+    // the time and the starvation alert fires once its 5-minute rate (30 s scaled) and
+    // `for:` have passed; the limit lifted, it resolves.
+    let busier = Arc::new(AtomicBool::new(false));
+    let extra = steady_load(format!("http://{}", sg.proxy), 160.0, busier.clone());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let demand = prom
+        .query("rate(process_cpu_seconds_total{container=\"sloguard\"}[5s])")
+        .await
+        .first()
+        .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+        .expect("sloguard's CPU scraped");
+    let cores = (demand / 4.0).clamp(0.02, 0.2);
+    println!("starved: sloguard used {demand:.3} cores at 200 requests/s; limited to {cores:.3}");
+    match common::cgroup::CpuLimit::apply(sg.pid(), cores) {
+        Ok(limit) => {
+            let phase_start = Instant::now();
+            let fired = wait_state(&prom, "SloguardStarved", true, Duration::from_secs(90)).await;
+            let throttled = limit.throttled();
+            panels.push((
+                "sloguard under a CPU limit",
+                read_all(&prom, &queries, phase_start.elapsed()).await,
+            ));
+            drop(limit);
+            let resolved =
+                wait_state(&prom, "SloguardStarved", false, Duration::from_secs(30)).await;
+            println!("starved: throttled (periods, ms) {throttled:?}");
+            rows.push(Row {
+                phase: "sloguard under a quarter of the CPU it needs",
+                alert: "SloguardStarved",
+                fired_after: fired,
+                resolved_after: Some(resolved),
+            });
+        }
+        // A machine whose cgroups this test may not write (not root, a read-only
+        // /sys/fs/cgroup): the phase cannot be played there; say so.
+        Err(e) => println!("SKIPPED the starved phase: no CPU limit possible here: {e}"),
+    }
+    busier.store(true, Ordering::Relaxed);
+    extra.await.unwrap();
+
+    // Two of the four workers die: they are ejected and stay out (no probe succeeds), the
+    // ejection cap (half the workers) is reached and its alert fires.
+    be.kill_worker(1);
+    be.kill_worker(2);
+    let fired = wait_state(
+        &prom,
+        "SloguardEjectionCapReached",
+        true,
+        Duration::from_secs(60),
+    )
+    .await;
+    rows.push(Row {
+        phase: "workers 1 and 2 die",
+        alert: "SloguardEjectionCapReached",
+        fired_after: fired,
+        resolved_after: None,
+    });
+
+    // The other two die: no worker is healthy (the cap keeps two in rotation as suspect),
+    // every request fails with a 502, and both the worker alert and the error alert fire.
+    be.kill_worker(3);
+    be.kill_worker(4);
+    let phase_start = Instant::now();
+    let fired = wait_state(
+        &prom,
+        "SloguardNoHealthyWorker",
+        true,
+        Duration::from_secs(60),
+    )
+    .await;
+    rows.push(Row {
+        phase: "every worker dies",
+        alert: "SloguardNoHealthyWorker",
+        fired_after: fired,
+        resolved_after: None,
+    });
+    let fired = wait_state(&prom, "SloguardHigh5xxRatio", true, Duration::from_secs(90)).await;
+    rows.push(Row {
+        phase: "every worker dies",
+        alert: "SloguardHigh5xxRatio",
+        fired_after: fired,
+        resolved_after: None,
+    });
+    panels.push((
+        "every worker dies",
+        read_all(&prom, &queries, phase_start.elapsed()).await,
+    ));
+    println!("firing at the end: {:?}", prom.firing().await);
+
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.contains(&502),
+        "requests failed with 502 once no worker was left"
+    );
+    print_rows(&rows);
+    print_panels(&queries, &panels);
+    let at = |phase: &str, name: &str| {
+        let (_, readings) = panels.iter().find(|(p, _)| *p == phase)?;
+        Some(reading(&queries, readings, name).clone())
+    };
+    // The starved sidecar shows on its panel (when the phase could be played).
+    if let Some(held) = at(
+        "sloguard under a CPU limit",
+        "sloguard CPU and time its loop was held up #2",
+    ) {
+        assert!(held.max() > 0.25, "held up {held} under the CPU limit");
+    }
+    // With no worker left, the answers are sloguard's own 502s, counted as 5xx.
+    let refusals = at("every worker dies", "Refusals by reason").unwrap();
+    assert!(
+        refusals.has_data(),
+        "no refusal panel with every worker dead"
+    );
 }

@@ -53,6 +53,8 @@ const OUTCOMES: [&str; 5] = ["ok", "error", "shed", "limited", "rejected"];
 const SLO_TARGETS: [&str; 2] = ["p95", "p99"];
 /// Each route's targets, one series per route and target of the policy serving now.
 const SLO_TARGET_GAUGE: &str = "sloguard_route_slo_target_seconds";
+/// Written at render time (see [`held_up_exposition`]).
+const HELD_UP_COUNTER: &str = "sloguard_loop_held_up_seconds_total";
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 /// The `route` label of connection refusals (the access log's "no route" too).
 pub const NO_ROUTE: &str = "-";
@@ -504,6 +506,7 @@ impl Metrics {
             env!("CARGO_PKG_VERSION")
         ));
         text.push_str(&super::process::render());
+        text.push_str(&held_up_exposition(&crate::proxy::held_up_totals()));
         // Route names are letters, digits, '_' and '-' (policy validation): nothing to
         // escape.
         let targets: Vec<String> = self
@@ -534,10 +537,33 @@ impl Metrics {
     }
 }
 
+/// `sloguard_loop_held_up_seconds_total`, one series per proxy thread, in seconds (the
+/// recorder's counters are whole numbers, too coarse for this): written at render time from
+/// the threads' own totals, so it is exact and costs the request path nothing.
+fn held_up_exposition(per_thread: &[std::time::Duration]) -> String {
+    if per_thread.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "# HELP {HELD_UP_COUNTER} How long each proxy thread's event loop was kept from \
+         running (its timer lateness beyond 1 ms, summed): the rate is the share of the time \
+         sloguard could not read requests, a sidecar short of CPU.\n\
+         # TYPE {HELD_UP_COUNTER} counter\n"
+    );
+    for (thread, held) in per_thread.iter().enumerate() {
+        text.push_str(&format!(
+            "{HELD_UP_COUNTER}{{thread=\"{thread}\"}} {}\n",
+            held.as_secs_f64()
+        ));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
+    use std::time::Duration;
 
     fn policy() -> Policy {
         Policy::parse(
@@ -751,5 +777,14 @@ match = {{ method = "GET" }}
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count();
         assert!(series < 1500, "{series} series");
+    }
+
+    #[test]
+    fn held_up_time_is_a_counter_per_thread_in_seconds() {
+        assert_eq!(held_up_exposition(&[]), "", "no proxy thread has run yet");
+        let text = held_up_exposition(&[Duration::from_millis(1500), Duration::from_micros(250)]);
+        assert!(text.contains("# TYPE sloguard_loop_held_up_seconds_total counter\n"));
+        assert!(text.contains("sloguard_loop_held_up_seconds_total{thread=\"0\"} 1.5\n"));
+        assert!(text.contains("sloguard_loop_held_up_seconds_total{thread=\"1\"} 0.00025\n"));
     }
 }

@@ -36,7 +36,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 pub use conn::ConnGuard;
 pub use ctx::RequestCtx;
 pub use respond::rejection_body;
-pub use self_lag::HeldUp;
+pub use self_lag::{held_up_totals, HeldUp};
 
 use crate::admin::access_log;
 use crate::admin::metrics::Outcome;

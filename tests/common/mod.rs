@@ -5,6 +5,10 @@
 //! - sloguard runs as its own process (the real binary), on ports found free just before.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+/// A CPU limit on one process, as Kubernetes sets it: the bench's, shared.
+#[path = "../../bench/src/cgroup.rs"]
+pub mod cgroup;
+pub mod dashboard;
 pub mod fleet;
 pub mod load;
 pub mod prometheus;
@@ -280,6 +284,54 @@ impl Sloguard {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Kills the process at once (SIGKILL, as the OOM killer or a crash would), without
+    /// waiting out a drain. Its ports stay its own: [`Sloguard::start_again`] reuses them.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts sloguard again after [`Sloguard::crash`], as a container restart does: the same
+    /// policy file and ports (logging at `warn`, no extra environment or limits), and waits
+    /// until both listeners answer.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.try_wait().is_ok_and(|s| s.is_some()),
+            "sloguard is still running"
+        );
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path().join("sloguard.log"))
+            .unwrap();
+        self.child = Command::new(sloguard_bin())
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&self.policy_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
+        while !(up(&self.proxy) && up(&self.admin)) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sloguard exited with {status} on restart: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not listening after a restart: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id (for a cgroup or a signal).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What sloguard wrote on stderr so far.

@@ -71,7 +71,7 @@ fn scaled(ms: u64, factor: u64, floor: u64) -> u64 {
 }
 
 /// Every `[duration]` range window in `line`, scaled.
-fn scale_windows(line: &str, factor: u64) -> String {
+pub fn scale_windows(line: &str, factor: u64) -> String {
     let mut out = String::new();
     let mut rest = line;
     while let Some(open) = rest.find('[') {
@@ -97,6 +97,9 @@ pub struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
+/// How often [`Prometheus::spawn`] scrapes, ms.
+pub const SCRAPE_MS: u64 = 500;
+
 impl Prometheus {
     /// Starts Prometheus scraping `admin` (sloguard's admin port) every 500 ms, with the
     /// labels the PodMonitor would add, evaluating [`time_scaled_rules`] every second.
@@ -105,10 +108,11 @@ impl Prometheus {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.yml"), time_scaled_rules(TIME_SCALE)).unwrap();
         let config = format!(
-            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n  \
+            "global:\n  scrape_interval: {SCRAPE_MS}ms\n  scrape_timeout: {}ms\n  \
              evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  \
              - job_name: sloguard\n    static_configs:\n      - targets: [\"{admin}\"]\n        \
-             labels: {{namespace: oncall, pod: sloguard-0, container: sloguard}}\n"
+             labels: {{namespace: oncall, pod: sloguard-0, container: sloguard}}\n",
+            SCRAPE_MS * 4 / 5
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let port = free_port();
