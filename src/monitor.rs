@@ -158,9 +158,10 @@ impl Monitor {
                     policy.upstream.health.clone(),
                 );
                 tokio::spawn(async move {
+                    let held_at_send = w.held_up();
                     match probe_once(&w.addr, &cfg, &header).await {
                         ProbeOutcome::Answered(result) => {
-                            w.on_probe(&health, result, Instant::now())
+                            w.on_probe_sent_at(&health, result, held_at_send, Instant::now())
                         }
                         // Our shortage, not the worker's: counted, never held against it.
                         ProbeOutcome::Local(shortage) => resources::record(shortage),

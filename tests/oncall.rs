@@ -465,6 +465,19 @@ async fn sloguard_down_starved_or_out_of_workers_pages_in_its_phase() {
             let resolved =
                 wait_state(&prom, "SloguardStarved", false, Duration::from_secs(30)).await;
             println!("starved: throttled (periods, ms) {throttled:?}");
+            // Its probes' answers sat unread while it was throttled: that time is its own,
+            // and no worker is ejected for it (all four were, in turn, before it was
+            // excused).
+            let log = sg.log();
+            let ejected: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("worker ejected"))
+                .collect();
+            println!("starved: {} ejections: {ejected:?}", ejected.len());
+            assert!(
+                !ejected.iter().any(|l| l.contains("probe took")),
+                "a starved sidecar blamed its workers' probes: {ejected:?}"
+            );
             rows.push(Row {
                 phase: "sloguard under a quarter of the CPU it needs",
                 alert: "SloguardStarved",

@@ -153,6 +153,21 @@ pub struct WorkerHealth {
     probe_ok_since_ejection: bool,
     /// Set by an input that should eject; applied by `evaluate` (which knows the neighbours).
     pending: Option<EjectReason>,
+    /// How long sloguard itself was held up, summed over its life (see
+    /// [`WorkerHealth::excuse_own_delay`]): the clock a probe's own share is read from.
+    held_up: Duration,
+    /// The last slow probe, until the next evaluation: its latency and [`Self::held_up`]
+    /// when it was sent. A hold noticed after its answer was read (the ticker that measures
+    /// it can run after the probe's task) is taken off it then.
+    slow_probe: Option<SlowProbe>,
+}
+
+/// A probe over `lag_eject`, kept until the evaluation that may eject for it.
+#[derive(Debug, Clone, Copy)]
+struct SlowProbe {
+    latency: Duration,
+    held_at_send: Duration,
+    lag_eject: Duration,
 }
 
 impl WorkerHealth {
@@ -173,6 +188,8 @@ impl WorkerHealth {
             last_probe: None,
             probe_ok_since_ejection: false,
             pending: None,
+            held_up: Duration::ZERO,
+            slow_probe: None,
         }
     }
 
@@ -229,9 +246,31 @@ impl WorkerHealth {
         self.stall.on_dispatch(in_flight_before, now);
     }
 
-    /// sloguard was held up for `d` (see [`StallDetector::excuse`]).
+    /// sloguard was held up for `d` (see [`StallDetector::excuse`]): not the worker's
+    /// silence, and not its probe's latency either. A sidecar throttled at its CPU limit reads
+    /// a probe's answer up to a period late; counted against the worker, that ejected every
+    /// worker in turn (docs/oncall.md, the starved phase).
     pub fn excuse_own_delay(&mut self, d: Duration, now: Instant) {
         self.stall.excuse(d, now);
+        self.held_up += d;
+        if let Some(probe) = self.slow_probe {
+            let own = probe
+                .latency
+                .saturating_sub(self.held_up.saturating_sub(probe.held_at_send));
+            self.last_probe = Some(Ok(own));
+            if own < probe.lag_eject {
+                self.slow_probe = None;
+                if matches!(self.pending, Some(EjectReason::SlowProbe(_))) {
+                    self.pending = None;
+                }
+            }
+        }
+    }
+
+    /// How long sloguard has been held up so far: read when a probe is sent, given back
+    /// with its answer ([`WorkerHealth::on_probe_sent_at`]).
+    pub fn held_up(&self) -> Duration {
+        self.held_up
     }
 
     /// A response arrived: its status, time to response headers and reported loop lag.
@@ -280,8 +319,22 @@ impl WorkerHealth {
         result: Result<(Duration, Option<Duration>), ()>,
         now: Instant,
     ) {
+        self.on_probe_sent_at(cfg, result, self.held_up, now);
+    }
+
+    /// A probe's answer, sent when [`WorkerHealth::held_up`] read `held_at_send`: the time
+    /// sloguard was held up since is taken off its latency, now and as later ticks notice
+    /// more of it.
+    pub fn on_probe_sent_at(
+        &mut self,
+        cfg: &HealthConfig,
+        result: Result<(Duration, Option<Duration>), ()>,
+        held_at_send: Duration,
+        now: Instant,
+    ) {
         match result {
-            Ok((latency, lag)) => {
+            Ok((measured, lag)) => {
+                let latency = measured.saturating_sub(self.held_up.saturating_sub(held_at_send));
                 self.stall.on_completion(now);
                 // A probe is a request too: its latency keeps the estimate of an idle or
                 // ejected worker current, so a recovered worker is not shunned forever.
@@ -294,6 +347,11 @@ impl WorkerHealth {
                 if latency >= cfg.lag_eject {
                     self.probe_ok_since_ejection = false;
                     self.pending.get_or_insert(EjectReason::SlowProbe(latency));
+                    self.slow_probe = Some(SlowProbe {
+                        latency: measured,
+                        held_at_send,
+                        lag_eject: cfg.lag_eject,
+                    });
                 } else if lag_ok {
                     self.probe_ok_since_ejection = true;
                     self.connect_failures.reset();
@@ -376,6 +434,7 @@ impl WorkerHealth {
             .ejection_signal(cfg, in_flight, now)
             .filter(|r| stands_out || !r.host_sensitive());
         self.pending = None;
+        self.slow_probe = None;
 
         match (self.state, reason) {
             (HealthState::Ejected, _) => {

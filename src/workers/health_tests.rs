@@ -250,3 +250,51 @@ fn a_shared_lag_is_set_aside_but_errors_still_eject() {
         })
     ));
 }
+
+#[test]
+fn a_probe_slow_only_by_sloguards_own_hold_is_not_the_workers() {
+    // Default lag_eject is well under 100 ms: a 100 ms probe ejects on its own.
+    let (cfg, mut h, t0) = setup();
+    assert!(cfg.lag_eject < 100 * MS);
+    let slow = Ok((100 * MS, Some(Duration::ZERO)));
+
+    // The hold was noticed (a late tick) before the answer was read.
+    let sent = h.held_up();
+    h.excuse_own_delay(97 * MS, t0 + 100 * MS);
+    h.on_probe_sent_at(&cfg, slow, sent, t0 + 100 * MS);
+    assert_eq!(h.ejection_signal(&cfg, 0, t0 + 100 * MS), None);
+    assert_eq!(h.last_probe(), Some(Ok(3 * MS)));
+
+    // The answer was read first, the hold noticed at the next tick: the pending ejection
+    // is taken back before the evaluation.
+    let sent = h.held_up();
+    h.on_probe_sent_at(&cfg, slow, sent, t0 + 300 * MS);
+    assert!(matches!(
+        h.ejection_signal(&cfg, 0, t0 + 300 * MS),
+        Some(EjectReason::SlowProbe(_))
+    ));
+    h.excuse_own_delay(98 * MS, t0 + 310 * MS);
+    assert_eq!(h.evaluate(&cfg, 0, true, t0 + 310 * MS), None);
+    assert_eq!(h.state(), HealthState::Healthy);
+}
+
+#[test]
+fn a_probe_slow_beyond_sloguards_hold_still_ejects_and_later_holds_change_nothing() {
+    let (cfg, mut h, t0) = setup();
+    let sent = h.held_up();
+    h.on_probe_sent_at(&cfg, Ok((300 * MS, None)), sent, t0 + 300 * MS);
+    // Held up 50 ms meanwhile: 250 ms are still the worker's.
+    h.excuse_own_delay(50 * MS, t0 + 305 * MS);
+    assert_eq!(h.last_probe(), Some(Ok(250 * MS)));
+    match h.evaluate(&cfg, 0, true, t0 + 310 * MS) {
+        Some(Transition::Ejected {
+            reason: EjectReason::SlowProbe(_),
+            ..
+        }) => {}
+        other => panic!("expected a slow-probe ejection, got {other:?}"),
+    }
+    // A hold after the evaluation does not rewrite the probe that ejected.
+    h.excuse_own_delay(400 * MS, t0 + 800 * MS);
+    assert_eq!(h.last_probe(), Some(Ok(250 * MS)));
+    assert_eq!(h.state(), HealthState::Ejected);
+}

@@ -388,11 +388,33 @@ impl Worker {
         result: Result<(Duration, Option<Duration>), ()>,
         now: Instant,
     ) {
+        let held_at_send = self.held_up();
+        self.on_probe_sent_at(cfg, result, held_at_send, now);
+    }
+
+    /// How long sloguard has been held up so far, by this worker's clock (see
+    /// [`WorkerHealth::held_up`]): read when a probe is sent.
+    pub fn held_up(&self) -> Duration {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held_up()
+    }
+
+    /// A probe's answer; `held_at_send` is [`Worker::held_up`] when it was sent, so the
+    /// time sloguard itself was held up meanwhile is not counted against the worker.
+    pub fn on_probe_sent_at(
+        &self,
+        cfg: &HealthConfig,
+        result: Result<(Duration, Option<Duration>), ()>,
+        held_at_send: Duration,
+        now: Instant,
+    ) {
         if result.is_ok() {
             self.note_progress(now);
         }
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.on_probe(cfg, result, now);
+        h.on_probe_sent_at(cfg, result, held_at_send, now);
         self.refresh(&h, cfg, now);
     }
 
