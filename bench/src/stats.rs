@@ -237,6 +237,7 @@ mod tests {
             kind,
             status,
             latency: Duration::from_millis(ms),
+            reason: None,
         }
     }
 

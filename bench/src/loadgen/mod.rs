@@ -122,6 +122,24 @@ pub struct Outcome {
     pub kind: Kind,
     pub status: u16,
     pub latency: Duration,
+    /// The reason sloguard gave when it answered itself (`x-sloguard-reason`).
+    pub reason: Option<&'static str>,
+}
+
+/// The reasons kept from `x-sloguard-reason` (so an outcome stays `Copy`).
+const REASONS: [&str; 6] = [
+    "deadline_unreachable",
+    "queue_timeout",
+    "queue_full",
+    "evicted",
+    "priority",
+    "upstream_unavailable",
+];
+
+/// The `x-sloguard-reason` of an answer, when it is one of [`REASONS`].
+pub(crate) fn sloguard_reason(headers: &http::HeaderMap) -> Option<&'static str> {
+    let v = headers.get("x-sloguard-reason")?.to_str().ok()?;
+    REASONS.iter().find(|r| **r == v).copied()
 }
 
 /// Request bodies and paths, made once (50 tenants, like the tests).

@@ -81,6 +81,7 @@ pub async fn open_loop(targets: &[SocketAddr], cfg: &OpenLoop) -> Result<OpenRun
                     kind,
                     status: ERR_DROPPED,
                     latency: cfg.timeout,
+                    reason: None,
                 });
             }
             continue;
@@ -91,10 +92,11 @@ pub async fn open_loop(targets: &[SocketAddr], cfg: &OpenLoop) -> Result<OpenRun
         let deadline = tokio::time::Instant::from_std(intended + cfg.timeout);
         in_flight.fetch_add(1, Ordering::Relaxed);
         tasks.push(tokio::spawn(async move {
-            let status = match tokio::time::timeout_at(deadline, send(&client, req)).await {
-                Ok(Some(s)) => s,
-                Ok(None) => ERR_TRANSPORT,
-                Err(_) => ERR_TIMEOUT,
+            let (status, reason) = match tokio::time::timeout_at(deadline, send(&client, req)).await
+            {
+                Ok(Some(answer)) => answer,
+                Ok(None) => (ERR_TRANSPORT, None),
+                Err(_) => (ERR_TIMEOUT, None),
             };
             let latency = intended.elapsed();
             if measured {
@@ -102,6 +104,7 @@ pub async fn open_loop(targets: &[SocketAddr], cfg: &OpenLoop) -> Result<OpenRun
                     kind,
                     status,
                     latency,
+                    reason,
                 });
             }
             in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -118,14 +121,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One request: its status and sloguard's reason, if it answered itself.
 async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     req: Request<Full<Bytes>>,
-) -> Option<u16> {
+) -> Option<(u16, Option<&'static str>)> {
     let resp = client.request(req).await.ok()?;
     let status = resp.status().as_u16();
+    let reason = super::sloguard_reason(resp.headers());
     resp.into_body().collect().await.ok()?;
-    Some(status)
+    Some((status, reason))
 }
 
 /// Waits until `t`: the timer for all but the last 2 ms, then (if `precise`) yields in a

@@ -37,24 +37,12 @@ pub struct PoolLoop {
     pub timeout: Duration,
 }
 
-/// One request's outcome, with when it was meant to start (from the run's start), and the
-/// reason sloguard gave when it answered itself (`x-sloguard-reason`).
+/// One request's outcome, with when it was meant to start (from the run's start).
 #[derive(Debug, Clone, Copy)]
 pub struct TimedOutcome {
     pub at: Duration,
     pub outcome: super::Outcome,
-    pub reason: Option<&'static str>,
 }
-
-/// The reasons kept from `x-sloguard-reason` (so an outcome stays `Copy`).
-const REASONS: [&str; 6] = [
-    "deadline_unreachable",
-    "queue_timeout",
-    "queue_full",
-    "evicted",
-    "priority",
-    "upstream_unavailable",
-];
 
 impl PoolLoop {
     /// The intended start of every request, from the run's start.
@@ -137,8 +125,8 @@ async fn connection(
                 kind: mix.kind(i),
                 status,
                 latency: intended.elapsed(),
+                reason,
             },
-            reason,
         };
         outcomes.lock().unwrap_or_else(|e| e.into_inner()).push(o);
     };
@@ -155,11 +143,7 @@ async fn connection(
             let req = payloads.request(mix, i, "", &host);
             let resp = s.send_request(req).await.ok()?;
             let status = resp.status().as_u16();
-            let reason = resp
-                .headers()
-                .get("x-sloguard-reason")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| REASONS.iter().find(|r| **r == v).copied());
+            let reason = super::sloguard_reason(resp.headers());
             let close = resp
                 .headers()
                 .get(http::header::CONNECTION)

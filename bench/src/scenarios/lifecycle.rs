@@ -381,7 +381,7 @@ fn outcomes_csv(outcomes: &[TimedOutcome]) -> String {
             o.outcome.kind,
             o.outcome.status,
             o.outcome.latency.as_secs_f64() * 1e3,
-            o.reason.unwrap_or("")
+            o.outcome.reason.unwrap_or("")
         );
     }
     s

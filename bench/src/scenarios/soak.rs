@@ -806,6 +806,7 @@ mod tests {
             kind: Kind::Ingest,
             status,
             latency: Duration::from_millis(ms),
+            reason: None,
         }
     }
 

@@ -80,7 +80,14 @@ pub fn run(env: &Env, fleets: &[FleetKind]) -> anyhow::Result<Starved> {
                     let proxy = env.proxy(kind, &backend.addrs)?;
                     let limit = CpuLimit::apply(proxy.proc.pid(), QUOTA)?;
                     let before = limit.throttled().unwrap_or_default();
-                    rounds.push(env.open(&[proxy.addr], &cfg)?);
+                    let (run, foreign) = env.open_raw(&[proxy.addr], &cfg)?;
+                    let mut summary =
+                        stats::summarize_open(&run.outcomes, cfg.duration, &run.send_lag);
+                    summary.foreign_cpu = foreign;
+                    if summary.shed > 0 {
+                        say(format!("  shed by reason: {}", shed_reasons(&run.outcomes)));
+                    }
+                    rounds.push(summary);
                     let after = limit.throttled().unwrap_or_default();
                     throttled.push((after.0 - before.0, after.1 - before.1));
                 }
@@ -97,6 +104,21 @@ pub fn run(env: &Env, fleets: &[FleetKind]) -> anyhow::Result<Starved> {
         quota_cores: QUOTA,
         fleets: out,
     })
+}
+
+/// `reason: count` of the 503s, most frequent first (from `x-sloguard-reason`).
+fn shed_reasons(outcomes: &[crate::loadgen::Outcome]) -> String {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for o in outcomes.iter().filter(|o| o.status == 503) {
+        let reason = o.reason.unwrap_or("-");
+        match counts.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((reason, 1)),
+        }
+    }
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+    parts.join(", ")
 }
 
 fn out_push(
