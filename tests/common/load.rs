@@ -25,16 +25,6 @@ pub struct Outcome {
     pub reason: Option<&'static str>,
 }
 
-/// The reasons sloguard may give (so an outcome stays `Copy`).
-const REASONS: [&str; 6] = [
-    "deadline_unreachable",
-    "queue_timeout",
-    "queue_full",
-    "evicted",
-    "priority",
-    "body_too_large",
-];
-
 /// The load: `rate` requests per second for `duration`, `ingest_share` of them POSTed
 /// events, the rest metric queries.
 pub struct Load {
@@ -99,7 +89,13 @@ pub async fn run(base: &str, load: &Load) -> Vec<Outcome> {
                         .headers()
                         .get("x-sloguard-reason")
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| REASONS.iter().find(|x| **x == v).copied());
+                        .and_then(|v| {
+                            // Every reason sloguard may give, from its own vocabulary.
+                            sloguard::stages::Reason::ALL
+                                .iter()
+                                .map(|r| r.as_str())
+                                .find(|r| *r == v)
+                        });
                     let _ = r.bytes().await;
                     (s, reason)
                 }
