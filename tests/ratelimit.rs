@@ -210,10 +210,13 @@ async fn redis_killed_under_load_falls_back_without_stalls_and_comes_back_by_its
         failed, 0,
         "the local fallback (same generous rule) refused nothing"
     );
-    // timeout_ms = 20: no request waits on a dead Redis much longer than that.
+    // No request stalls on the dead Redis: each call gives up after timeout_ms (20 ms) and
+    // the breaker then skips Redis. The bound tells a stall apart from a loaded machine's
+    // noise and is not a latency target: a debug build on 2 busy cores took 164 ms once
+    // (stop 24's clean-clone runs), which the old 150 ms bound failed.
     assert!(
-        slowest < Duration::from_millis(150),
-        "a request took {slowest:?}"
+        slowest < Duration::from_secs(1),
+        "a request took {slowest:?}: stalled on the dead Redis"
     );
     // Back to shared limiting by itself.
     let deadline = Instant::now() + Duration::from_secs(5);
