@@ -10,7 +10,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -513,15 +513,7 @@ struct Proc {
 impl Proc {
     fn start(policy: &Path, log: &Path) -> Proc {
         let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(sloguard_bin())
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(policy)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = sloguard_command(policy, log, "info").spawn().unwrap();
         Proc { child }
     }
 

@@ -127,10 +127,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
         assert!(alerts.is_empty(), "while all is well: {alerts:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    panels.push((
-        "quiet",
-        read_all(&prom, &queries, phase_start.elapsed()).await,
-    ));
+    panels.push(("quiet", read_all(&prom, &queries, phase_start).await));
     // What SloguardStarved compares with its threshold (0.25), for docs/oncall.md: on a
     // 2-core machine running both timelines' processes, debug builds.
     let held = "max without (thread) (rate(sloguard_loop_held_up_seconds_total[30000ms]))";
@@ -165,7 +162,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     let also = prom.firing().await;
     panels.push((
         "worker 3 blocks",
-        read_all(&prom, &queries, phase_start.elapsed()).await,
+        read_all(&prom, &queries, phase_start).await,
     ));
     be.set_fault(3, FaultSpec::default());
     let resolved = wait_state(
@@ -200,7 +197,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     .await;
     panels.push((
         "broken policy",
-        read_all(&prom, &queries, phase_start.elapsed()).await,
+        read_all(&prom, &queries, phase_start).await,
     ));
     std::fs::write(&sg.policy_path, &good).unwrap();
     let fixed = http.post(sg.admin_url("/reload")).send().await.unwrap();
@@ -223,10 +220,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
         Duration::from_secs(30),
     )
     .await;
-    panels.push((
-        "Redis down",
-        read_all(&prom, &queries, phase_start.elapsed()).await,
-    ));
+    panels.push(("Redis down", read_all(&prom, &queries, phase_start).await));
     redis.restart();
     let resolved = wait_state(
         &prom,
@@ -256,10 +250,7 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     phase_start = Instant::now();
     let fired = wait_state(&prom, "SloguardShedding", true, Duration::from_secs(90)).await;
     let during = prom.alerts().await;
-    panels.push((
-        "2x overload",
-        read_all(&prom, &queries, phase_start.elapsed()).await,
-    ));
+    panels.push(("2x overload", read_all(&prom, &queries, phase_start).await));
     // What the recording rules said then, for docs/oncall.md.
     for q in [
         "namespace_route:sloguard_shed:ratio_rate5m",
@@ -459,7 +450,7 @@ async fn sloguard_down_starved_or_out_of_workers_pages_in_its_phase() {
             let throttled = limit.throttled();
             panels.push((
                 "sloguard under a CPU limit",
-                read_all(&prom, &queries, phase_start.elapsed()).await,
+                read_all(&prom, &queries, phase_start).await,
             ));
             drop(limit);
             let resolved =
@@ -537,7 +528,7 @@ async fn sloguard_down_starved_or_out_of_workers_pages_in_its_phase() {
     });
     panels.push((
         "every worker dies",
-        read_all(&prom, &queries, phase_start.elapsed()).await,
+        read_all(&prom, &queries, phase_start).await,
     ));
     println!("firing at the end: {:?}", prom.firing().await);
 

@@ -112,14 +112,15 @@ impl std::fmt::Display for Reading {
     }
 }
 
-/// Every query, as its panel drew it over the last `over` (a time series panel over a
+/// Every query, as its panel drew it from `since` until now (a time series panel over a
 /// phase of an incident, not one instant: an ejection is a spike in one 2-second step):
 /// each series' largest value in that span, at the scrape interval's resolution.
 pub async fn read_all(
     prom: &Prometheus,
     queries: &[PanelQuery],
-    over: std::time::Duration,
+    since: std::time::Instant,
 ) -> Vec<Reading> {
+    let over = since.elapsed();
     let mut out = Vec::with_capacity(queries.len());
     for q in queries {
         let over_phase = format!(

@@ -53,6 +53,18 @@ pub fn backend_with_faults(workers: usize, faults: Vec<(usize, FaultSpec)>) -> B
     .expect("backend starts")
 }
 
+/// `sloguard run` on `policy`, logging JSON at `filter` into `log`, no stdin or stdout.
+pub fn sloguard_command(policy: &Path, log: std::fs::File, filter: &str) -> Command {
+    let mut cmd = Command::new(sloguard_bin());
+    cmd.args(["--log-format", "json", "run", "--config"])
+        .arg(policy)
+        .env("RUST_LOG", filter)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 /// A sloguard process serving a generated policy.
 pub struct Sloguard {
     child: Child,
@@ -177,14 +189,8 @@ impl Sloguard {
         );
         std::fs::write(&policy_path, text).unwrap();
         let log = std::fs::File::create(dir.path().join("sloguard.log")).unwrap();
-        let mut cmd = Command::new(sloguard_bin());
-        cmd.args(["--log-format", "json", "run", "--config"])
-            .arg(&policy_path)
-            .env("RUST_LOG", filter)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        let mut cmd = sloguard_command(&policy_path, log, filter);
+        cmd.envs(env.iter().copied());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
@@ -209,19 +215,26 @@ impl Sloguard {
             policy_path,
             _dir: dir,
         };
+        s.wait_listening()?;
+        Ok(s)
+    }
+
+    /// Waits up to 15 s until both listeners accept; an error with the log if the process
+    /// exits or never listens.
+    fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                return Err(format!("exited with {status}: {}", s.log()));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}: {}", self.log()));
             }
             let up =
                 |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
-            if up(&s.proxy) && up(&s.admin) {
-                return Ok(s);
+            if up(&self.proxy) && up(&self.admin) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("not listening after 15 s: {}", s.log()))
+        Err(format!("not listening after 15 s: {}", self.log()))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -305,27 +318,11 @@ impl Sloguard {
             .append(true)
             .open(self._dir.path().join("sloguard.log"))
             .unwrap();
-        self.child = Command::new(sloguard_bin())
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&self.policy_path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
+        self.child = sloguard_command(&self.policy_path, log, "warn")
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
-        while !(up(&self.proxy) && up(&self.admin)) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sloguard exited with {status} on restart: {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not listening after a restart: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = self.wait_listening() {
+            panic!("sloguard on restart: {e}");
         }
     }
 
