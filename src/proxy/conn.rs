@@ -24,6 +24,7 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use pingora::time::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::head_io::{HeadGuardIo, CLOSE_GRACE, LINGER_BYTES};
@@ -213,7 +214,10 @@ async fn next_request(io: &mut HeadGuardIo, idle: Duration, shutdown: &ShutdownW
     tokio::select! {
         // A request already arriving wins over a stop that lands at the same moment.
         biased;
-        started = tokio::time::timeout(idle, io.wait_for_head()) => {
+        // Pingora's timer wheel, as for its own reads: tokio's would wake its driver through
+        // the eventfd whenever a fresh idle deadline lands before its next timer (one
+        // request in seven at 18 000 requests/s, a system call and a loop turn each).
+        started = fast_timeout(idle, io.wait_for_head()) => {
             matches!(started, Ok(Ok(true)))
         }
         // Only a stop: `changed()` would also fire for a value this receiver has not seen.
