@@ -15,10 +15,36 @@ pub type ProcTable = HashMap<u32, (u32, u64)>;
 /// Parent pid and `utime + stime + cutime + cstime` from a /proc/PID/stat line.
 pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
-    let ppid = u32::try_from(num(1)?).ok()?;
-    Some((ppid, num(11)? + num(12)? + num(13)? + num(14)?))
+    let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+    let (user, system) = parse_user_system(stat)?;
+    Some((ppid, user + system))
+}
+
+/// `utime + cutime` and `stime + cstime` from a /proc/PID/stat line, in clock ticks.
+pub fn parse_user_system(stat: &str) -> Option<(u64, u64)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 4).then(|| (f[0] + f[2], f[1] + f[3]))
+}
+
+/// User and system CPU seconds `pids` have used so far (their reaped children's included).
+pub fn user_and_system_secs(pids: &[u32]) -> (f64, f64) {
+    let (mut user, mut system) = (0u64, 0u64);
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((u, s)) = parse_user_system(&stat) {
+            user += u;
+            system += s;
+        }
+    }
+    (user as f64 / hz(), system as f64 / hz())
 }
 
 /// Every process now.
@@ -113,7 +139,9 @@ mod tests {
         // utime stime cutime cstime ...
         let s = "42 (rustc (x)) R 7 42 42 0 -1 0 1 2 3 4 100 20 5 1 20 0";
         assert_eq!(parse_stat(s), Some((7, 126)));
+        assert_eq!(parse_user_system(s), Some((105, 21)));
         assert_eq!(parse_stat("nonsense"), None);
+        assert_eq!(parse_user_system("42 (x) S 1 2"), None);
     }
 
     #[test]

@@ -114,6 +114,10 @@ enum Cmd {
         secs: u64,
         #[arg(long)]
         perf: Option<String>,
+        /// Also count each proxy's system calls and context switches per request
+        /// (`perf stat` on a second, unmeasured pass).
+        #[arg(long)]
+        syscalls: bool,
     },
 }
 
@@ -209,8 +213,13 @@ fn main() -> anyhow::Result<()> {
     )?;
     say(format!("configs and logs in {}", env.dir.path().display()));
 
-    if let Cmd::Profile { secs, perf } = &cli.command {
-        scenarios::profile::run(&env, *secs, perf.as_deref())?;
+    if let Cmd::Profile {
+        secs,
+        perf,
+        syscalls,
+    } = &cli.command
+    {
+        scenarios::profile::run(&env, *secs, perf.as_deref(), *syscalls)?;
         return Ok(());
     }
     if let Cmd::Soak {

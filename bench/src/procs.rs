@@ -256,6 +256,15 @@ impl Proc {
         self.tree_sum("VmHWM")
     }
 
+    /// The process and its direct children (nginx's workers under its master), for tools
+    /// that attach by pid.
+    pub fn tree_pids(&self) -> Vec<u32> {
+        let pid = self.pid();
+        let mut pids = vec![pid];
+        pids.extend(children(pid));
+        pids
+    }
+
     fn tree_sum(&self, field: &str) -> Option<u64> {
         let pid = self.pid();
         let own = vm_field(pid, field)?;
