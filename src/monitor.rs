@@ -15,7 +15,7 @@ use crate::admin::metrics::ProcessStats;
 use crate::resources;
 use crate::state::State;
 use crate::workers::health::{may_eject, outliers};
-use crate::workers::probe::{probe_once, ProbeOutcome};
+use crate::workers::probe::{probe, KeptConn, ProbeOutcome};
 use crate::workers::{GuardMode, HealthState, Transition};
 
 /// How often health is evaluated: well under the default `stall_after` of 100 ms.
@@ -136,7 +136,7 @@ impl Monitor {
     }
 
     async fn probe_loop(state: Arc<State>) {
-        let mut in_flight: Vec<Arc<AtomicBool>> = Vec::new();
+        let mut slots: Vec<Arc<ProbeSlot>> = Vec::new();
         loop {
             let policy = state.policy();
             let Some(cfg) = policy.upstream.probe.clone() else {
@@ -144,29 +144,33 @@ impl Monitor {
                 continue;
             };
             let workers = state.workers();
-            in_flight.resize_with(workers.len(), Default::default);
+            slots.resize_with(workers.len(), Default::default);
             for (i, w) in workers.iter().enumerate() {
                 // One probe per worker at a time: a stalled worker does not pile them up.
-                if in_flight[i].swap(true, Ordering::AcqRel) {
+                if slots[i].busy.swap(true, Ordering::AcqRel) {
                     continue;
                 }
-                let (w, busy, cfg, header, health) = (
+                let (w, slot, cfg, header, health) = (
                     w.clone(),
-                    in_flight[i].clone(),
+                    slots[i].clone(),
                     cfg.clone(),
                     policy.upstream.lag_header.clone(),
                     policy.upstream.health.clone(),
                 );
                 tokio::spawn(async move {
                     let held_at_send = w.held_up();
-                    match probe_once(&w.addr, &cfg, &header).await {
+                    // The busy flag makes this task the slot's only user until it clears it.
+                    let mut kept = slot.take_conn();
+                    let outcome = probe(&w.addr, &cfg, &header, &mut kept).await;
+                    slot.put_conn(kept);
+                    match outcome {
                         ProbeOutcome::Answered(result) => {
                             w.on_probe_sent_at(&health, result, held_at_send, Instant::now())
                         }
                         // Our shortage, not the worker's: counted, never held against it.
                         ProbeOutcome::Local(shortage) => resources::record(shortage),
                     }
-                    busy.store(false, Ordering::Release);
+                    slot.busy.store(false, Ordering::Release);
                 });
             }
             tokio::time::sleep(cfg.interval).await;
@@ -287,5 +291,23 @@ impl BackgroundService for Monitor {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+}
+
+/// One worker's place in the probe loop: whether a probe of it is in flight, and the
+/// connection its last probe left open for the next one.
+#[derive(Debug, Default)]
+struct ProbeSlot {
+    busy: AtomicBool,
+    conn: std::sync::Mutex<Option<KeptConn>>,
+}
+
+impl ProbeSlot {
+    fn take_conn(&self) -> Option<KeptConn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn put_conn(&self, conn: Option<KeptConn>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
     }
 }

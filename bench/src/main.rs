@@ -118,6 +118,10 @@ enum Cmd {
         /// (`perf stat` on a second, unmeasured pass).
         #[arg(long)]
         syscalls: bool,
+        /// Also count per request under an open loop at this rate on 1250 client
+        /// connections (the lifecycle scenario's traffic shape), against the Rust fleet.
+        #[arg(long)]
+        pool: Option<u32>,
     },
 }
 
@@ -217,9 +221,10 @@ fn main() -> anyhow::Result<()> {
         secs,
         perf,
         syscalls,
+        pool,
     } = &cli.command
     {
-        scenarios::profile::run(&env, *secs, perf.as_deref(), *syscalls)?;
+        scenarios::profile::run(&env, *secs, perf.as_deref(), *syscalls, pool.map(f64::from))?;
         return Ok(());
     }
     if let Cmd::Soak {

@@ -4,6 +4,9 @@
 //!
 //! With `--syscalls`, each contender gets one more pass, not measured for throughput, under
 //! `perf stat`: context switches, CPU and system calls (in all and one by one) per request.
+//! With `--pool RATE`, the same counts again under the lifecycle scenario's traffic shape:
+//! an open loop at RATE requests/s spread over 1250 client connections (each request its
+//! own wake-up, nothing batched), where a closed loop on 32 connections is the best case.
 //! They compare across contenders where a CPU profile of a loopback hop mostly shows the
 //! kernel. (`strace -c` slows a proxy so much that its loop turns over fewer events per
 //! wake-up, and its counts per request are not the real ones.)
@@ -14,12 +17,18 @@ use std::time::Duration;
 
 use super::{say, Env, ProxyKind, SLOGUARD_OFF};
 use crate::configs::Balance;
-use crate::loadgen::{ClosedLoop, Mix};
+use crate::loadgen::{self, ClosedLoop, Mix, PoolLoop, Stretch};
 
 /// Runs sloguard (enforce, limit pinned), sloguard (off), bare Pingora and nginx for `secs`
 /// each, closed loop on `GET /healthz`; with `perf_out`, records sloguard (enforce) with
 /// perf; with `syscalls`, counts their system calls per request.
-pub fn run(env: &Env, secs: u64, perf_out: Option<&str>, syscalls: bool) -> anyhow::Result<()> {
+pub fn run(
+    env: &Env,
+    secs: u64,
+    perf_out: Option<&str>,
+    syscalls: bool,
+    pool_rate: Option<f64>,
+) -> anyhow::Result<()> {
     let backend = env.backend(4, &[])?;
     let cfg = ClosedLoop {
         connections: env.plan.closed_connections,
@@ -41,6 +50,7 @@ pub fn run(env: &Env, secs: u64, perf_out: Option<&str>, syscalls: bool) -> anyh
         ("HAProxy leastconn", ProxyKind::Haproxy(Balance::LeastConn)),
     ];
     let mut tables = Vec::new();
+    let mut pooled = Vec::new();
     for (i, (name, kind)) in kinds.into_iter().enumerate() {
         if !env.available(Some(kind)) {
             say(format!("profile: {name} not available, skipped"));
@@ -82,15 +92,56 @@ pub fn run(env: &Env, secs: u64, perf_out: Option<&str>, syscalls: bool) -> anyh
             s.rps, s.errors, s.cpu_sut, s.cpu_gen
         ));
         if syscalls {
-            let mut counts = count_per_request(env, &running.addr, &pids, secs)?;
+            // No warm-up: every request the counters see is counted.
+            let closed = ClosedLoop {
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs(secs.clamp(2, 10)),
+                ..cfg
+            };
+            let mut counts =
+                count_per_request(&pids, || Ok(env.closed(&[running.addr], &closed)?.requests))?;
             counts.user_us = user_us;
             counts.system_us = system_us;
             say(format!("profile: {name}: {counts}"));
             tables.push((name, counts));
         }
+        if let Some(rate) = pool_rate {
+            let pool = PoolLoop {
+                connections: super::lifecycle::CONNECTIONS,
+                schedule: vec![Stretch {
+                    rate,
+                    secs: secs.clamp(2, 10) as f64,
+                }],
+                mix: Mix::Health,
+                timeout: env.plan.timeout,
+            };
+            let answered = || -> anyhow::Result<u64> {
+                let outcomes = env.rt.block_on(loadgen::pool_loop(running.addr, &pool))?;
+                Ok(outcomes.iter().filter(|o| o.outcome.status == 200).count() as u64)
+            };
+            // CPU first, untraced; then the counters.
+            let before = crate::foreign::user_and_system_secs(&pids);
+            let n = answered()?.max(1) as f64;
+            let after = crate::foreign::user_and_system_secs(&pids);
+            let mut counts = count_per_request(&pids, answered)?;
+            counts.user_us = (after.0 - before.0) / n * 1e6;
+            counts.system_us = (after.1 - before.1) / n * 1e6;
+            say(format!(
+                "profile: {name}, {rate} req/s on {} connections: {counts}",
+                pool.connections
+            ));
+            pooled.push((name, counts));
+        }
     }
     if !tables.is_empty() {
-        say(format!("per request:\n{}", render(&tables)));
+        say(format!("per request, closed loop:\n{}", render(&tables)));
+    }
+    if let Some(rate) = pool_rate {
+        say(format!(
+            "per request, open loop at {rate} req/s on {} connections:\n{}",
+            super::lifecycle::CONNECTIONS,
+            render(&pooled)
+        ));
     }
     Ok(())
 }
@@ -144,19 +195,11 @@ const TRACED_SYSCALLS: [&str; 22] = [
     "clock_nanosleep",
 ];
 
+/// Runs `load` (which returns how many requests were answered) under `perf stat` on `pids`.
 fn count_per_request(
-    env: &Env,
-    addr: &std::net::SocketAddr,
     pids: &[u32],
-    secs: u64,
+    load: impl FnOnce() -> anyhow::Result<u64>,
 ) -> anyhow::Result<PerRequest> {
-    // No warm-up: every request the counters see is counted.
-    let cfg = ClosedLoop {
-        connections: env.plan.closed_connections,
-        warmup: Duration::ZERO,
-        duration: Duration::from_secs(secs.clamp(2, 10)),
-        mix: Mix::Health,
-    };
     let pid_list = pids
         .iter()
         .map(u32::to_string)
@@ -166,7 +209,8 @@ fn count_per_request(
     for name in TRACED_SYSCALLS {
         events += &format!(",syscalls:sys_enter_{name}");
     }
-    let stat_out = env.dir.path().join("perf-stat.csv");
+    let stat_out =
+        std::env::temp_dir().join(format!("sloguard-perf-stat-{}.csv", std::process::id()));
     let stat = Command::new("perf")
         .args(["stat", "-x", ",", "-e", &events, "-o"])
         .arg(&stat_out)
@@ -175,10 +219,11 @@ fn count_per_request(
         .spawn()?;
     // perf attaches in well under this; a request it misses is one fewer counted.
     std::thread::sleep(Duration::from_millis(300));
-    let run = env.closed(&[*addr], &cfg)?;
+    let answered = load();
     stop_tool(stat)?;
-    let requests = run.requests.max(1) as f64;
+    let requests = answered?.max(1) as f64;
     let text = std::fs::read_to_string(&stat_out)?;
+    let _ = std::fs::remove_file(&stat_out);
     let per = |event: &str| parse_perf_stat(&text, event).map(|v| v / requests);
     let by_name = TRACED_SYSCALLS
         .iter()
