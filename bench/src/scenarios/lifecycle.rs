@@ -269,6 +269,14 @@ fn run_fleet(
             std::fs::write(&csv, outcomes_csv(&outcomes))?;
             for (p, phase) in PHASES.iter().enumerate() {
                 rounds[i][p].push(summarize_phase(&outcomes, phase));
+                let in_phase = phase.outcomes(&outcomes);
+                if in_phase.iter().any(|o| o.status == 503) {
+                    say(format!(
+                        "  {}: shed by reason: {}",
+                        phase.name,
+                        super::shed_reasons(&in_phase)
+                    ));
+                }
             }
         }
     }
@@ -361,14 +369,21 @@ fn loaded_use(
 
 /// The outcomes of requests meant to start within `phase`, summarised.
 pub fn summarize_phase(outcomes: &[TimedOutcome], phase: &Phase) -> OpenSummary {
-    let from = Duration::from_secs_f64(phase.from);
-    let to = Duration::from_secs_f64(phase.to);
-    let of: Vec<_> = outcomes
-        .iter()
-        .filter(|o| o.at >= from && o.at < to)
-        .map(|o| o.outcome)
-        .collect();
-    stats::summarize_open(&of, to - from, &loadgen::histogram())
+    let of = phase.outcomes(outcomes);
+    let secs = Duration::from_secs_f64(phase.to - phase.from);
+    stats::summarize_open(&of, secs, &loadgen::histogram())
+}
+
+impl Phase {
+    /// The outcomes of the requests meant to start in this phase.
+    fn outcomes(&self, all: &[TimedOutcome]) -> Vec<loadgen::Outcome> {
+        let from = Duration::from_secs_f64(self.from);
+        let to = Duration::from_secs_f64(self.to);
+        all.iter()
+            .filter(|o| o.at >= from && o.at < to)
+            .map(|o| o.outcome)
+            .collect()
+    }
 }
 
 /// `at_ms,kind,status,latency_ms,reason` per request.

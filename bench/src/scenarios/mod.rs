@@ -158,6 +158,21 @@ pub fn say(msg: impl AsRef<str>) {
     eprintln!("[bench] {}", msg.as_ref());
 }
 
+/// `reason: count` of the 503s, most frequent first (from `x-sloguard-reason`).
+pub fn shed_reasons(outcomes: &[crate::loadgen::Outcome]) -> String {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for o in outcomes.iter().filter(|o| o.status == 503) {
+        let reason = o.reason.unwrap_or("-");
+        match counts.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((reason, 1)),
+        }
+    }
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,7 +85,10 @@ pub fn run(env: &Env, fleets: &[FleetKind]) -> anyhow::Result<Starved> {
                         stats::summarize_open(&run.outcomes, cfg.duration, &run.send_lag);
                     summary.foreign_cpu = foreign;
                     if summary.shed > 0 {
-                        say(format!("  shed by reason: {}", shed_reasons(&run.outcomes)));
+                        say(format!(
+                            "  shed by reason: {}",
+                            super::shed_reasons(&run.outcomes)
+                        ));
                     }
                     rounds.push(summary);
                     let after = limit.throttled().unwrap_or_default();
@@ -104,21 +107,6 @@ pub fn run(env: &Env, fleets: &[FleetKind]) -> anyhow::Result<Starved> {
         quota_cores: QUOTA,
         fleets: out,
     })
-}
-
-/// `reason: count` of the 503s, most frequent first (from `x-sloguard-reason`).
-fn shed_reasons(outcomes: &[crate::loadgen::Outcome]) -> String {
-    let mut counts: Vec<(&str, u64)> = Vec::new();
-    for o in outcomes.iter().filter(|o| o.status == 503) {
-        let reason = o.reason.unwrap_or("-");
-        match counts.iter_mut().find(|(r, _)| *r == reason) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((reason, 1)),
-        }
-    }
-    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-    parts.join(", ")
 }
 
 fn out_push(
