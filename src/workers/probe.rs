@@ -140,11 +140,6 @@ pub struct KeptConn {
     stream: Probed,
 }
 
-/// Probes one worker once on a fresh connection (nothing kept).
-pub async fn probe_once(addr: &WorkerAddr, cfg: &ProbeConfig, lag_header: &str) -> ProbeOutcome {
-    probe(addr, cfg, lag_header, &mut None).await
-}
-
 /// Probes one worker once, on the connection `kept` from its last probe if there is one for
 /// this address, and leaves in `kept` the connection for the next probe (or nothing).
 pub async fn probe(

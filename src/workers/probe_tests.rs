@@ -216,7 +216,13 @@ async fn a_closed_port_fails_the_probe_quickly() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let r = probe_once(&port.into(), &ProbeConfig::default(), "x-loop-lag-ms").await;
+    let r = probe(
+        &port.into(),
+        &ProbeConfig::default(),
+        "x-loop-lag-ms",
+        &mut None,
+    )
+    .await;
     assert_eq!(r, ProbeOutcome::Answered(Err(())));
 }
 
@@ -241,7 +247,7 @@ async fn probes_a_unix_socket_worker() {
         String::from_utf8(got).unwrap()
     });
     let addr: WorkerAddr = format!("unix:{}", path.display()).parse().unwrap();
-    let r = probe_once(&addr, &ProbeConfig::default(), "x-loop-lag-ms").await;
+    let r = probe(&addr, &ProbeConfig::default(), "x-loop-lag-ms", &mut None).await;
     let ProbeOutcome::Answered(Ok((_, lag))) = r else {
         panic!("{r:?}");
     };
@@ -255,6 +261,6 @@ async fn probes_a_unix_socket_worker() {
     let gone: WorkerAddr = format!("unix:{}", dir.path().join("none.sock").display())
         .parse()
         .unwrap();
-    let r = probe_once(&gone, &ProbeConfig::default(), "x-loop-lag-ms").await;
+    let r = probe(&gone, &ProbeConfig::default(), "x-loop-lag-ms", &mut None).await;
     assert_eq!(r, ProbeOutcome::Answered(Err(())));
 }
