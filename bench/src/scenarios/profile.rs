@@ -98,8 +98,9 @@ pub fn run(
                 duration: Duration::from_secs(secs.clamp(2, 10)),
                 ..cfg
             };
-            let mut counts =
-                count_per_request(&pids, || Ok(env.closed(&[running.addr], &closed)?.requests))?;
+            let mut counts = count_per_request(&pids, &env.path("perf-stat.csv"), || {
+                Ok(env.closed(&[running.addr], &closed)?.requests)
+            })?;
             counts.user_us = user_us;
             counts.system_us = system_us;
             say(format!("profile: {name}: {counts}"));
@@ -123,7 +124,7 @@ pub fn run(
             let before = crate::foreign::user_and_system_secs(&pids);
             let n = answered()?.max(1) as f64;
             let after = crate::foreign::user_and_system_secs(&pids);
-            let mut counts = count_per_request(&pids, answered)?;
+            let mut counts = count_per_request(&pids, &env.path("perf-stat-pool.csv"), answered)?;
             counts.user_us = (after.0 - before.0) / n * 1e6;
             counts.system_us = (after.1 - before.1) / n * 1e6;
             say(format!(
@@ -195,9 +196,11 @@ const TRACED_SYSCALLS: [&str; 22] = [
     "clock_nanosleep",
 ];
 
-/// Runs `load` (which returns how many requests were answered) under `perf stat` on `pids`.
+/// Runs `load` (which returns how many requests were answered) under `perf stat` on `pids`,
+/// its counts written to `stat_out` (in the run's directory, kept with `--keep-temp`).
 fn count_per_request(
     pids: &[u32],
+    stat_out: &std::path::Path,
     load: impl FnOnce() -> anyhow::Result<u64>,
 ) -> anyhow::Result<PerRequest> {
     let pid_list = pids
@@ -209,11 +212,9 @@ fn count_per_request(
     for name in TRACED_SYSCALLS {
         events += &format!(",syscalls:sys_enter_{name}");
     }
-    let stat_out =
-        std::env::temp_dir().join(format!("sloguard-perf-stat-{}.csv", std::process::id()));
     let stat = Command::new("perf")
         .args(["stat", "-x", ",", "-e", &events, "-o"])
-        .arg(&stat_out)
+        .arg(stat_out)
         .args(["-p", &pid_list])
         .stderr(Stdio::null())
         .spawn()?;
@@ -222,8 +223,7 @@ fn count_per_request(
     let answered = load();
     stop_tool(stat)?;
     let requests = answered?.max(1) as f64;
-    let text = std::fs::read_to_string(&stat_out)?;
-    let _ = std::fs::remove_file(&stat_out);
+    let text = std::fs::read_to_string(stat_out)?;
     let per = |event: &str| parse_perf_stat(&text, event).map(|v| v / requests);
     let by_name = TRACED_SYSCALLS
         .iter()
