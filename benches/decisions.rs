@@ -132,6 +132,7 @@ fn wait_queue(c: &mut Criterion) {
             let e = q.pop_next(
                 start + Duration::from_millis(1),
                 false,
+                Duration::from_millis(5),
                 &mut expired,
                 |_, _| true,
             );

@@ -3,10 +3,13 @@
 //! the estimates are passed in.
 //!
 //! A request is refused only when the SLO cannot be kept anyway: when its predicted wait
-//! (the backlog ahead of it at the queue's drain rate, plus how far behind sloguard itself
-//! runs) exceeds what its budget allows, or when the queue is full of requests that rank as
-//! high. Lower classes give way to higher ones only under sustained overload (higher-priority
-//! requests have kept waiting for a whole interval): a passing burst just queues them behind.
+//! (the backlog ahead of it at the queue's drain rate, or, if longer, its own class's
+//! waiters at the rate that class drains while higher ones overtake it; plus how far behind
+//! sloguard itself runs) exceeds what its budget allows, when the backlog exceeds the
+//! queue's target, or when the queue is full of requests that rank as high. Lower classes give way to higher ones only when the fleet is full for the higher
+//! class: its requests have stood in the queue (CoDel's test: every one served waited longer
+//! than the standing target) for a whole interval. A passing burst just queues them behind,
+//! and so does a higher lane that is never empty but served within milliseconds.
 
 use std::time::Duration;
 
@@ -25,11 +28,16 @@ pub struct Arrival {
     pub max_queue: usize,
     /// Some waiter ranks below this request (and could be evicted for it).
     pub lower_waiting: bool,
-    /// Higher-priority requests have waited for a whole interval without their lane
-    /// emptying: sustained overload, they keep arriving ahead of this one.
-    pub higher_sustained: bool,
+    /// Higher-priority requests have stood in the queue for a whole interval (every one
+    /// served waited longer than the standing target): the fleet is full for them, and they
+    /// keep arriving ahead of this one.
+    pub higher_standing: bool,
     /// How long the backlog ahead takes to drain (zero while the drain rate is unknown).
     pub expected_wait: Duration,
+    /// How long the waiters of its own class take to drain at the rate its class's lane
+    /// drains (zero while unknown): higher classes arriving later go first, so a lower
+    /// class can wait far longer than the backlog ahead says.
+    pub class_wait: Duration,
     /// How far behind sloguard's own event loop runs: every request already waited that
     /// long before it was read.
     pub own_delay: Duration,
@@ -53,15 +61,18 @@ pub enum Verdict {
 const MARGIN: f64 = 1.25;
 
 pub fn decide(a: &Arrival) -> Verdict {
-    if a.higher > 0 && a.higher_sustained {
+    if a.higher > 0 && a.higher_standing {
         // Higher-priority requests keep arriving ahead of this one.
         return Verdict::Shed(ShedReason::Priority);
     }
     // The queue holds at most its target delay of backlog; and whatever sloguard's own
     // backlog already cost the request comes off its budget, not off the queue's target
     // (a request read 40 ms late can still wait 60 ms of a 100 ms budget).
+    // The class's own drain only says whether this request's deadline can be met; the
+    // queue's target is about the backlog the workers need, not about who overtakes whom.
     let queueing = a.expected_wait.mul_f64(MARGIN);
-    if queueing > a.target_delay || queueing + a.own_delay > a.budget {
+    let own_turn = queueing.max(a.class_wait.mul_f64(MARGIN));
+    if queueing > a.target_delay || own_turn + a.own_delay > a.budget {
         return Verdict::Shed(ShedReason::DeadlineUnreachable);
     }
     if a.queue_len >= a.max_queue {
@@ -88,8 +99,9 @@ mod tests {
             queue_len: 0,
             max_queue: 1024,
             lower_waiting: false,
-            higher_sustained: false,
+            higher_standing: false,
             expected_wait: Duration::ZERO,
+            class_wait: Duration::ZERO,
             own_delay: Duration::ZERO,
             budget: 100 * MS,
             target_delay: 50 * MS,
@@ -119,7 +131,7 @@ mod tests {
         assert_eq!(decide(&a), Verdict::Queue);
         // Sustained overload: it gives way at once.
         let a = Arrival {
-            higher_sustained: true,
+            higher_standing: true,
             ..a
         };
         assert_eq!(decide(&a), Verdict::Shed(ShedReason::Priority));
@@ -146,6 +158,33 @@ mod tests {
             expected_wait: 10 * MS,
             budget: 12 * MS,
             ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Shed(ShedReason::DeadlineUnreachable));
+    }
+
+    #[test]
+    fn a_class_overtaken_by_higher_ones_is_shed_when_its_own_turn_misses_the_budget() {
+        // 10 ms of backlog ahead, but its class drains slowly (higher classes take most
+        // slots): 70 ms for its own lane, x1.25 = 87.5 ms, inside a 100 ms budget: queued,
+        // although past the queue's 50 ms target (which is about the backlog, not its turn).
+        let a = Arrival {
+            expected_wait: 10 * MS,
+            class_wait: 70 * MS,
+            ..base()
+        };
+        assert_eq!(decide(&a), Verdict::Queue);
+        // 90 ms (x1.25 = 112.5): its turn comes after its deadline, shed on arrival rather
+        // than after waiting for nothing.
+        let a = Arrival {
+            class_wait: 90 * MS,
+            ..a
+        };
+        assert_eq!(decide(&a), Verdict::Shed(ShedReason::DeadlineUnreachable));
+        // sloguard's own delay counts against that budget too.
+        let a = Arrival {
+            class_wait: 70 * MS,
+            own_delay: 15 * MS,
+            ..a
         };
         assert_eq!(decide(&a), Verdict::Shed(ShedReason::DeadlineUnreachable));
     }

@@ -39,9 +39,12 @@ pub struct SheddingConfig {
     /// latency to every admitted request and leaves no slack when the drain rate dips, so
     /// requests would be shed late, after waiting, instead of at once.
     pub target_queue_delay: Duration,
-    /// CoDel target: a standing queue whose shortest wait stays above this... Default 5 ms.
+    /// CoDel target: a queue (or one priority's lane of it) whose waits stay above this...
+    /// Default 5 ms.
     pub lifo_target: Duration,
-    /// ...for a whole interval switches lanes to newest-first, if `adaptive_lifo`. Default 100 ms.
+    /// ...for a whole interval is standing: lanes switch to newest-first, if
+    /// `adaptive_lifo`, and a standing higher lane sheds lower classes (`priority`).
+    /// Default 100 ms.
     pub lifo_interval: Duration,
     /// Serve newest-first under a standing queue. Default off: with FIFO the drain-time
     /// estimate holds, so the excess is shed on arrival (in microseconds) instead of after
@@ -73,7 +76,8 @@ pub enum ShedReason {
     QueueFull,
     /// A higher-priority request took its place in a full queue.
     Evicted,
-    /// Sustained overload with higher-priority requests waiting: lower classes go first.
+    /// Higher-priority requests have stood in the queue for a whole interval (the fleet is
+    /// full for them): lower classes go first.
     Priority,
 }
 
@@ -108,7 +112,8 @@ impl ShedReason {
                 "shed: a higher-priority request took this one's place".to_string()
             }
             ShedReason::Priority => {
-                "shed: sustained overload, and higher-priority requests are waiting".to_string()
+                "shed: the fleet is full for higher-priority requests, which keep waiting"
+                    .to_string()
             }
         };
         Rejection {
@@ -161,6 +166,8 @@ struct Inner {
     queue: WaitQueue<Waiter>,
     detector: OverloadDetector,
     drain: DrainEstimate,
+    /// The same per priority lane, from the requests served from it (index: `queue::lane`).
+    lane_drain: [DrainEstimate; 3],
 }
 
 /// The shared admission queue of one upstream.
@@ -198,6 +205,7 @@ impl Admission {
                 queue: WaitQueue::default(),
                 detector: OverloadDetector::new(cfg.lifo_target, cfg.lifo_interval, now),
                 drain: DrainEstimate::new(now),
+                lane_drain: [(); 3].map(|_| DrainEstimate::new(now)),
             }),
             waiting: AtomicUsize::new(0),
             drain_rate_bits: AtomicU64::new(f64::NAN.to_bits()),
@@ -209,9 +217,16 @@ impl Admission {
         }
     }
 
-    /// Applies a reloaded `[shedding]` section; waiters keep their deadlines.
+    /// Applies a reloaded `[shedding]` section; waiters keep their deadlines. A new CoDel
+    /// target or interval restarts the overload detector with it.
     pub fn reconfigure(&self, cfg: SheddingConfig) {
-        *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+        let mut old = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        if (old.lifo_target, old.lifo_interval) != (cfg.lifo_target, cfg.lifo_interval) {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.detector =
+                OverloadDetector::new(cfg.lifo_target, cfg.lifo_interval, Instant::now());
+        }
+        *old = cfg;
     }
 
     pub fn waiting(&self) -> usize {
@@ -259,11 +274,16 @@ impl Admission {
         self.completions.load(Ordering::Relaxed)
     }
 
-    /// The ticker's turn: feeds the drain-rate estimate (see [`DrainEstimate`]).
+    /// The ticker's turn: feeds the drain-rate estimates, the queue's and each lane's (see
+    /// [`DrainEstimate`]).
     pub fn on_tick(&self, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let waiting = !inner.queue.is_empty();
         inner.drain.on_tick(now, self.completions(), waiting);
+        for p in [Priority::Sheddable, Priority::Normal, Priority::Critical] {
+            let (served, lane_waiting) = (inner.queue.served(p), inner.queue.lane_len(p) > 0);
+            inner.lane_drain[queue::lane(p)].on_tick(now, served, lane_waiting);
+        }
         let rate = inner.drain.rate().unwrap_or(f64::NAN);
         self.drain_rate_bits
             .store(rate.to_bits(), Ordering::Relaxed);
@@ -352,9 +372,16 @@ impl Admission {
                     queue_len: inner.queue.len(),
                     max_queue: cfg.max_queue,
                     lower_waiting: inner.queue.len() > ahead,
-                    higher_sustained: inner.queue.higher_busy_for(priority, now)
-                        >= cfg.lifo_interval,
+                    higher_standing: inner.queue.higher_standing_for(
+                        priority,
+                        now,
+                        cfg.lifo_target,
+                    ) >= cfg.lifo_interval,
                     expected_wait: self.expected_wait(ahead),
+                    class_wait: drain::wait_at(
+                        inner.queue.lane_len(priority),
+                        inner.lane_drain[queue::lane(priority)].rate(),
+                    ),
                     own_delay: self.own_delay(),
                     budget,
                     target_delay: cfg.target_queue_delay,
@@ -366,6 +393,7 @@ impl Admission {
                             ahead = arrival.ahead,
                             queue = arrival.queue_len,
                             expected_wait_ms = arrival.expected_wait.as_secs_f64() * 1e3,
+                            class_wait_ms = arrival.class_wait.as_secs_f64() * 1e3,
                             own_delay_ms = arrival.own_delay.as_secs_f64() * 1e3,
                             budget_ms = arrival.budget.as_secs_f64() * 1e3,
                             drain_rate = self.drain_rate(),
@@ -434,24 +462,27 @@ impl Admission {
     /// Wakes the best waiter whose rule `fits` a free slot, telling expired ones they were
     /// shed. Returns whether one woke.
     pub fn wake_fitting(&self, now: Instant, fits: impl Fn(&SlotRule) -> bool) -> bool {
-        let adaptive_lifo = self
-            .cfg
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .adaptive_lifo;
+        let (adaptive_lifo, standing_target) = {
+            let cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+            (cfg.adaptive_lifo, cfg.lifo_target)
+        };
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let lifo = inner.detector.overloaded(now) && adaptive_lifo;
         let mut expired: Vec<Entry<_>> = Vec::new();
         loop {
-            let next = inner
-                .queue
-                .pop_next(now, lifo, &mut expired, |w: &Waiter, reserved| {
+            let next = inner.queue.pop_next(
+                now,
+                lifo,
+                standing_target,
+                &mut expired,
+                |w: &Waiter, reserved| {
                     fits(&if reserved {
                         w.rule
                     } else {
                         w.rule.unreserved()
                     })
-                });
+                },
+            );
             for e in expired.drain(..) {
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
                 let _ = e.payload.tx.send(Wait::Shed(ShedReason::QueueTimeout));

@@ -26,12 +26,17 @@ pub struct Entry<T> {
 pub struct WaitQueue<T> {
     /// Index 0 = sheddable, 1 = normal, 2 = critical.
     lanes: [VecDeque<Entry<T>>; 3],
-    /// Since when each lane has held a waiter without emptying.
-    busy_since: [Option<Instant>; 3],
+    /// Per lane, the last moment its waits were short: when it was empty, or when it served
+    /// a request that had waited no longer than the standing target. `None` while empty.
+    /// Since then every request it served waited longer (see [`WaitQueue::standing_for`]).
+    short_wait_at: [Option<Instant>; 3],
+    /// Per lane, requests served from it so far (its drain, see `DrainEstimate`).
+    served: [u64; 3],
     next_id: u64,
 }
 
-fn lane(p: Priority) -> usize {
+/// The lane index of priority `p` (0 = sheddable, 1 = normal, 2 = critical).
+pub(super) fn lane(p: Priority) -> usize {
     match p {
         Priority::Sheddable => 0,
         Priority::Normal => 1,
@@ -43,7 +48,8 @@ impl<T> Default for WaitQueue<T> {
     fn default() -> Self {
         WaitQueue {
             lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
-            busy_since: [None; 3],
+            short_wait_at: [None; 3],
+            served: [0; 3],
             next_id: 0,
         }
     }
@@ -58,28 +64,51 @@ impl<T> WaitQueue<T> {
         self.lanes.iter().all(VecDeque::is_empty)
     }
 
+    /// Waiting requests of priority `p`.
+    pub fn lane_len(&self, p: Priority) -> usize {
+        self.lanes[lane(p)].len()
+    }
+
+    /// Requests of priority `p` served from the queue so far.
+    pub fn served(&self, p: Priority) -> u64 {
+        self.served[lane(p)]
+    }
+
     /// Waiting requests that would be served before a new one of priority `p`.
     pub fn ahead_of(&self, p: Priority) -> usize {
         self.lanes[lane(p)..].iter().map(VecDeque::len).sum()
     }
 
-    /// How long requests of a strictly higher priority than `p` have waited without their
-    /// lane emptying (zero when none wait): under sustained overload higher classes keep
-    /// arriving ahead of `p`, and this grows; a passing burst keeps it short.
-    pub fn higher_busy_for(&self, p: Priority, now: Instant) -> Duration {
-        self.busy_since[lane(p) + 1..]
-            .iter()
-            .flatten()
-            .map(|since| now.saturating_duration_since(*since))
+    /// How long requests of a strictly higher priority than `p` have been standing in their
+    /// queue (the longest over the higher lanes; zero when none stand): CoDel's test, per
+    /// lane. A lane stands while its oldest waiter has waited more than `target` and every
+    /// request it served since it was last short waited more than `target` too.
+    ///
+    /// A lane that is never empty is not a full fleet: at 2000 requests/s, waiters served
+    /// within a millisecond keep it occupied for seconds on end. Only waits that stay long
+    /// say that the higher class cannot get slots fast enough and a lower one must give way.
+    pub fn higher_standing_for(&self, p: Priority, now: Instant, target: Duration) -> Duration {
+        (lane(p) + 1..self.lanes.len())
+            .map(|l| self.standing_for(l, now, target))
             .max()
             .unwrap_or_default()
     }
 
-    /// Forgets when emptied lanes became busy (after every removal).
+    fn standing_for(&self, l: usize, now: Instant, target: Duration) -> Duration {
+        let (Some(oldest), Some(short_at)) = (self.lanes[l].front(), self.short_wait_at[l]) else {
+            return Duration::ZERO;
+        };
+        if now.saturating_duration_since(oldest.enqueued_at) <= target {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(short_at)
+    }
+
+    /// Forgets the waits of emptied lanes (after every removal).
     fn settle(&mut self) {
-        for (since, q) in self.busy_since.iter_mut().zip(&self.lanes) {
+        for (at, q) in self.short_wait_at.iter_mut().zip(&self.lanes) {
             if q.is_empty() {
-                *since = None;
+                *at = None;
             }
         }
     }
@@ -93,7 +122,7 @@ impl<T> WaitQueue<T> {
     pub fn push(&mut self, priority: Priority, deadline: Instant, now: Instant, payload: T) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.busy_since[lane(priority)].get_or_insert(now);
+        self.short_wait_at[lane(priority)].get_or_insert(now);
         self.lanes[lane(priority)].push_back(Entry {
             id,
             priority,
@@ -115,7 +144,7 @@ impl<T> WaitQueue<T> {
     ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.busy_since[lane(priority)].get_or_insert(enqueued_at);
+        self.short_wait_at[lane(priority)].get_or_insert(enqueued_at);
         self.lanes[lane(priority)].push_front(Entry {
             id,
             priority,
@@ -131,15 +160,23 @@ impl<T> WaitQueue<T> {
     /// class waits, so the head may only use its reserved share). A head that does not fit
     /// (a dear request, the slot too small) lets a lower lane's head through rather than
     /// leave the slot idle. Entries past their deadline are returned in `expired` so their
-    /// waiters can be told they were shed.
+    /// waiters can be told they were shed. A request served after waiting no longer than
+    /// `standing_target` marks its lane's waits short again.
     pub fn pop_next(
         &mut self,
         now: Instant,
         lifo: bool,
+        standing_target: Duration,
         expired: &mut Vec<Entry<T>>,
         fits: impl Fn(&T, bool) -> bool,
     ) -> Option<Entry<T>> {
         let next = self.take_next(now, lifo, expired, fits);
+        if let Some(e) = &next {
+            self.served[lane(e.priority)] += 1;
+            if now.saturating_duration_since(e.enqueued_at) <= standing_target {
+                self.short_wait_at[lane(e.priority)] = Some(now);
+            }
+        }
         self.settle();
         next
     }
@@ -249,6 +286,13 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    /// The standing target the tests use (the default `lifo_target`).
+    const TARGET: Duration = Duration::from_millis(5);
+
+    /// How long lanes above `p` have stood at `at`, at the test target.
+    fn standing(q: &WaitQueue<u32>, p: Priority, at: Instant) -> Duration {
+        q.higher_standing_for(p, at, TARGET)
+    }
 
     #[test]
     fn higher_priority_first_then_fifo_or_lifo() {
@@ -261,7 +305,7 @@ mod tests {
         q.push(Priority::Critical, far, t0, "c1");
         let mut exp = vec![];
         let order: Vec<&str> = std::iter::from_fn(|| {
-            q.pop_next(t0, false, &mut exp, |_, _| true)
+            q.pop_next(t0, false, TARGET, &mut exp, |_, _| true)
                 .map(|e| e.payload)
         })
         .collect();
@@ -270,12 +314,14 @@ mod tests {
         q.push(Priority::Normal, far, t0, "n1");
         q.push(Priority::Normal, far, t0, "n2");
         assert_eq!(
-            q.pop_next(t0, true, &mut exp, |_, _| true).unwrap().payload,
+            q.pop_next(t0, true, TARGET, &mut exp, |_, _| true)
+                .unwrap()
+                .payload,
             "n2"
         );
         q.push_front(Priority::Normal, far, t0, "n0");
         assert_eq!(
-            q.pop_next(t0, false, &mut exp, |_, _| true)
+            q.pop_next(t0, false, TARGET, &mut exp, |_, _| true)
                 .unwrap()
                 .payload,
             "n0"
@@ -291,7 +337,7 @@ mod tests {
         q.push(Priority::Normal, t0 + 50 * MS, t0, 2);
         let mut exp = vec![];
         let next = q
-            .pop_next(t0 + 10 * MS, false, &mut exp, |_, _| true)
+            .pop_next(t0 + 10 * MS, false, TARGET, &mut exp, |_, _| true)
             .unwrap();
         assert_eq!(next.payload, 2);
         assert_eq!(exp.iter().map(|e| e.payload).collect::<Vec<_>>(), [1]);
@@ -310,44 +356,96 @@ mod tests {
         // A slot with room for 10 ms: the normal head goes (told a higher class waits), the
         // critical one keeps its place.
         let fits = |cost: &u32, reserved: bool| *cost <= 10 && reserved;
-        assert_eq!(q.pop_next(t0, false, &mut exp, fits).unwrap().payload, 1);
+        assert_eq!(
+            q.pop_next(t0, false, TARGET, &mut exp, fits)
+                .unwrap()
+                .payload,
+            1
+        );
         let unreserved = |_: &u32, reserved: bool| !reserved;
         assert_eq!(
-            q.pop_next(t0, false, &mut exp, unreserved).unwrap().payload,
+            q.pop_next(t0, false, TARGET, &mut exp, unreserved)
+                .unwrap()
+                .payload,
             40
         );
         // Nothing fits: nobody is taken.
-        assert!(q.pop_next(t0, false, &mut exp, |_, _| false).is_none());
+        assert!(q
+            .pop_next(t0, false, TARGET, &mut exp, |_, _| false)
+            .is_none());
         assert_eq!(q.len(), 1);
     }
 
     #[test]
-    fn higher_lanes_busy_time_grows_while_they_never_empty() {
+    fn a_lane_that_never_empties_but_serves_quickly_is_not_standing() {
         let t0 = Instant::now();
         let far = t0 + Duration::from_secs(10);
         let mut q = WaitQueue::default();
         let mut exp = vec![];
-        q.push(Priority::Critical, far, t0, 1);
-        assert_eq!(q.higher_busy_for(Priority::Normal, t0 + 30 * MS), 30 * MS);
+        // Critical requests arrive every millisecond for 300 ms, each served 2 ms after it
+        // came: the lane is never empty, and never stands.
+        for i in 0..300u32 {
+            q.push(Priority::Critical, far, t0 + i * MS, i);
+            if i >= 2 {
+                let now = t0 + i * MS;
+                let e = q
+                    .pop_next(now, false, TARGET, &mut exp, |_, _| true)
+                    .unwrap();
+                assert_eq!(e.payload, i - 2);
+                assert_eq!(standing(&q, Priority::Normal, now), Duration::ZERO);
+            }
+        }
+        assert!(!q.is_empty());
+    }
+
+    #[test]
+    fn a_lane_stands_when_its_waits_stay_long_for_the_whole_time() {
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(10);
+        let mut q = WaitQueue::default();
+        let mut exp = vec![];
+        // Nothing served: a stuck lane stands from the moment it filled.
+        q.push(Priority::Critical, far, t0, 0);
+        assert_eq!(standing(&q, Priority::Normal, t0 + 4 * MS), Duration::ZERO);
+        assert_eq!(standing(&q, Priority::Normal, t0 + 120 * MS), 120 * MS);
+        // Not higher than itself.
         assert_eq!(
-            q.higher_busy_for(Priority::Critical, t0 + 30 * MS),
+            standing(&q, Priority::Critical, t0 + 120 * MS),
             Duration::ZERO
         );
-        // Another arrives before the first leaves: the lane never emptied.
-        q.push(Priority::Critical, far, t0 + 40 * MS, 2);
-        q.pop_next(t0 + 50 * MS, false, &mut exp, |_, _| true);
-        assert_eq!(q.higher_busy_for(Priority::Normal, t0 + 120 * MS), 120 * MS);
-        // It empties: the clock restarts with the next arrival.
-        q.pop_next(t0 + 130 * MS, false, &mut exp, |_, _| true);
+        // Served, but each after 20 ms: still standing, and it counts for every lower class.
+        for i in 1..10u32 {
+            q.push(Priority::Critical, far, t0 + 100 * MS + i * 10 * MS, i);
+            q.pop_next(
+                t0 + 120 * MS + i * 10 * MS,
+                false,
+                TARGET,
+                &mut exp,
+                |_, _| true,
+            );
+        }
+        let now = t0 + 220 * MS;
+        assert_eq!(standing(&q, Priority::Sheddable, now), 220 * MS);
+        // One request served within the target (newest first, as under adaptive LIFO): the
+        // lane's waits are short again, though its oldest waiter is still old.
+        q.push(Priority::Critical, far, now, 10);
+        let e = q.pop_next(now + 5 * MS, true, TARGET, &mut exp, |_, _| true);
+        assert_eq!(e.unwrap().payload, 10);
+        let oldest_left = t0 + 190 * MS;
+        assert!(now + 5 * MS - oldest_left > TARGET);
+        assert_eq!(standing(&q, Priority::Normal, now + 5 * MS), Duration::ZERO);
+        assert_eq!(standing(&q, Priority::Normal, now + 50 * MS), 45 * MS);
+        // It empties: nothing stands, and the next waiter starts afresh.
+        while q
+            .pop_next(now + 60 * MS, false, TARGET, &mut exp, |_, _| true)
+            .is_some()
+        {}
         assert_eq!(
-            q.higher_busy_for(Priority::Sheddable, t0 + 140 * MS),
+            standing(&q, Priority::Normal, now + 60 * MS),
             Duration::ZERO
         );
-        q.push(Priority::Normal, far, t0 + 150 * MS, 3);
-        assert_eq!(
-            q.higher_busy_for(Priority::Sheddable, t0 + 160 * MS),
-            10 * MS
-        );
+        q.push(Priority::Normal, far, now + 70 * MS, 11);
+        assert_eq!(standing(&q, Priority::Sheddable, now + 90 * MS), 20 * MS);
     }
 
     #[test]
