@@ -24,7 +24,8 @@
 //! - [`demo`] runs the analytics backend and sloguard together for a newcomer.
 //! - [`resources`] raises the open-file limit and tells our own shortages (EMFILE, no local
 //!   port) from a worker's failures; [`logging`] bounds every repeating log line per site;
-//!   [`shutdown`] ends a stop that does not end by itself.
+//!   [`shutdown`] drains on SIGTERM before the server returns from `run`, and ends a stop
+//!   that does not end by itself.
 
 pub mod admin;
 pub mod config;

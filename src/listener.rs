@@ -230,6 +230,8 @@ pub struct AcceptLoop<A> {
     listener: Option<StdTcpListener>,
     app: Option<Arc<A>>,
     threads: Option<usize>,
+    /// What stops this loop and its connections, if not Pingora's shutdown watch.
+    stop: Option<ShutdownWatch>,
 }
 
 impl<A> AcceptLoop<A> {
@@ -239,7 +241,16 @@ impl<A> AcceptLoop<A> {
             listener: Some(listener),
             app: Some(Arc::new(app)),
             threads: None,
+            stop: None,
         }
+    }
+
+    /// Stops on `stop` instead of Pingora's shutdown watch: the proxy stops accepting at
+    /// the start of a drain, which Pingora's watch only announces once the drain is over
+    /// (see `shutdown::StopOnSignal`).
+    pub fn stopping_on(mut self, stop: ShutdownWatch) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Runs this service on `n` threads of its own rather than the server's default.
@@ -322,6 +333,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for AcceptLoop<A> {
         shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
+        let shutdown = self.stop.clone().unwrap_or(shutdown);
         let std_listener = self.listener.take().expect("start_service() runs once");
         let app = self.app.take().expect("start_service() runs once");
         let listener = match TcpListener::from_std(std_listener) {

@@ -108,33 +108,6 @@ impl Monitor {
             .wake_one_if_idle(|r| workers.has_room(r));
     }
 
-    /// SIGTERM: Pingora has stopped accepting. Report not ready, wait until nothing is in
-    /// flight (or the drain timeout), then exit 0: in-flight requests are answered, and the
-    /// process does not linger for the whole timeout when it is idle.
-    async fn drain(&self) -> ! {
-        self.state.draining.store(true, Ordering::Relaxed);
-        let timeout = self.state.policy().listen.drain_timeout;
-        let started = Instant::now();
-        tracing::info!(
-            in_flight = self.state.requests_in_flight(),
-            timeout_ms = timeout.as_millis() as u64,
-            "SIGTERM: draining"
-        );
-        while self.state.requests_in_flight() > 0 && started.elapsed() < timeout {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let left = self.state.requests_in_flight();
-        if left > 0 {
-            tracing::warn!(left, "drain timeout: exiting with requests still in flight");
-        } else {
-            tracing::info!(
-                took_ms = started.elapsed().as_millis() as u64,
-                "drained; exiting"
-            );
-        }
-        std::process::exit(0)
-    }
-
     async fn probe_loop(state: Arc<State>) {
         let mut slots: Vec<Arc<ProbeSlot>> = Vec::new();
         loop {
@@ -263,7 +236,7 @@ impl Monitor {
 #[async_trait]
 impl BackgroundService for Monitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // These run for the life of the process (which ends in `drain`).
+        // These run until the server's runtimes stop (after the drain, see `shutdown`).
         tokio::spawn(Monitor::probe_loop(self.state.clone()));
         tokio::spawn(Monitor::drain_rate_loop(self.state.clone()));
         tokio::spawn(Monitor::ratelimit_loop(self.state.clone()));
@@ -276,10 +249,9 @@ impl BackgroundService for Monitor {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut proxy_held_up = crate::proxy::HeldUp::default();
         let mut last_tick = Instant::now();
-        loop {
-            if *shutdown.borrow() {
-                self.drain().await;
-            }
+        // Pingora's shutdown watch fires once the proxy has drained: the guard keeps
+        // ticking (ejections, wake-ups, limits) for the requests still in flight until then.
+        while !*shutdown.borrow() {
             tokio::select! {
                 _ = ticker.tick() => {
                     let now = Instant::now();

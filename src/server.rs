@@ -13,6 +13,7 @@ use crate::config::Policy;
 use crate::listener::{bind_listener, AcceptLoop};
 use crate::monitor::Monitor;
 use crate::proxy::{ConnGuard, SloGuard};
+use crate::shutdown::StopOnSignal;
 use crate::state::State;
 
 /// The proxy and admin listeners, bound.
@@ -21,17 +22,18 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// Builds the server for `policy` on listeners already bound.
-pub fn build_server(policy: Policy, listeners: Listeners) -> Server {
+/// Builds the server for `policy` on listeners already bound, and the state it serves from
+/// (which the signal watch drains).
+pub fn build_server(policy: Policy, listeners: Listeners) -> (Server, Arc<State>) {
     let mut conf = ServerConf {
         threads: policy.listen.threads,
         // Retries only go to workers not yet tried, so one try per worker is the bound.
         max_retries: policy.upstream.workers.len(),
         upstream_keepalive_pool_size: policy.upstream.keepalive_pool_size,
-        // On SIGTERM Pingora stops accepting, then waits this long before tearing its
-        // runtimes down (which drops whatever is still running). The monitor exits the
-        // process as soon as nothing is in flight, so this is the drain timeout's upper bound.
-        grace_period_seconds: Some(policy.listen.drain_timeout.as_secs_f64().ceil() as u64),
+        // The drain happens before Pingora hears of the stop (`shutdown::StopOnSignal`
+        // returns once nothing is in flight), so Pingora's own fixed grace period, a sleep
+        // whatever is in flight, has nothing left to wait for.
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         work_stealing: false,
         ..ServerConf::default()
@@ -56,7 +58,8 @@ pub fn build_server(policy: Policy, listeners: Listeners) -> Server {
         "sloguard proxy",
         listeners.proxy,
         ConnGuard::new(http, state.clone()),
-    );
+    )
+    .stopping_on(state.stop_watch());
     let admin = AcceptLoop::new(
         "sloguard admin",
         listeners.admin,
@@ -72,7 +75,7 @@ pub fn build_server(policy: Policy, listeners: Listeners) -> Server {
     server.add_service(monitor);
     server.add_service(proxy);
     server.add_service(admin);
-    server
+    (server, state)
 }
 
 /// sloguard could not start serving.
@@ -108,6 +111,9 @@ pub fn run(policy: Policy) -> Result<(), StartError> {
         proxy: bind("proxy", policy.listen.proxy, &policy)?,
         admin: bind("admin", policy.listen.admin, &policy)?,
     };
-    build_server(policy, listeners).run(RunArgs::default());
+    let (server, state) = build_server(policy, listeners);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(StopOnSignal::new(state)),
+    });
     Ok(())
 }

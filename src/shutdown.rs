@@ -1,7 +1,14 @@
-//! A stop that always ends.
+//! How sloguard stops, and a stop that always ends.
 //!
-//! Pingora handles SIGINT (fast) and SIGTERM (graceful: stop accepting, wait the grace
-//! period, tear the runtimes down). A runtime that does not come down, an accept loop
+//! [`StopOnSignal`] is the server's signal watch. SIGTERM drains: the proxy stops
+//! accepting, `/readyz` says draining, keep-alive connections close after their current
+//! answer, and once nothing is in flight (or the drain timeout passed) Pingora is told to
+//! terminate; it stops the other services and its runtimes and `Server::run` returns, so
+//! the binary exits from `main`. Pingora's own graceful stop would instead sleep out a
+//! fixed grace period whatever is in flight, which is why the drain used to end the
+//! process from inside the library. SIGINT stops at once, and cuts a drain short.
+//!
+//! A runtime that does not come down, an accept loop
 //! spinning on "A Tokio 1.x context was found, but it is being shutdown" (seen: it logged
 //! for minutes and never exited), or a task that never yields would keep the process up
 //! forever, and a kubelet waits `terminationGracePeriodSeconds` before killing it. The
@@ -9,7 +16,15 @@
 //! arrives, gives the process its bound ([`bound`]) and then ends it with status 2 and one
 //! line saying why.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::state::State;
 
 /// What the process was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +44,80 @@ pub fn bound(stop: Stop, drain_timeout: Duration) -> Duration {
     match stop {
         Stop::Fast => SLACK,
         Stop::Graceful => drain_timeout + SLACK,
+    }
+}
+
+/// The server's signal watch (see the module doc). SIGQUIT, Pingora's zero-downtime
+/// upgrade, drains like SIGTERM: sloguard hands no listeners over.
+pub struct StopOnSignal {
+    state: Arc<State>,
+}
+
+impl StopOnSignal {
+    pub fn new(state: Arc<State>) -> StopOnSignal {
+        StopOnSignal { state }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for StopOnSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut int), Ok(mut term), Ok(mut quit)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot watch SIGINT/SIGTERM/SIGQUIT: only a kill stops sloguard");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                return ShutdownSignal::FastShutdown;
+            }
+            _ = term.recv() => {}
+            _ = quit.recv() => {}
+        }
+        tokio::select! {
+            biased;
+            _ = int.recv() => {
+                tracing::warn!(
+                    left = self.state.requests_in_flight(),
+                    "SIGINT while draining: stopping now"
+                );
+                ShutdownSignal::FastShutdown
+            }
+            () = drain(&self.state) => ShutdownSignal::GracefulTerminate,
+        }
+    }
+}
+
+/// Stops the proxy taking requests and waits until none is in flight, or the drain
+/// timeout: in-flight requests are answered, and an idle proxy does not linger.
+async fn drain(state: &State) {
+    state.draining.store(true, Ordering::Relaxed);
+    state.stop_proxy();
+    let timeout = state.policy().listen.drain_timeout;
+    let started = Instant::now();
+    tracing::info!(
+        in_flight = state.requests_in_flight(),
+        timeout_ms = timeout.as_millis() as u64,
+        "SIGTERM: draining"
+    );
+    while state.requests_in_flight() > 0 && started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = state.requests_in_flight();
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "drain timeout: stopping with requests still in flight"
+        );
+    } else {
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "drained; stopping"
+        );
     }
 }
 

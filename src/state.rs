@@ -47,6 +47,11 @@ pub struct State {
     pub access_log: AccessLog,
     /// SIGTERM received: not ready, draining.
     pub draining: AtomicBool,
+    /// Set at SIGTERM: the proxy's listener stops accepting and its keep-alive connections
+    /// close after their current answer (see `shutdown::StopOnSignal`). Its receivers stand
+    /// in for Pingora's shutdown watch on the proxy service, which fires only once the
+    /// drain is over.
+    stop: tokio::sync::watch::Sender<bool>,
     /// When this process started serving.
     pub started: Instant,
     /// Open client connections, against `[listen] max_connections`.
@@ -79,6 +84,7 @@ impl State {
             last_reload: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
             access_log: AccessLog::default(),
             rejections: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -89,7 +95,17 @@ impl State {
         }
     }
 
-    /// The policy in force now. Callers keep the returned snapshot for the whole request.
+    /// Tells the proxy's listener and connections to stop (see [`State::stop_watch`]).
+    pub fn stop_proxy(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// A watch that turns true when the proxy must stop taking requests: what the proxy's
+    /// accept loop and connections follow instead of Pingora's shutdown watch.
+    pub fn stop_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// `[listen] max_connections` of the policy of now, else the cap derived at start.
     pub fn connection_cap(&self) -> u32 {
         self.policy
@@ -99,6 +115,7 @@ impl State {
             .unwrap_or(self.default_connection_cap)
     }
 
+    /// The policy in force now. Callers keep the returned snapshot for the whole request.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
     }

@@ -240,6 +240,32 @@ async fn sigterm_under_load_answers_every_request_in_flight_then_exits_zero() {
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     sg.signal("TERM");
+    // While they finish (four 300 ms blocks per worker), the admin port still answers and
+    // says draining, and the proxy port takes no new connection.
+    let ready = sg.admin_url("/readyz");
+    wait_until(Duration::from_secs(5), "/readyz to say draining", || {
+        let ready = ready.clone();
+        async move {
+            match client().get(&ready).send().await {
+                Ok(r) => {
+                    r.status() == 503 && r.text().await.unwrap_or_default().contains("draining")
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let proxy = sg.proxy;
+    wait_until(
+        Duration::from_secs(5),
+        "the proxy to stop accepting",
+        || async move { tokio::net::TcpStream::connect(proxy).await.is_err() },
+    )
+    .await;
+    assert!(
+        tasks.iter().any(|t| !t.is_finished()),
+        "the drain was over before it could be seen"
+    );
     let mut answered = vec![];
     for t in tasks {
         answered.push(t.await.unwrap());
