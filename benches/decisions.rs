@@ -4,6 +4,9 @@
 //! `cargo bench --bench decisions`; `sloguard-bench all` runs them with short times and
 //! copies the estimates into BENCHMARKS.md.
 
+// Not the proxy: a benchmark harness that reads the clock as it needs to.
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,6 +4,9 @@
 //!
 //! The sidecar carries no backend code: it runs the `analytics-backend` binary built beside it.
 
+// The demo's driver: waits for the backend to listen, on the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

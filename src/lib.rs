@@ -27,6 +27,9 @@
 //!   [`shutdown`] drains on SIGTERM before the server returns from `run`, and ends a stop
 //!   that does not end by itself.
 
+// Unit tests drive real timers and synthetic clocks started from the wall clock.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
 pub mod admin;
 pub mod config;
 pub mod demo;

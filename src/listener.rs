@@ -12,6 +12,9 @@
 //! loop. The loop also ends when the server stops. Listeners are bound before Pingora starts
 //! ([`bind_listener`]), so an address that cannot be bound fails the start with one line.
 
+// I/O edge: accept loops and their backoff.
+#![allow(clippy::disallowed_methods)]
+
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::os::unix::io::AsRawFd;

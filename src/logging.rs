@@ -9,6 +9,9 @@
 //! were dropped, and `sloguard_log_lines_suppressed_total` counts them all. The decision,
 //! [`SiteWindow`], is pure and tested; the layer is its edge.
 
+// The log limiter's edge: stamps each line with the clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};

@@ -79,6 +79,7 @@ fn raise_fd_limit() {
 /// the process stayed up with `/healthz` answering 200 and no proxy. A panic is a bug, and
 /// the state it leaves (a lease never released, a lock poisoned) cannot be trusted, so
 /// sloguard stops and lets its supervisor (the kubelet) start it afresh.
+#[allow(clippy::disallowed_methods)] // process::exit: ending the process is the point.
 fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -3,6 +3,9 @@
 //! queued requests when slots free up by other means (a readmission, a raised limit); and
 //! the active probes.
 
+// The background loops: the edge that reads the clock for every decider it ticks.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

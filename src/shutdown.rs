@@ -16,6 +16,9 @@
 //! arrives, gives the process its bound ([`bound`]) and then ends it with status 2 and one
 //! line saying why.
 
+// The stop: timers on the wall clock, and the watchdog that ends a stuck process.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

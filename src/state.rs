@@ -5,6 +5,9 @@
 //! flight keep the snapshot they started with (a request loads the policy once, in
 //! `request_filter`).
 
+// Process state: stamps start and reload times.
+#![allow(clippy::disallowed_methods)]
+
 use crate::stages::hedge::HedgeStats;
 use crate::stages::Reason;
 use std::collections::HashMap;

@@ -1,6 +1,9 @@
 //! Malformed and hostile requests, request smuggling first: each gets its exact status, and
 //! the backend's own counters prove it saw none of them.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

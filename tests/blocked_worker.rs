@@ -1,6 +1,9 @@
 //! The incident's fault through the proxy: one worker blocks its event loop; its answers are
 //! late and its loop-lag header shows it, while the other workers stay fast.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,9 @@
 //! `sloguard check`: every shipped policy passes; every file in `config/invalid/` is refused
 //! with the file, line and key its first line promises (`# expect: line N, key `K``).
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

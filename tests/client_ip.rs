@@ -3,6 +3,9 @@
 //! right-most untrusted entry is the client. The resolved address keys `client_ip` rate
 //! limits, leads the `X-Forwarded-For` the worker gets, and is in the access log.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

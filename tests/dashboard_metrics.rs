@@ -1,6 +1,9 @@
 //! Every metric the Grafana dashboard and the Prometheus alerts use exists in sloguard's real
 //! `/metrics` output after some traffic: the dashboard cannot silently show "no data".
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,9 @@
 //! close. What clients see, that no healthy worker takes the blame, that logs stay bounded,
 //! and that the process always ends.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

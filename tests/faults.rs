@@ -1,6 +1,9 @@
 //! More faults on real processes: a worker answering 5xx, Redis answering slowly. What the
 //! client sees, and that sloguard recovers by itself.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -6,6 +6,9 @@
 //!
 //! One scenario at a time (a lock): several measure latency on a shared 2-core machine.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! Request guards: each refusal has its exact status and a JSON body naming the limit, and
 //! the backend's own counters show it never saw the refused request.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! sent to another worker and the first answer wins, through real sockets to the real
 //! backend.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! What on-call reads: Prometheus metrics on the admin listener, with the outcome of every
 //! request (sloguard's own refusals included) and each worker's state.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

@@ -10,6 +10,9 @@
 //! beside it covers sloguard itself (killed, left down, starved of CPU) and a fleet that
 //! dies. What fired when, and what each panel showed, is printed as tables (docs/oncall.md).
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

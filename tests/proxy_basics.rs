@@ -1,6 +1,9 @@
 //! The foundation, end to end: requests go through the real sloguard process to the real
 //! analytics backend and arrive intact; sloguard's own answers are explicit JSON.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use analytics_backend::api::echo::fnv1a_hex as fnv;

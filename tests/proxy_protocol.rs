@@ -4,6 +4,9 @@
 //! connection cap and for each request's client address, and believes it only from
 //! `trusted_proxies`.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

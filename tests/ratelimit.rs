@@ -2,6 +2,9 @@
 //! and backend: accuracy, independence of keys, one limit shared by two replicas, and a Redis
 //! killed and restarted under load.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! 127.0.0.1), the password from a file or an environment variable, and the password in no
 //! log line and no status document.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

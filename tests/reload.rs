@@ -2,6 +2,9 @@
 //! without failing a request; a broken file is refused with file, line and key while the
 //! old policy keeps serving; a ConfigMap-style symlink swap is seen; SIGTERM drains.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,9 @@
 //! The scenarios run one at a time (a lock), since they measure latency on a shared 2-core
 //! machine. Every number is printed, so a failure shows what was seen.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

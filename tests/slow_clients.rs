@@ -4,6 +4,9 @@
 //! over its connection cap gets a JSON 429. The backend's own counters show it saw none of
 //! the refused requests, and `/metrics` counts each refusal by reason.
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //! with one line naming the listener and the address (Pingora alone retried for 30 s, then
 //! its proxy thread panicked while the process stayed up, Live and Ready, with no proxy).
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::{SocketAddr, TcpListener};

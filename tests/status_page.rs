@@ -4,6 +4,9 @@
 //!
 //! Needs Debian's `chromium` (`.ci/run` installs it).
 
+// Tests run real processes on the wall clock: they read it, sleep and wait as they need to.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::process::Command;

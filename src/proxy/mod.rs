@@ -14,6 +14,9 @@
 //! (retry, or our JSON answer via `respond`) → `logging` (metrics by [`crate::stages::Reason`],
 //! the access line, lease released).
 
+// The request path's I/O edge: it reads the clock for the deciders it calls.
+#![allow(clippy::disallowed_methods)]
+
 mod admit;
 mod body;
 mod conn;

@@ -130,6 +130,14 @@ impl SlotRule {
     }
 }
 
+/// The wall clock, read where a request or the ticker meets a worker's state (its deciders,
+/// `health`, `limiter`, `ewma` and `service`, take `now`). `Worker::has_slot` reads it too:
+/// it runs inside the admission queue's wake-up closures, which pass no time.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> Instant {
+    Instant::now()
+}
+
 /// Nanoseconds from a process-wide origin to `t`, for instants kept in atomics.
 fn since_epoch(t: Instant) -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -261,7 +269,7 @@ impl Worker {
         }
         let weight = f64::from(self.weight_milli.load(Ordering::Relaxed)) / 1000.0;
         let cap = rule.work_cap.mul_f64(weight * rule.share);
-        let answering_in_time = || self.outlook(since_epoch(Instant::now())) < cap;
+        let answering_in_time = || self.outlook(since_epoch(wall_clock())) < cap;
         match rule.cost {
             Some(_) => self.work() < cap && answering_in_time(),
             None => answering_in_time(),
@@ -458,7 +466,7 @@ pub struct WorkerSet {
 
 impl WorkerSet {
     pub fn new(cfg: &UpstreamConfig, limits: &LimiterConfig) -> WorkerSet {
-        let now = Instant::now();
+        let now = wall_clock();
         WorkerSet {
             workers: cfg
                 .workers
@@ -516,7 +524,7 @@ impl WorkerSet {
                 };
                 let mut costs = [(0usize, 0f64); MAX_WORKERS];
                 let mut n = 0;
-                let now_ns = since_epoch(Instant::now());
+                let now_ns = since_epoch(wall_clock());
                 for (i, w) in self.workers.iter().enumerate().take(MAX_WORKERS) {
                     if eligible(i, w) {
                         costs[n] = (i, w.cost(now_ns));
@@ -570,7 +578,7 @@ impl WorkerLease {
         let before = worker.in_flight.fetch_add(1, Ordering::Relaxed);
         worker.requests.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
-            let now = Instant::now();
+            let now = wall_clock();
             worker.note_progress(now);
             worker
                 .health

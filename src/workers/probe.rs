@@ -15,6 +15,9 @@
 //! noticed by the proxied requests' connect failures, not by the probe (as with Envoy). The
 //! parsing is pure and tested; the I/O is in [`probe`].
 
+// I/O edge: a probe times its round trip.
+#![allow(clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

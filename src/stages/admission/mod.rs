@@ -171,6 +171,13 @@ struct Inner {
 }
 
 /// The shared admission queue of one upstream.
+/// The wall clock, read where a request meets the queue (its deciders, `arrival`, `queue`
+/// and `drain`, take `now`).
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> Instant {
+    Instant::now()
+}
+
 pub struct Admission {
     inner: Mutex<Inner>,
     /// Mirrors `queue.len()` so releases skip the lock when nobody waits.
@@ -199,7 +206,7 @@ impl std::fmt::Debug for Admission {
 
 impl Admission {
     pub fn new(cfg: SheddingConfig) -> Admission {
-        let now = Instant::now();
+        let now = wall_clock();
         Admission {
             inner: Mutex::new(Inner {
                 queue: WaitQueue::default(),
@@ -224,7 +231,7 @@ impl Admission {
         if (old.lifo_target, old.lifo_interval) != (cfg.lifo_target, cfg.lifo_interval) {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             inner.detector =
-                OverloadDetector::new(cfg.lifo_target, cfg.lifo_interval, Instant::now());
+                OverloadDetector::new(cfg.lifo_target, cfg.lifo_interval, wall_clock());
         }
         *old = cfg;
     }
@@ -354,7 +361,7 @@ impl Admission {
         deadline: Instant,
         requeued: Option<Instant>,
     ) -> Wait {
-        let now = Instant::now();
+        let now = wall_clock();
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter { tx, rule };
         let id = {
@@ -446,7 +453,7 @@ impl Admission {
     pub fn on_release(&self, fits: impl Fn(&SlotRule) -> bool) {
         self.completions.fetch_add(1, Ordering::Relaxed);
         if self.waiting() > 0 {
-            self.wake_fitting(Instant::now(), fits);
+            self.wake_fitting(wall_clock(), fits);
         }
     }
 
@@ -455,7 +462,7 @@ impl Admission {
     /// as fast as they are taken, without waking a herd for one slot).
     pub fn wake_one_if_idle(&self, fits: impl Fn(&SlotRule) -> bool) {
         if self.waiting() > 0 && self.woken.load(Ordering::Relaxed) == 0 {
-            self.wake_fitting(Instant::now(), fits);
+            self.wake_fitting(wall_clock(), fits);
         }
     }
 

@@ -36,10 +36,17 @@ use self::rules::{key_value, rule_key, Limits, RuleKey};
 use self::top::{KeyCount, TopKeys};
 use super::{Reason, Rejection};
 
+/// The wall clock, read where a request meets the limiter (its deciders, `gcra`, `top` and
+/// `breaker`, take `now`).
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> Instant {
+    Instant::now()
+}
+
 /// Microseconds on a process-wide monotonic clock (local state only; Redis uses its own).
 fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+    EPOCH.get_or_init(wall_clock).elapsed().as_micros() as u64
 }
 
 /// The verdict on one request.
@@ -556,7 +563,7 @@ impl RateLimiter {
 
     /// Counts `event` for `key` (the full store key) under `rule`.
     fn note(&self, rule: &Rule, event: KeyEvent, key: &str) {
-        let now = Instant::now();
+        let now = wall_clock();
         let mut top = self.top.lock().unwrap_or_else(PoisonError::into_inner);
         let tables = top
             .entry(rule.name.clone())
@@ -567,7 +574,7 @@ impl RateLimiter {
     /// Per rule of `cfg`: the keys it limited, found near their limit and denied in shadow
     /// most over the last one to two minutes.
     pub fn top_keys(&self, cfg: &RateLimitConfig) -> serde_json::Value {
-        let now = Instant::now();
+        let now = wall_clock();
         let top = self.top.lock().unwrap_or_else(PoisonError::into_inner);
         let per_rule = cfg.rules.iter().map(|r| {
             let tables: serde_json::Map<String, serde_json::Value> = KEY_EVENTS
