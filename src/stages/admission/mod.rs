@@ -170,7 +170,6 @@ struct Inner {
     lane_drain: [DrainEstimate; 3],
 }
 
-/// The shared admission queue of one upstream.
 /// The wall clock, read where a request meets the queue (its deciders, `arrival`, `queue`
 /// and `drain`, take `now`).
 #[allow(clippy::disallowed_methods)]
@@ -178,6 +177,7 @@ fn wall_clock() -> Instant {
     Instant::now()
 }
 
+/// The shared admission queue of one upstream.
 pub struct Admission {
     inner: Mutex<Inner>,
     /// Mirrors `queue.len()` so releases skip the lock when nobody waits.

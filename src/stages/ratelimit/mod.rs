@@ -46,7 +46,8 @@ fn wall_clock() -> Instant {
 /// Microseconds on a process-wide monotonic clock (local state only; Redis uses its own).
 fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(wall_clock).elapsed().as_micros() as u64
+    let epoch = *EPOCH.get_or_init(wall_clock);
+    wall_clock().saturating_duration_since(epoch).as_micros() as u64
 }
 
 /// The verdict on one request.
