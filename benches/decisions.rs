@@ -15,7 +15,7 @@ use criterion::Throughput;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
 use sloguard::stages::admission::queue::WaitQueue;
-use sloguard::stages::json_guard::{JsonLimits, JsonScanner, JsonVerdict};
+use sloguard::stages::json_scan::{JsonLimits, JsonScanner, JsonVerdict};
 use sloguard::stages::ratelimit::gcra::{Gcra, LocalStore};
 use sloguard::stages::route::{Priority, Route, RouteMatch, RouteTable};
 use sloguard::workers::ewma::PeakEwma;
@@ -181,7 +181,7 @@ fn json_scan(c: &mut Criterion) {
     }
     body.push(']');
     let body = body.into_bytes();
-    let mut g = c.benchmark_group("json_guard");
+    let mut g = c.benchmark_group("json_scan");
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("scan_1kib", |b| {
         b.iter(|| {

@@ -39,9 +39,9 @@ pub enum DemoError {
 }
 
 /// Kills the backend when the demo ends, whichever way it ends.
-struct ChildGuard(Child);
+struct KillOnDrop(Child);
 
-impl Drop for ChildGuard {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         // Ctrl-C reaches the backend too (same process group) and it exits by itself;
         // give it a moment, then make sure.
@@ -112,7 +112,7 @@ pub fn run(config: &Path, backend: Option<PathBuf>) -> Result<(), DemoError> {
             path: backend.clone(),
             source,
         })?;
-    let _guard = ChildGuard(child);
+    let _guard = KillOnDrop(child);
     for w in &workers {
         if !wait_listening(*w, Duration::from_secs(10)) {
             return Err(DemoError::BackendNotListening(*w));

@@ -7,8 +7,8 @@
 //!   bound at start and served by [`listener`]'s accept loop (failures counted and paused
 //!   on, never spun on).
 //! - [`proxy`] holds the Pingora phases; they sequence the stages and write answers. Around
-//!   them, `proxy::ConnGuard` runs each connection: the per-client connection cap and the
-//!   deadline on reading each request head ([`stages::conn_guard`] decides), and with
+//!   them, `proxy::ConnectionApp` runs each connection: the per-client connection cap and the
+//!   deadline on reading each request head ([`stages::connection`] decides), and with
 //!   `[listen] proxy_protocol` the PROXY header that names the client.
 //! - [`stages::client_ip`] resolves each request's client through `trusted_proxies`
 //!   (`X-Forwarded-For`, right-most untrusted entry) for rate-limit keys, logs and upstream.

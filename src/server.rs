@@ -12,7 +12,7 @@ use crate::admin::AdminApp;
 use crate::config::Policy;
 use crate::listener::{bind_listener, AcceptLoop};
 use crate::monitor::Monitor;
-use crate::proxy::{ConnGuard, SloGuard};
+use crate::proxy::{ConnectionApp, SloGuard};
 use crate::shutdown::StopOnSignal;
 use crate::state::State;
 
@@ -45,7 +45,7 @@ pub fn build_server(policy: Policy, listeners: Listeners) -> (Server, Arc<State>
 
     let state = Arc::new(State::new(policy));
 
-    // Pingora's HTTP proxy, run per connection by our connection guards (the head deadline
+    // Pingora's HTTP proxy, run per connection by our connection app (the head deadline
     // and the per-client cap) rather than by `http_proxy_service` directly. A client
     // connection has no L4 buffers (`From<TcpStream>` builds it unbuffered): they would be
     // allocated for the connection's whole life, idle included. Pingora reads each request
@@ -57,7 +57,7 @@ pub fn build_server(policy: Policy, listeners: Listeners) -> (Server, Arc<State>
     let proxy = AcceptLoop::new(
         "sloguard proxy",
         listeners.proxy,
-        ConnGuard::new(http, state.clone()),
+        ConnectionApp::new(http, state.clone()),
     )
     .stopping_on(state.stop_watch());
     let admin = AcceptLoop::new(

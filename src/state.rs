@@ -22,7 +22,7 @@ use crate::admin::metrics::Metrics;
 use crate::config::{Listen, Policy};
 use crate::reload::ReloadRecord;
 use crate::stages::admission::Admission;
-use crate::stages::conn_guard::{ConnLimits, OpenConnections};
+use crate::stages::connection::{ConnLimits, OpenConnections};
 use crate::stages::ratelimit::{LimiterError, RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
 use crate::workers::{RouteCosts, WorkerSet};
@@ -45,7 +45,7 @@ pub struct State {
     pub metrics: ArcSwap<Metrics>,
     /// sloguard's own refusals by (route, reason): bounded by routes x reasons.
     pub rejections: Mutex<HashMap<(Arc<str>, Reason), u64>>,
-    /// Requests between `new_ctx` and the end of `logging` (held by [`RequestGuard`]).
+    /// Requests between `new_ctx` and the end of `logging` (held by [`InFlightRequest`]).
     in_flight: Arc<AtomicUsize>,
     pub access_log: AccessLog,
     /// SIGTERM received: not ready, draining.
@@ -123,7 +123,7 @@ impl State {
         self.policy.load_full()
     }
 
-    /// The connection guards of the policy in force now. Read per connection and per
+    /// The connection limits of the policy in force now. Read per connection and per
     /// request head, so it borrows the snapshot (no reference-count traffic shared by
     /// every core) instead of cloning it as [`State::policy`] does.
     pub fn conn_limits(&self) -> ConnLimits {
@@ -134,10 +134,10 @@ impl State {
         self.workers.load_full()
     }
 
-    /// Counts a request in flight until the returned guard drops.
-    pub fn request_started(&self) -> RequestGuard {
+    /// Counts a request in flight until the returned token drops.
+    pub fn request_started(&self) -> InFlightRequest {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.in_flight.clone())
+        InFlightRequest(self.in_flight.clone())
     }
 
     /// Requests in flight in sloguard (queued, proxying or being answered).
@@ -231,9 +231,9 @@ impl State {
 
 /// One request's place in [`State::requests_in_flight`], released on drop.
 #[derive(Debug)]
-pub struct RequestGuard(Arc<AtomicUsize>);
+pub struct InFlightRequest(Arc<AtomicUsize>);
 
-impl Drop for RequestGuard {
+impl Drop for InFlightRequest {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

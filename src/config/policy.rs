@@ -17,8 +17,8 @@ use super::locate::{fingerprint, key_path_at};
 use crate::admin::access_log::AccessLogConfig;
 use crate::stages::admission::SheddingConfig;
 use crate::stages::client_ip::TrustedProxies;
-use crate::stages::conn_guard::ConnLimits;
-use crate::stages::json_guard::JsonLimits;
+use crate::stages::connection::ConnLimits;
+use crate::stages::json_scan::JsonLimits;
 use crate::stages::payload::HeadLimits;
 use crate::stages::ratelimit::RateLimitConfig;
 use crate::stages::retry::RetryConfig;
@@ -430,12 +430,12 @@ impl Validator<'_> {
         };
         if limits
             .max_depth
-            .is_some_and(|d| d > crate::stages::json_guard::DEPTH_CAP)
+            .is_some_and(|d| d > crate::stages::json_scan::DEPTH_CAP)
         {
             return Err(self.invalid(
                 j.span(),
                 format!("{key}.max_depth"),
-                format!("must be at most {}", crate::stages::json_guard::DEPTH_CAP),
+                format!("must be at most {}", crate::stages::json_scan::DEPTH_CAP),
             ));
         }
         Ok(limits)

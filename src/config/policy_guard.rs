@@ -12,7 +12,7 @@ use crate::config::file::{
     AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, RetryFile, SheddingFile,
 };
 use crate::stages::admission::SheddingConfig;
-use crate::stages::conn_guard::{
+use crate::stages::connection::{
     ConnLimits, MAX_CONNECTIONS_PER_CLIENT_IP, MAX_HEADER_READ_TIMEOUT, MAX_KEEPALIVE_TIMEOUT,
 };
 use crate::stages::payload::HeadLimits;

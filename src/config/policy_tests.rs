@@ -287,7 +287,7 @@ fn guard_section_errors_are_located() {
 }
 
 #[test]
-fn connection_guards_default_to_a_10_s_head_deadline_and_no_cap() {
+fn connection_limits_default_to_a_10_s_head_deadline_and_no_cap() {
     let p = parse("").unwrap();
     assert_eq!(p.conn.header_read_timeout, Duration::from_secs(10));
     assert_eq!(p.conn.max_connections_per_client_ip, 0);
@@ -304,7 +304,7 @@ fn connection_guards_default_to_a_10_s_head_deadline_and_no_cap() {
 }
 
 #[test]
-fn connection_guard_errors_are_located() {
+fn connection_limit_errors_are_located() {
     let cases = [
         (
             "[limits]\nheader_read_timeout_ms = 0\n",

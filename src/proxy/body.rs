@@ -1,7 +1,7 @@
 //! The body checks of the request path: byte caps (413), JSON shape (400/422) and body read
 //! timeouts (408).
 //!
-//! A body that must be judged whole (a JSON-guarded route) or must never reach the backend
+//! A body that must be judged whole (a route with a JSON scan) or must never reach the backend
 //! cut short (a chunked body on a capped route) is read before a worker is chosen when it
 //! fits Pingora's 64 KiB replay buffer: the backend then never sees a refused body at all, and
 //! an accepted one is replayed intact. Any other body streams through and is checked on the
@@ -12,7 +12,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::{RequestCtx, SloGuard};
-use crate::stages::json_guard::{JsonScanner, JsonVerdict};
+use crate::stages::json_scan::{JsonScanner, JsonVerdict};
 use crate::stages::payload::{self, BodyCounter};
 use crate::stages::Rejection;
 

@@ -1,10 +1,10 @@
 //! The proxy listener's connections, before and between requests: the per-client
 //! connection cap when a connection is accepted, and the head deadline on every request of
-//! a keep-alive connection (`stages::conn_guard` decides; this writes the answers).
+//! a keep-alive connection (`stages::connection` decides; this writes the answers).
 //!
 //! Pingora's `HttpProxy` runs a connection's whole keep-alive loop inside one
-//! `ServerApp::process_new` call (its blanket impl for `HttpServerApp`). [`ConnGuard`] is
-//! our `ServerApp` in front of it: it wraps the stream in [`HeadGuardIo`] and runs that
+//! `ServerApp::process_new` call (its blanket impl for `HttpServerApp`). [`ConnectionApp`] is
+//! our `ServerApp` in front of it: it wraps the stream in [`HeadDeadlineIo`] and runs that
 //! loop itself (the same dozen lines as Pingora's HTTP/1 branch), so it knows exactly when
 //! Pingora is about to read a new request head: at each reuse it re-arms the deadline, with
 //! the policy of that moment. Guarding the loop rather than guessing request boundaries
@@ -27,26 +27,26 @@ use pingora::server::ShutdownWatch;
 use pingora::time::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::head_io::{HeadGuardIo, CLOSE_GRACE, LINGER_BYTES};
+use super::head_io::{HeadDeadlineIo, CLOSE_GRACE, LINGER_BYTES};
 use super::{new_request_id, respond, SloGuard};
 use crate::admin::metrics::NO_ROUTE;
-use crate::stages::conn_guard::proxy_header::{self, Parsed};
-use crate::stages::conn_guard::{self, ClientConnections, ClientPermit};
+use crate::stages::connection::proxy_header::{self, Parsed};
+use crate::stages::connection::{self, ClientConnections, ClientPermit};
 use crate::stages::Rejection;
 use crate::state::State;
 
-/// The proxy service's application: connection guards around Pingora's HTTP proxy.
-pub struct ConnGuard {
+/// The proxy service's application: connection limits around Pingora's HTTP proxy.
+pub struct ConnectionApp {
     proxy: Arc<HttpProxy<SloGuard>>,
     state: Arc<State>,
     clients: Arc<ClientConnections>,
     no_route: Arc<str>,
 }
 
-impl ConnGuard {
+impl ConnectionApp {
     /// `proxy` must be initialised (`pingora::proxy::http_proxy` does it).
-    pub fn new(proxy: HttpProxy<SloGuard>, state: Arc<State>) -> ConnGuard {
-        ConnGuard {
+    pub fn new(proxy: HttpProxy<SloGuard>, state: Arc<State>) -> ConnectionApp {
+        ConnectionApp {
             proxy: Arc::new(proxy),
             state,
             clients: ClientConnections::new(),
@@ -59,7 +59,7 @@ impl ConnGuard {
     /// settings, a later one those its predecessor left.
     fn serve_request<'a>(
         &'a self,
-        io: Box<HeadGuardIo>,
+        io: Box<HeadDeadlineIo>,
         first: bool,
         carried: Option<HttpPersistentSettings>,
         shutdown: &'a ShutdownWatch,
@@ -99,7 +99,7 @@ impl ConnGuard {
         };
         match self.clients.try_open(ip, cap) {
             Ok(permit) => Ok(Some(permit)),
-            Err(open) => Err(conn_guard::too_many_connections(ip, open, cap)),
+            Err(open) => Err(connection::too_many_connections(ip, open, cap)),
         }
     }
 
@@ -142,7 +142,7 @@ impl ConnGuard {
     }
 }
 
-impl ConnGuard {
+impl ConnectionApp {
     /// With `[listen] proxy_protocol`, reads the PROXY header a trusted balancer sends
     /// first, and makes the client it names the connection's peer for everything after (the
     /// per-client cap, then each request's client address). Without, the stream as it is.
@@ -150,7 +150,7 @@ impl ConnGuard {
     async fn proxy_header(
         &self,
         stream: Stream,
-        limits: conn_guard::ConnLimits,
+        limits: connection::ConnLimits,
     ) -> Result<(Stream, Option<IpAddr>), Option<(Stream, Rejection, Option<IpAddr>)>> {
         let peer = client_ip(&stream);
         let policy = self.state.policy();
@@ -159,7 +159,7 @@ impl ConnGuard {
         }
         if !peer.is_some_and(|ip| policy.listen.trusted_proxies.contains(ip)) {
             let why = "this peer is not in listen.trusted_proxies";
-            return Err(Some((stream, conn_guard::bad_proxy_header(why), peer)));
+            return Err(Some((stream, connection::bad_proxy_header(why), peer)));
         }
         let mut l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => l4,
@@ -184,10 +184,10 @@ impl ConnGuard {
         let (client, len) = match read {
             Ok(Ok(Some(header))) => header,
             Ok(Ok(None)) => return Err(None), // closed before a whole header
-            Ok(Err(why)) => return Err(Some((l4, conn_guard::bad_proxy_header(why), peer))),
+            Ok(Err(why)) => return Err(Some((l4, connection::bad_proxy_header(why), peer))),
             Err(_) => {
                 let why = "none arrived within limits.header_read_timeout_ms";
-                return Err(Some((l4, conn_guard::bad_proxy_header(why), peer)));
+                return Err(Some((l4, connection::bad_proxy_header(why), peer)));
             }
         };
         // What came after the header is the first request: Pingora reads it from here.
@@ -206,7 +206,7 @@ impl ConnGuard {
 /// `false` when it closed, stayed idle past the keep-alive timeout, or the server is
 /// stopping (an idle connection is closed at once, as Pingora closes those parked in its
 /// own head read).
-async fn next_request(io: &mut HeadGuardIo, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+async fn next_request(io: &mut HeadDeadlineIo, idle: Duration, shutdown: &ShutdownWatch) -> bool {
     let mut stopping = shutdown.clone();
     if *stopping.borrow() {
         return false;
@@ -257,7 +257,7 @@ async fn answer_and_close(mut stream: Stream, answer: &[u8]) {
 }
 
 #[async_trait]
-impl ServerApp for ConnGuard {
+impl ServerApp for ConnectionApp {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -271,7 +271,7 @@ impl ServerApp for ConnGuard {
             Ok(place) => place,
             Err(open) => {
                 let client = client_ip(&stream);
-                Box::pin(self.refuse(stream, conn_guard::proxy_full(open, cap), client)).await;
+                Box::pin(self.refuse(stream, connection::proxy_full(open, cap), client)).await;
                 return None;
             }
         };
@@ -298,7 +298,7 @@ impl ServerApp for ConnGuard {
                 return None;
             }
         };
-        let (io, expiry) = HeadGuardIo::new(stream, limits.header_read_timeout);
+        let (io, expiry) = HeadDeadlineIo::new(stream, limits.header_read_timeout);
         let mut io = Box::new(io);
         if !next_request(&mut io, limits.keepalive_timeout, shutdown).await {
             return None;
@@ -320,11 +320,11 @@ impl ServerApp for ConnGuard {
                     // Pingora's session (and its request, if any had begun) is dropped by
                     // now; nothing of this head reached a phase or the backend.
                     if let Some((stream, missed)) = expiry.take() {
-                        let limits = conn_guard::ConnLimits {
+                        let limits = connection::ConnLimits {
                             header_read_timeout: missed,
                             ..limits
                         };
-                        Box::pin(self.refuse(stream, conn_guard::header_timeout(&limits), client))
+                        Box::pin(self.refuse(stream, connection::header_timeout(&limits), client))
                             .await;
                     }
                     return None;
@@ -333,7 +333,7 @@ impl ServerApp for ConnGuard {
             let (stream, settings) = reused.consume();
             // The limits of the policy of now: a reload applies to open connections too.
             let now = self.state.conn_limits();
-            io = HeadGuardIo::rearm(stream, now.header_read_timeout)?;
+            io = HeadDeadlineIo::rearm(stream, now.header_read_timeout)?;
             if !next_request(&mut io, now.keepalive_timeout, shutdown).await {
                 return None;
             }

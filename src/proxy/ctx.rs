@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use crate::config::Policy;
 use crate::stages::client_ip::ClientIp;
-use crate::stages::json_guard::JsonScanner;
+use crate::stages::json_scan::JsonScanner;
 use crate::stages::payload::BodyCounter;
 use crate::stages::ratelimit::RateHeaders;
 use crate::stages::route::RouteId;
 use crate::stages::Rejection;
-use crate::state::RequestGuard;
+use crate::state::InFlightRequest;
 use crate::workers::{Sample, Tried, WorkerLease};
 
 /// What one request has learned and holds. Dropped when the request ends, which releases the
@@ -53,14 +53,14 @@ pub struct RequestCtx {
     pub limited_key: Option<String>,
     /// Body bytes seen so far against the route's cap (streamed bodies).
     pub body: BodyCounter,
-    /// The route's JSON guard, scanning this request's body.
+    /// The route's JSON scan of this request's body.
     pub json: Option<JsonScanner>,
     /// The body was read and checked whole before proxying (Pingora replays it).
     pub body_checked: bool,
     /// A refusal decided mid-stream (body over its cap): `fail_to_proxy` writes it.
     pub pending_rejection: Option<Rejection>,
     /// Counts this request in flight for graceful drain; released with the context.
-    pub guard: Option<RequestGuard>,
+    pub in_flight: Option<InFlightRequest>,
     /// The answer's time when the request was sent to an idle worker: a clean measure of
     /// its route's cost, fed to the route costs when the request ends.
     pub idle_rtt: Option<std::time::Duration>,
@@ -91,7 +91,7 @@ impl RequestCtx {
             body_checked: false,
             json: None,
             pending_rejection: None,
-            guard: None,
+            in_flight: None,
             idle_rtt: None,
         }
     }

@@ -1,8 +1,8 @@
 //! The proxy listener's stream with a deadline on each request head: the I/O edge of
-//! `stages::conn_guard::head`.
+//! `stages::connection::head`.
 //!
 //! Pingora only times each read of a head (60 s), so a client sending a byte every few
-//! seconds could hold a connection forever. [`HeadGuardIo`] wraps the accepted stream
+//! seconds could hold a connection forever. [`HeadDeadlineIo`] wraps the accepted stream
 //! before Pingora sees it: the first byte of a head arms a deadline (a timer polled inside
 //! `poll_read`, so a read waiting for bytes still wakes at the deadline), the empty line
 //! that ends the head disarms it, and the connection loop (`proxy::conn`) re-arms it before
@@ -33,10 +33,10 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::stages::conn_guard::{HeadEvent, HeadWatch};
+use crate::stages::connection::{HeadEvent, HeadWatch};
 
 /// A stream whose request heads must each arrive whole within a deadline.
-pub struct HeadGuardIo {
+pub struct HeadDeadlineIo {
     /// `None` once handed over after a head timeout.
     inner: Option<Stream>,
     watch: HeadWatch,
@@ -45,7 +45,7 @@ pub struct HeadGuardIo {
     /// Armed only while a head spans reads; dropped (and deregistered) at its end.
     deadline: Option<Pin<Box<Sleep>>>,
     expiry: Arc<Expiry>,
-    /// The start of the next head, read by [`HeadGuardIo::wait_for_head`] while the
+    /// The start of the next head, read by [`HeadDeadlineIo::wait_for_head`] while the
     /// connection waited holding no buffer; handed to Pingora by its next reads, then freed.
     arrived: Vec<u8>,
     /// The wait's read filled its buffer, so more of the head (or pipelined requests) may be
@@ -60,7 +60,7 @@ pub struct HeadGuardIo {
 }
 
 /// A connection being closed: our FIN is sent, and what the client still sends is read and
-/// dropped until it closes too (see [`HeadGuardIo::poll_linger`]).
+/// dropped until it closes too (see [`HeadDeadlineIo::poll_linger`]).
 struct Linger {
     fin_sent: bool,
     drained: usize,
@@ -85,7 +85,7 @@ const HEAD_START: usize = 512;
 /// buffer, one Ethernet segment's payload).
 const WRITE_GATHER: usize = 1460;
 
-/// A head timed out: the stream, handed from [`HeadGuardIo`] (inside Pingora's session) to
+/// A head timed out: the stream, handed from [`HeadDeadlineIo`] (inside Pingora's session) to
 /// the connection loop that answers it.
 #[derive(Default)]
 pub struct Expiry {
@@ -120,11 +120,11 @@ impl Expiry {
     }
 }
 
-impl HeadGuardIo {
+impl HeadDeadlineIo {
     /// Wraps a newly accepted stream, waiting for its first request head.
-    pub fn new(inner: Stream, timeout: Duration) -> (HeadGuardIo, Arc<Expiry>) {
+    pub fn new(inner: Stream, timeout: Duration) -> (HeadDeadlineIo, Arc<Expiry>) {
         let expiry = Arc::new(Expiry::default());
-        let io = HeadGuardIo {
+        let io = HeadDeadlineIo {
             inner: Some(inner),
             watch: HeadWatch::new(),
             timeout,
@@ -174,14 +174,14 @@ impl HeadGuardIo {
 
     /// Re-arms a stream Pingora hands back for reuse (it is ours: the same box we gave it).
     /// `None` if it is somehow not one of ours; the connection is then dropped.
-    pub fn rearm(stream: Stream, timeout: Duration) -> Option<Box<HeadGuardIo>> {
-        match stream.into_any().downcast::<HeadGuardIo>() {
+    pub fn rearm(stream: Stream, timeout: Duration) -> Option<Box<HeadDeadlineIo>> {
+        match stream.into_any().downcast::<HeadDeadlineIo>() {
             Ok(mut io) => {
                 io.expect_head(timeout);
                 Some(io)
             }
             Err(_) => {
-                tracing::error!("a reused downstream stream is not a HeadGuardIo; closing it");
+                tracing::error!("a reused downstream stream is not a HeadDeadlineIo; closing it");
                 None
             }
         }
@@ -211,7 +211,7 @@ fn gone() -> io::Error {
     )
 }
 
-impl AsyncRead for HeadGuardIo {
+impl AsyncRead for HeadDeadlineIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -244,7 +244,7 @@ impl AsyncRead for HeadGuardIo {
     }
 }
 
-impl HeadGuardIo {
+impl HeadDeadlineIo {
     /// Feeds the bytes read since `before` to the head watch, arming or disarming the
     /// deadline.
     fn observe(&mut self, buf: &ReadBuf<'_>, before: usize) {
@@ -260,7 +260,7 @@ impl HeadGuardIo {
         }
     }
 
-    /// Hands on what [`HeadGuardIo::wait_for_head`] read, freeing it once all is taken.
+    /// Hands on what [`HeadDeadlineIo::wait_for_head`] read, freeing it once all is taken.
     /// When that read filled its buffer, what else the socket holds goes along in the same
     /// call: Pingora takes bytes past the head it did not ask for as overread (pipelined
     /// requests: dropped with the connection), but bytes it reads later, while the request
@@ -289,7 +289,7 @@ impl HeadGuardIo {
     }
 }
 
-impl HeadGuardIo {
+impl HeadDeadlineIo {
     /// Sends what was gathered, then frees the buffer.
     fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(inner) = self.inner.as_mut() else {
@@ -313,7 +313,7 @@ impl HeadGuardIo {
     }
 }
 
-impl AsyncWrite for HeadGuardIo {
+impl AsyncWrite for HeadDeadlineIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -368,7 +368,7 @@ impl AsyncWrite for HeadGuardIo {
     }
 }
 
-impl HeadGuardIo {
+impl HeadDeadlineIo {
     /// Pingora closes a connection it will not reuse (the client asked to close, a 400, a
     /// refusal that left a request body unread, a drain) by shutting its stream down. Closing
     /// a socket with unread input, or one that input reaches later (a body sent after the
@@ -419,7 +419,7 @@ impl HeadGuardIo {
 // client address, timings and logs).
 
 #[async_trait]
-impl Shutdown for HeadGuardIo {
+impl Shutdown for HeadDeadlineIo {
     async fn shutdown(&mut self) {
         if let Some(inner) = self.inner.as_mut() {
             Shutdown::shutdown(&mut **inner).await;
@@ -427,13 +427,13 @@ impl Shutdown for HeadGuardIo {
     }
 }
 
-impl UniqueID for HeadGuardIo {
+impl UniqueID for HeadDeadlineIo {
     fn id(&self) -> UniqueIDType {
         self.inner.as_ref().map_or(-1, |i| i.id())
     }
 }
 
-impl Ssl for HeadGuardIo {
+impl Ssl for HeadDeadlineIo {
     fn get_ssl(&self) -> Option<&TlsRef> {
         self.inner.as_ref().and_then(|i| i.get_ssl())
     }
@@ -447,7 +447,7 @@ impl Ssl for HeadGuardIo {
     }
 }
 
-impl GetTimingDigest for HeadGuardIo {
+impl GetTimingDigest for HeadDeadlineIo {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner
             .as_ref()
@@ -468,7 +468,7 @@ impl GetTimingDigest for HeadGuardIo {
     }
 }
 
-impl GetProxyDigest for HeadGuardIo {
+impl GetProxyDigest for HeadDeadlineIo {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner.as_ref().and_then(|i| i.get_proxy_digest())
     }
@@ -480,7 +480,7 @@ impl GetProxyDigest for HeadGuardIo {
     }
 }
 
-impl GetSocketDigest for HeadGuardIo {
+impl GetSocketDigest for HeadDeadlineIo {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner.as_ref().and_then(|i| i.get_socket_digest())
     }
@@ -493,7 +493,7 @@ impl GetSocketDigest for HeadGuardIo {
 }
 
 #[async_trait]
-impl Peek for HeadGuardIo {
+impl Peek for HeadDeadlineIo {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         match self.inner.as_mut() {
             Some(inner) => inner.try_peek(buf).await,
@@ -502,9 +502,9 @@ impl Peek for HeadGuardIo {
     }
 }
 
-impl fmt::Debug for HeadGuardIo {
+impl fmt::Debug for HeadDeadlineIo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HeadGuardIo")
+        f.debug_struct("HeadDeadlineIo")
             .field("inner", &self.inner)
             .field("watch", &self.watch)
             .field("timeout", &self.timeout)

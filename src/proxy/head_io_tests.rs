@@ -9,9 +9,9 @@ use super::*;
 
 const DEADLINE: Duration = Duration::from_millis(300);
 
-fn guarded() -> (DuplexStream, HeadGuardIo, Arc<Expiry>) {
+fn guarded() -> (DuplexStream, HeadDeadlineIo, Arc<Expiry>) {
     let (client, server) = tokio::io::duplex(4096);
-    let (io, expiry) = HeadGuardIo::new(Box::new(server), DEADLINE);
+    let (io, expiry) = HeadDeadlineIo::new(Box::new(server), DEADLINE);
     (client, io, expiry)
 }
 
@@ -23,7 +23,7 @@ enum First {
     Nothing,
 }
 
-async fn next(io: &mut HeadGuardIo, expiry: &Expiry, within: Duration) -> First {
+async fn next(io: &mut HeadDeadlineIo, expiry: &Expiry, within: Duration) -> First {
     let start = Instant::now();
     let mut buf = [0u8; 256];
     tokio::select! {
@@ -116,7 +116,7 @@ async fn a_complete_head_disarms_until_the_connection_is_reused() {
     client.read_exact(&mut got).await.unwrap();
     // Reused: idle is still not timed; the next head's first byte arms a new deadline, with
     // the timeout of the policy at that time.
-    let mut io = *HeadGuardIo::rearm(Box::new(io), Duration::from_millis(500)).unwrap();
+    let mut io = *HeadDeadlineIo::rearm(Box::new(io), Duration::from_millis(500)).unwrap();
     assert_eq!(
         next(&mut io, &expiry, Duration::from_secs(30)).await,
         First::Nothing

@@ -1,7 +1,7 @@
 //! The Pingora phases. They sequence the stages and write their answers; they decide nothing
 //! themselves (see `stages` and `workers` for the decisions).
 //!
-//! Before any of them, `listener` accepts the connection and [`ConnGuard`] (in `conn`) runs
+//! Before any of them, `listener` accepts the connection and [`ConnectionApp`] (in `conn`) runs
 //! it: the connection caps at accept and the deadline on reading each request head
 //! (`head_io`).
 //!
@@ -36,7 +36,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-pub use conn::ConnGuard;
+pub use conn::ConnectionApp;
 pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 pub use self_lag::{held_up_totals, HeldUp};
@@ -98,7 +98,7 @@ impl ProxyHttp for SloGuard {
 
     fn new_ctx(&self) -> RequestCtx {
         let mut ctx = RequestCtx::new();
-        ctx.guard = Some(self.state.request_started());
+        ctx.in_flight = Some(self.state.request_started());
         ctx
     }
 

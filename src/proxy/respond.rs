@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_raw_refusal_is_a_whole_response_that_closes_the_connection() {
-        let r = crate::stages::conn_guard::header_timeout(&Default::default());
+        let r = crate::stages::connection::header_timeout(&Default::default());
         let cx = Context {
             route: "-",
             request_id: "abc",

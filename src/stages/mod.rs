@@ -1,12 +1,12 @@
 //! The stages of the request path, in the order a request meets them. Each stage decides;
 //! the Pingora phases in `proxy` only sequence stages and write their answers.
 //!
-//! - [`conn_guard`]: before any request: a deadline on reading each request head, and a cap
+//! - [`connection`]: before any request: a deadline on reading each request head, and a cap
 //!   on open connections per client IP.
 //! - [`client_ip`]: who the client is, through trusted proxies (`X-Forwarded-For`).
 //! - [`route`]: which route (SLO, priority, caps) a request belongs to.
 //! - [`payload`]: URL, header and body-size limits, answered before the backend sees a byte.
-//! - [`json_guard`]: a streaming JSON scan with shape limits (depth, keys, array length,
+//! - [`json_scan`]: a streaming JSON scan with shape limits (depth, keys, array length,
 //!   string bytes), no DOM.
 //! - [`ratelimit`]: per-tenant limits shared through Redis, with a local fallback.
 //! - [`admission`]: wait for a worker slot within the route's deadline, or be shed.
@@ -15,9 +15,9 @@
 
 pub mod admission;
 pub mod client_ip;
-pub mod conn_guard;
+pub mod connection;
 pub mod hedge;
-pub mod json_guard;
+pub mod json_scan;
 pub mod payload;
 pub mod ratelimit;
 pub mod reason;

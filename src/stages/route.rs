@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use super::json_guard::JsonLimits;
+use super::json_scan::JsonLimits;
 
 /// Shedding order under overload: `Sheddable` goes first, `Critical` last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

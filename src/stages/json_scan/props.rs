@@ -202,7 +202,7 @@ fn mutated_documents_never_panic_and_agree_with_serde_json() {
     }
 }
 
-/// `cargo test --release --lib json_guard -- --ignored --nocapture`
+/// `cargo test --release --lib json_scan -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn throughput() {

@@ -1,4 +1,4 @@
-//! JSON guard: a streaming scan that refuses malformed or pathologically shaped JSON request
+//! JSON scan: a streaming scan that refuses malformed or pathologically shaped JSON request
 //! bodies chunk by chunk, before the backend does any work. Pure; O(depth) memory.
 //!
 //! The proxy feeds each body chunk as `request_body_filter` sees it ([`JsonScanner::feed`]),

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sloguard::stages::json_guard::{JsonLimits, JsonScanner, JsonVerdict};
+use sloguard::stages::json_scan::{JsonLimits, JsonScanner, JsonVerdict};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, body)) = data.split_first() else { return };

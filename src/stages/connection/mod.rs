@@ -1,4 +1,4 @@
-//! Connection guards, decided before Pingora parses a request: a total deadline for reading
+//! Connection limits, decided before Pingora parses a request: a total deadline for reading
 //! each request head (slowloris on headers) and a cap on open connections per client IP.
 //! Pure: the I/O edge (`proxy::conn`) feeds bytes and addresses in and writes the answers.
 //!
@@ -22,7 +22,7 @@ pub use total::{ConnectionPermit, OpenConnections};
 
 use super::{Reason, Rejection};
 
-/// The policy keys of `[limits]` that guard connections, validated.
+/// The policy keys of `[limits]` that limit connections, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
     /// Longest time from the first byte of a request head to the empty line that ends it;

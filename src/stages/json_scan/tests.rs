@@ -1,4 +1,4 @@
-//! Tests for the JSON guard: grammar and offsets, limits, chunking at every split point, and
+//! Tests for the JSON scan: grammar and offsets, limits, chunking at every split point, and
 //! generated documents (a tiny xorshift generator, serialized with serde_json).
 
 use super::*;

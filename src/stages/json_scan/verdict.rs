@@ -1,4 +1,4 @@
-//! The JSON guard's limits and verdicts, and how a verdict becomes an HTTP answer.
+//! The JSON scan's limits and verdicts, and how a verdict becomes an HTTP answer.
 
 use super::super::{Reason, Rejection};
 
