@@ -19,7 +19,6 @@
 // The stop: timers on the wall clock, and the watchdog that ends a stuck process.
 #![allow(clippy::disallowed_methods)]
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,7 +97,6 @@ impl ShutdownSignalWatch for StopOnSignal {
 /// Stops the proxy taking requests and waits until none is in flight, or the drain
 /// timeout: in-flight requests are answered, and an idle proxy does not linger.
 async fn drain(state: &State) {
-    state.draining.store(true, Ordering::Relaxed);
     state.stop_proxy();
     let timeout = state.policy().listen.drain_timeout;
     let started = Instant::now();

@@ -11,7 +11,7 @@
 use crate::stages::hedge::HedgeStats;
 use crate::stages::Reason;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -48,8 +48,6 @@ pub struct State {
     /// Requests between `new_ctx` and the end of `logging` (held by [`InFlightRequest`]).
     in_flight: Arc<AtomicUsize>,
     pub access_log: AccessLog,
-    /// SIGTERM received: not ready, draining.
-    pub draining: AtomicBool,
     /// Set at SIGTERM: the proxy's listener stops accepting and its keep-alive connections
     /// close after their current answer (see `shutdown::StopOnSignal`). Its receivers stand
     /// in for Pingora's shutdown watch on the proxy service, which fires only once the
@@ -86,7 +84,6 @@ impl State {
             ratelimiter: ArcSwap::from_pointee(ratelimiter),
             last_reload: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
-            draining: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(false),
             access_log: AccessLog::default(),
             rejections: Mutex::new(HashMap::new()),
@@ -98,9 +95,15 @@ impl State {
         }
     }
 
-    /// Tells the proxy's listener and connections to stop (see [`State::stop_watch`]).
+    /// SIGTERM: tells the proxy's listener and connections to stop (see
+    /// [`State::stop_watch`]); from then on the process is draining, and not ready.
     pub fn stop_proxy(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// SIGTERM received ([`State::stop_proxy`]): draining, not ready.
+    pub fn draining(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// A watch that turns true when the proxy must stop taking requests: what the proxy's

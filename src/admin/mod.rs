@@ -108,11 +108,7 @@ impl AdminApp {
     /// Ready when a policy is loaded (always, once serving) and at least one worker is not
     /// ejected: a pod whose every worker is stalled should leave the Service's endpoints.
     pub fn readiness(&self) -> (StatusCode, serde_json::Value) {
-        if self
-            .state
-            .draining
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.state.draining() {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"ready": false, "reason": "draining (SIGTERM)"}),

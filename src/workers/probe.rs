@@ -156,54 +156,19 @@ pub async fn probe(
         WorkerAddr::Tcp(a) => a.to_string(),
         WorkerAddr::Unix(_) => "localhost".to_string(),
     };
-    let answered = |reply: ProbeReply| {
-        ProbeOutcome::Answered(if (200..300).contains(&reply.status) {
-            Ok((start.elapsed(), reply.lag))
-        } else {
-            Err(())
-        })
-    };
     let reusable = kept
         .take()
         .filter(|c| &c.addr == addr && c.stream.still_open());
-    if let Some(mut conn) = reusable {
-        let attempt = ask(&mut conn.stream, &cfg.path, &host, lag_header);
-        return match tokio::time::timeout(cfg.timeout, attempt).await {
-            Ok(Ok((reply, reusable))) => {
-                if reusable {
-                    *kept = Some(conn);
-                }
-                answered(reply)
-            }
-            _ => ProbeOutcome::Answered(Err(())),
-        };
-    }
-    let left = cfg.timeout.saturating_sub(start.elapsed());
-    let connected = match addr {
-        WorkerAddr::Tcp(a) => tokio::time::timeout(left, TcpStream::connect(a))
-            .await
-            .map(|c| c.map(Probed::Tcp)),
-        WorkerAddr::Unix(path) => tokio::time::timeout(left, UnixStream::connect(path))
-            .await
-            .map(|c| c.map(Probed::Unix)),
+    let mut conn = match reusable {
+        Some(conn) => conn,
+        None => match Probed::connect(addr, cfg.timeout).await {
+            Ok(stream) => KeptConn {
+                addr: addr.clone(),
+                stream,
+            },
+            Err(failed) => return failed,
+        },
     };
-    let stream = match connected {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            return match e.raw_os_error().and_then(LocalShortage::from_os_error) {
-                Some(shortage) => ProbeOutcome::Local(shortage),
-                None => ProbeOutcome::Answered(Err(())),
-            }
-        }
-        Err(_) => return ProbeOutcome::Answered(Err(())),
-    };
-    let mut conn = KeptConn {
-        addr: addr.clone(),
-        stream,
-    };
-    if let Probed::Tcp(s) = &conn.stream {
-        let _ = s.set_nodelay(true);
-    }
     let left = cfg.timeout.saturating_sub(start.elapsed());
     let attempt = ask(&mut conn.stream, &cfg.path, &host, lag_header);
     match tokio::time::timeout(left, attempt).await {
@@ -211,7 +176,11 @@ pub async fn probe(
             if reusable {
                 *kept = Some(conn);
             }
-            answered(reply)
+            ProbeOutcome::Answered(if (200..300).contains(&reply.status) {
+                Ok((start.elapsed(), reply.lag))
+            } else {
+                Err(())
+            })
         }
         _ => ProbeOutcome::Answered(Err(())),
     }
@@ -225,6 +194,35 @@ enum Probed {
 }
 
 impl Probed {
+    /// A fresh connection to `addr` within `timeout` (TCP without Nagle's delay), or the
+    /// probe's outcome when there is none: our own shortage (no descriptor, no local port)
+    /// is not the worker's failure.
+    async fn connect(addr: &WorkerAddr, timeout: Duration) -> Result<Probed, ProbeOutcome> {
+        let connected = match addr {
+            WorkerAddr::Tcp(a) => tokio::time::timeout(timeout, TcpStream::connect(a))
+                .await
+                .map(|c| c.map(Probed::Tcp)),
+            WorkerAddr::Unix(path) => tokio::time::timeout(timeout, UnixStream::connect(path))
+                .await
+                .map(|c| c.map(Probed::Unix)),
+        };
+        match connected {
+            Ok(Ok(stream)) => {
+                if let Probed::Tcp(s) = &stream {
+                    let _ = s.set_nodelay(true);
+                }
+                Ok(stream)
+            }
+            Ok(Err(e)) => Err(
+                match e.raw_os_error().and_then(LocalShortage::from_os_error) {
+                    Some(shortage) => ProbeOutcome::Local(shortage),
+                    None => ProbeOutcome::Answered(Err(())),
+                },
+            ),
+            Err(_) => Err(ProbeOutcome::Answered(Err(()))),
+        }
+    }
+
     /// Whether the connection is still open and quiet between two probes: not closed by
     /// the worker while it sat idle (its own keep-alive timeout), and nothing unasked
     /// waiting on it. Checked before a probe is sent on it, so that a worker that closes

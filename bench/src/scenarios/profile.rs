@@ -243,7 +243,8 @@ fn count_per_request(
     })
 }
 
-/// SIGINT makes perf and strace write their output and exit.
+/// SIGINT makes perf write its output and exit. Waits as long as that takes: a `Proc`'s
+/// drop would kill it after 5 s, cutting a large `perf record` file short.
 fn stop_tool(mut child: Child) -> anyhow::Result<()> {
     // SAFETY: kill has no memory preconditions; the pid is our own un-reaped child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
