@@ -5,7 +5,8 @@
 #   - the dashboard is valid JSON, uses the ${datasource} variable everywhere, and every
 #     metric, label and label value its queries use is in the metrics contract below (the
 #     same for the PrometheusRule; PromQL syntax too when the promql_parser module is
-#     installed); the contract's metrics are all registered in src/admin/metrics.rs;
+#     installed); the contract's metrics are all written by src/telemetry/ and its reason
+#     labels are exactly src/stages/reason.rs's;
 #   - the manifests agree with the policy (sloguard a native sidecar: an init container with
 #     restartPolicy Always; ports, config path, no subPath, preStop and grace period vs drain
 #     timeout, replicas_hint vs HPA, SLO thresholds in the alerts vs the routes' SLOs,
@@ -76,7 +77,7 @@ def ok(msg):
 def rel(p):
     return os.path.relpath(p, REPO)
 
-# --- The metrics contract with src/admin/metrics.rs --------------------------------------
+# --- The metrics contract with src/telemetry/ ----------------------------------------------
 # metric -> its labels; histograms also have _bucket (with le), _sum and _count.
 METRICS = {
     "sloguard_requests_total": {"route", "status_class", "worker"},
@@ -112,10 +113,11 @@ DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.4, 0.5, 1,
 TARGET_LABELS = {"namespace", "pod", "container", "job", "instance", "endpoint", "service"}
 SHED_REASONS = {"deadline_unreachable", "queue_timeout", "queue_full", "evicted", "priority"}
 REJECT_REASONS = {
-    "body_too_large", "url_too_long", "headers_too_large", "body_timeout", "invalid_json",
-    "json_limit", "rate_limited", "missing_rate_limit_key", "rate_limit_unavailable",
-    "upstream_unavailable", "upstream_timeout", "upstream_error", "bad_request",
-    "http_error", "internal_error", "ambiguous_framing", "header_timeout", "too_many_connections",
+    "body_too_large", "url_too_long", "headers_too_large", "bad_chunked_body", "bad_host",
+    "body_timeout", "invalid_json", "json_limit", "rate_limited", "missing_rate_limit_key",
+    "rate_limit_unavailable", "upstream_unavailable", "local_resources", "upstream_timeout",
+    "upstream_error", "bad_request", "http_error", "internal_error", "header_timeout",
+    "too_many_connections", "bad_proxy_protocol",
 }
 
 # --- Policies ----------------------------------------------------------------------------
@@ -524,23 +526,31 @@ if dash:
         n_queries += 1
     ok(f"grafana-dashboard.json: {len(ids)} panels, {n_queries} queries checked")
 
-# The contract against the code: every metric above must be registered by the proxy.
-src = os.path.join(REPO, "src/admin/metrics.rs")
-if os.path.exists(src):
-    registered = set(re.findall(r'"(sloguard_[a-z_]+)"', open(src).read()))
+# The contract against the code: every metric above must be written by the proxy (its
+# names are string literals in src/telemetry/), and the reason labels are exactly the code's
+# (src/stages/reason.rs).
+telemetry = os.path.join(REPO, "src/telemetry")
+reason_rs = os.path.join(REPO, "src/stages/reason.rs")
+if not os.path.isdir(telemetry) or not os.path.exists(reason_rs):
+    fail("src/telemetry/ or src/stages/reason.rs is missing: the contract cannot be checked against the code")
+else:
+    code = "".join(open(os.path.join(telemetry, f)).read() for f in sorted(os.listdir(telemetry)) if f.endswith(".rs") and not f.endswith("_tests.rs"))
+    registered = set(re.findall(r"\b(sloguard_[a-z_]*[a-z])\b", code))
     missing = sorted(set(METRICS) - registered)
     if missing:
-        fail(f"metrics in the contract that src/admin/metrics.rs does not register: {', '.join(missing)}")
+        fail(f"metrics in the contract that src/telemetry/ does not write: {', '.join(missing)}")
     else:
-        ok("every metric of the contract is registered in src/admin/metrics.rs")
+        ok("every metric of the contract is written by src/telemetry/")
     extra = sorted(registered - set(METRICS))
     if extra:
-        print(f"note: src/admin/metrics.rs registers metrics the dashboard and rules do not know: {', '.join(extra)}")
-    m = re.search(r"REJECT_REASONS: \[&str; \d+\] = \[(.*?)\];", open(src).read(), re.S)
-    if m:
-        code_reasons = set(re.findall(r'"(\w+)"', m.group(1)))
-        if code_reasons - REJECT_REASONS:
-            print(f"note: refusal reasons in the code not listed here: {', '.join(sorted(code_reasons - REJECT_REASONS))}")
+        print(f"note: src/telemetry/ writes metrics the dashboard and rules do not know: {', '.join(extra)}")
+    code_reasons = set(re.findall(r'Reason::\w+ => "(\w+)"', open(reason_rs).read()))
+    if not code_reasons:
+        fail("no reason labels found in src/stages/reason.rs (Reason::X => \"label\")")
+    elif code_reasons != SHED_REASONS | REJECT_REASONS:
+        fail(f"reason labels differ from the code: only in the code {sorted(code_reasons - SHED_REASONS - REJECT_REASONS)}, only here {sorted((SHED_REASONS | REJECT_REASONS) - code_reasons)}")
+    else:
+        ok(f"the {len(code_reasons)} reason labels are exactly the code's")
 
 sys.exit(1 if failures else 0)
 PY

@@ -12,14 +12,25 @@
 //!   `[listen] proxy_protocol` the PROXY header that names the client.
 //! - [`stages::client_ip`] resolves each request's client through `trusted_proxies`
 //!   (`X-Forwarded-For`, right-most untrusted entry) for rate-limit keys, logs and upstream.
-//! - [`stages`] decide: [`stages::route`] (which route), [`stages::payload`] (body caps),
-//!   [`stages::admission`] (wait for a worker slot within the deadline, or be shed); each
-//!   refusal names a [`stages::Reason`], which the metrics, the access log and `/status`
-//!   all count by.
-//! - [`workers`] choose the upstream worker (on TCP or a Unix socket) and hold in-flight leases.
-//! - [`monitor`] runs health evaluation, probes and drain-rate estimates in the background.
-//! - [`admin`] serves `/healthz` and `/status`.
-//! - [`config`] reads and validates the TOML policy; [`state`] holds the live snapshot;
+//! - [`stages`] decide, in this order: [`stages::route`] (which route),
+//!   [`stages::payload`] (head and body caps), [`stages::ratelimit`] (per-tenant limits in
+//!   Redis), [`stages::json_scan`] (the body's shape), [`stages::admission`] (wait for a
+//!   worker slot within the deadline, or be shed); once a worker is tried,
+//!   [`stages::retry`] (another worker, within a budget) and [`stages::hedge`] (a second
+//!   attempt for a slow answer). Each refusal names a [`stages::Reason`], which the
+//!   metrics, the access log and `/status` all count by.
+//! - [`workers`] choose the upstream worker (on TCP or a Unix socket) and hold in-flight
+//!   leases; each worker's health, limiter and probes live there.
+//! - [`telemetry`] counts what happened, once, where it is decided: the metrics the request
+//!   path records, sloguard's refusals by route and reason, the access log; the figures
+//!   other modules keep (worker health, retries, hedges, the queue) are read at scrape time.
+//! - [`admin`] serves `/healthz`, `/readyz`, `/metrics`, `/status` and the status page; it
+//!   only reads.
+//! - [`monitor`] ticks worker health every 10 ms and starts the background loops the other
+//!   modules own (probes, drain-rate ticks, the rate limiter's and the exporter's upkeep,
+//!   the policy watch).
+//! - [`config`] reads and validates the TOML policy; [`state`] holds the live state, one
+//!   field per concern (policy, workers, admission, rate limits, telemetry, lifecycle);
 //!   [`reload`] swaps in a changed policy (file change, SIGHUP, `POST /reload`).
 //! - [`demo`] runs the analytics backend and sloguard together for a newcomer.
 //! - [`resources`] raises the open-file limit and tells our own shortages (EMFILE, no local
@@ -43,6 +54,7 @@ pub mod server;
 pub mod shutdown;
 pub mod stages;
 pub mod state;
+pub mod telemetry;
 pub mod workers;
 
 pub use config::{Policy, PolicyError};

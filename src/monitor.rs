@@ -1,7 +1,9 @@
-//! The guard's background work: a ticker that runs every worker's health state machine
-//! (so a stall is seen while it happens), estimates the drain rate for admission, and wakes
-//! queued requests when slots free up by other means (a readmission, a raised limit); and
-//! the active probes.
+//! The health ticker: every 10 ms it runs every worker's health state machine (so a stall
+//! is seen while it happens), refills the retry budget, and wakes queued requests when slots
+//! free up by other means (a readmission, a raised limit). It also starts the background
+//! loops the other modules own: the probes (`workers::probe_loop`), the drain-rate ticks
+//! (`Admission::tick_drain_rate`), the rate limiter's upkeep (`RateLimiter::keep_up`), the
+//! exporter's upkeep (`Telemetry::keep_up`) and the policy watch (`reload::watch`).
 
 // The background loops: the edge that reads the clock for every decider it ticks.
 #![allow(clippy::disallowed_methods)]
@@ -14,12 +16,10 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::admin::metrics::ProcessStats;
-use crate::resources;
+use crate::stages::ratelimit::RateLimiter;
 use crate::state::State;
 use crate::workers::health::{may_eject, outliers};
-use crate::workers::probe::{probe, KeptConn, ProbeOutcome};
-use crate::workers::{GuardMode, HealthState, Transition};
+use crate::workers::{probe_loop, GuardMode, HealthState, Transition};
 
 /// How often health is evaluated: well under the default `stall_after` of 100 ms.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -110,140 +110,22 @@ impl Monitor {
             .admission
             .wake_one_if_idle(|r| workers.has_room(r));
     }
-
-    async fn probe_loop(state: Arc<State>) {
-        let mut slots: Vec<Arc<ProbeSlot>> = Vec::new();
-        loop {
-            let policy = state.policy();
-            let Some(cfg) = policy.upstream.probe.clone() else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            let workers = state.workers();
-            slots.resize_with(workers.len(), Default::default);
-            for (i, w) in workers.iter().enumerate() {
-                // One probe per worker at a time: a stalled worker does not pile them up.
-                if slots[i].busy.swap(true, Ordering::AcqRel) {
-                    continue;
-                }
-                let (w, slot, cfg, header, health) = (
-                    w.clone(),
-                    slots[i].clone(),
-                    cfg.clone(),
-                    policy.upstream.lag_header.clone(),
-                    policy.upstream.health.clone(),
-                );
-                tokio::spawn(async move {
-                    let held_at_send = w.held_up();
-                    // The busy flag makes this task the slot's only user until it clears it.
-                    let mut kept = slot.take_conn();
-                    let outcome = probe(&w.addr, &cfg, &header, &mut kept).await;
-                    slot.put_conn(kept);
-                    match outcome {
-                        ProbeOutcome::Answered(result) => {
-                            w.on_probe_sent_at(&health, result, held_at_send, Instant::now())
-                        }
-                        // Our shortage, not the worker's: counted, never held against it.
-                        ProbeOutcome::Local(shortage) => resources::record(shortage),
-                    }
-                    slot.busy.store(false, Ordering::Release);
-                });
-            }
-            tokio::time::sleep(cfg.interval).await;
-        }
-    }
-
-    /// Closes the Redis breaker when Redis is back (checked every 100 ms while open) and
-    /// forgets replenished local keys every second.
-    async fn ratelimit_loop(state: Arc<State>) {
-        let mut n = 0u32;
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            state.ratelimiter().health_check().await;
-            n += 1;
-            if n.is_multiple_of(10) {
-                state.ratelimiter().sweep();
-            }
-        }
-    }
-
-    /// Refreshes the gauges (worker state, in flight, limits, lag...) four times a second,
-    /// and runs the exporter's upkeep so histogram memory stays flat without scrapes.
-    async fn metrics_loop(state: Arc<State>) {
-        let mut n = 0u32;
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let metrics = state.metrics.load();
-            for (w, m) in state.workers().iter().zip(&metrics.worker) {
-                let h = w.health();
-                for (gauge, s) in m.state.iter().zip([
-                    HealthState::Healthy,
-                    HealthState::Suspect,
-                    HealthState::Ejected,
-                ]) {
-                    gauge.set(if w.state() == s { 1.0 } else { 0.0 });
-                }
-                m.in_flight.set(w.in_flight() as f64);
-                m.limit.set(f64::from(w.limit()));
-                m.latency.set(h.latency().as_secs_f64());
-                if let Some(lag) = h.last_lag() {
-                    m.lag.set(lag.as_secs_f64());
-                }
-                if let Some(Ok(p)) = h.last_probe() {
-                    m.probe.set(p.as_secs_f64());
-                }
-                m.ejections.absolute(h.ejections);
-            }
-            metrics.queue_depth.set(state.admission.waiting() as f64);
-            metrics.set_process(&ProcessStats {
-                local_failures: resources::counts(),
-                accept_failures: crate::listener::failure_counts(),
-                connections_open: state.connections.open(),
-                connections_max: state.connection_cap(),
-                log_lines_suppressed: crate::logging::suppressed_total(),
-                loop_lateness: state.admission.own_delay().as_secs_f64(),
-            });
-            metrics.retries.absolute(state.retry_budget.granted());
-            metrics.hedges_launched.absolute(state.hedges.launched());
-            metrics.hedges_won.absolute(state.hedges.won());
-            let limiter = state.ratelimiter();
-            let stats = &limiter.stats;
-            metrics.redis_errors.absolute(
-                stats
-                    .redis_errors
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-            metrics
-                .fallback_active
-                .set(if state.ratelimiter().mode() == "fallback" {
-                    1.0
-                } else {
-                    0.0
-                });
-            n += 1;
-            if n.is_multiple_of(20) {
-                metrics.upkeep();
-            }
-        }
-    }
-
-    /// Feeds the admission queue's drain-rate estimate every 50 ms.
-    async fn drain_rate_loop(state: Arc<State>) {
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            state.admission.on_tick(Instant::now());
-        }
-    }
 }
 
 #[async_trait]
 impl BackgroundService for Monitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // These run until the server's runtimes stop (after the drain, see `shutdown`).
-        tokio::spawn(Monitor::probe_loop(self.state.clone()));
-        tokio::spawn(Monitor::drain_rate_loop(self.state.clone()));
-        tokio::spawn(Monitor::ratelimit_loop(self.state.clone()));
-        tokio::spawn(Monitor::metrics_loop(self.state.clone()));
+        let state = self.state.clone();
+        tokio::spawn(probe_loop::run(move || {
+            (state.workers(), state.policy().upstream.clone())
+        }));
+        let admission = self.state.admission.clone();
+        tokio::spawn(async move { admission.tick_drain_rate().await });
+        let state = self.state.clone();
+        tokio::spawn(RateLimiter::keep_up(move || state.ratelimiter()));
+        let state = self.state.clone();
+        tokio::spawn(async move { state.telemetry.keep_up().await });
         tokio::spawn(crate::reload::watch(
             self.state.clone(),
             self.state.policy().source.clone(),
@@ -266,23 +148,5 @@ impl BackgroundService for Monitor {
                 _ = shutdown.changed() => {}
             }
         }
-    }
-}
-
-/// One worker's place in the probe loop: whether a probe of it is in flight, and the
-/// connection its last probe left open for the next one.
-#[derive(Debug, Default)]
-struct ProbeSlot {
-    busy: AtomicBool,
-    conn: std::sync::Mutex<Option<KeptConn>>,
-}
-
-impl ProbeSlot {
-    fn take_conn(&self) -> Option<KeptConn> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    fn put_conn(&self, conn: Option<KeptConn>) {
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
     }
 }

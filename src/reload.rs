@@ -12,27 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Policy, PolicyError};
-use crate::state::State;
+use crate::state::{ReloadApplied, ReloadRecord, State};
 
 /// How often the policy file is checked for changes.
 pub const POLL: Duration = Duration::from_secs(1);
-
-/// The last reload attempt, for the status page.
-#[derive(Debug, Clone)]
-pub struct ReloadRecord {
-    pub at: SystemTime,
-    /// What asked for it: `file`, `sighup` or `admin`.
-    pub trigger: &'static str,
-    pub result: Result<ReloadApplied, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadApplied {
-    pub version: String,
-    /// Nothing changed (same bytes as the running policy).
-    pub unchanged: bool,
-    pub notes: Vec<String>,
-}
 
 /// Loads `path`, validates it and applies it; records the outcome either way.
 pub fn reload(
@@ -58,12 +41,12 @@ pub fn reload(
     });
     match &outcome {
         Ok(applied) if !applied.unchanged => {
-            state.metrics.load().record_reload(true);
+            state.telemetry.metrics().record_reload(true);
             tracing::info!(file = %path.display(), version = %applied.version, trigger, notes = ?applied.notes, "policy reloaded");
         }
         Ok(_) => {}
         Err(e) => {
-            state.metrics.load().record_reload(false);
+            state.telemetry.metrics().record_reload(false);
             tracing::error!(error = %e, trigger, "policy refused; the running policy stays");
         }
     }
@@ -76,7 +59,7 @@ pub fn reload(
             .map_err(ToString::to_string),
     };
     if outcome.as_ref().map_or(true, |a| !a.unchanged) {
-        *state.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        state.lifecycle.record_reload(record);
     }
     outcome
 }

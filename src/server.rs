@@ -59,7 +59,7 @@ pub fn build_server(policy: Policy, listeners: Listeners) -> (Server, Arc<State>
         listeners.proxy,
         ConnectionApp::new(http, state.clone()),
     )
-    .stopping_on(state.stop_watch());
+    .stopping_on(state.lifecycle.stop_watch());
     let admin = AcceptLoop::new(
         "sloguard admin",
         listeners.admin,

@@ -84,7 +84,7 @@ impl ShutdownSignalWatch for StopOnSignal {
             biased;
             _ = int.recv() => {
                 tracing::warn!(
-                    left = self.state.requests_in_flight(),
+                    left = self.state.lifecycle.requests_in_flight(),
                     "SIGINT while draining: stopping now"
                 );
                 ShutdownSignal::FastShutdown
@@ -97,18 +97,18 @@ impl ShutdownSignalWatch for StopOnSignal {
 /// Stops the proxy taking requests and waits until none is in flight, or the drain
 /// timeout: in-flight requests are answered, and an idle proxy does not linger.
 async fn drain(state: &State) {
-    state.stop_proxy();
+    state.lifecycle.stop_proxy();
     let timeout = state.policy().listen.drain_timeout;
     let started = Instant::now();
     tracing::info!(
-        in_flight = state.requests_in_flight(),
+        in_flight = state.lifecycle.requests_in_flight(),
         timeout_ms = timeout.as_millis() as u64,
         "SIGTERM: draining"
     );
-    while state.requests_in_flight() > 0 && started.elapsed() < timeout {
+    while state.lifecycle.requests_in_flight() > 0 && started.elapsed() < timeout {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let left = state.requests_in_flight();
+    let left = state.lifecycle.requests_in_flight();
     if left > 0 {
         tracing::warn!(
             left,

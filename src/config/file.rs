@@ -9,6 +9,7 @@ use toml::Spanned;
 
 pub use super::file_guard::*;
 pub use super::file_ratelimit::*;
+pub use super::file_request::*;
 
 /// The whole policy file.
 #[derive(Debug, Deserialize)]

@@ -1,94 +1,16 @@
-//! Validation of the SLO guard's sections (a child of `policy.rs`, sharing its `Validator`).
-
-use std::time::Duration;
-
-use toml::Spanned;
+//! Validation of the SLO guard's sections: `[guard]`, `[upstream.health]`,
+//! `[upstream.probe]`, `[concurrency]` and `[shedding]` (a child of `policy.rs`, sharing its
+//! `Validator`).
 
 use super::Validator;
-use crate::admin::access_log::{AccessLogConfig, AccessMode};
 use crate::config::error::PolicyError;
-use crate::config::file::{AccessModeFile, LimitsFile, LogFile};
 use crate::config::file::{
-    AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, RetryFile, SheddingFile,
+    AlgorithmFile, ConcurrencyFile, GuardModeFile, HealthFile, ProbeFile, SheddingFile,
 };
 use crate::stages::admission::SheddingConfig;
-use crate::stages::connection::{
-    ConnLimits, MAX_CONNECTIONS_PER_CLIENT_IP, MAX_HEADER_READ_TIMEOUT, MAX_KEEPALIVE_TIMEOUT,
-};
-use crate::stages::payload::HeadLimits;
-use crate::stages::retry::RetryConfig;
 use crate::workers::{Algorithm, GuardMode, HealthConfig, LimiterConfig, ProbeConfig};
 
 impl Validator<'_> {
-    fn ms_or(
-        &self,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        default: Duration,
-    ) -> Result<Duration, PolicyError> {
-        match v {
-            None => Ok(default),
-            Some(v) => self.millis(v, key),
-        }
-    }
-
-    /// Like `ms_or`, and at most `max` (named in words for the error).
-    fn ms_at_most(
-        &self,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        default: Duration,
-        (max, words): (Duration, &str),
-    ) -> Result<Duration, PolicyError> {
-        let d = self.ms_or(v, key, default)?;
-        if d > max {
-            let span = v.as_ref().map_or(0..0, |v| v.span());
-            return Err(self.invalid(
-                span,
-                key,
-                format!("must be at most {} ({words})", max.as_millis()),
-            ));
-        }
-        Ok(d)
-    }
-
-    fn count_or(
-        &self,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        default: u64,
-        max: u64,
-    ) -> Result<u64, PolicyError> {
-        match v {
-            None => Ok(default),
-            Some(v) => {
-                let n = self.positive(v, key)?;
-                if n > max {
-                    return Err(self.invalid(v.span(), key, format!("must be at most {max}")));
-                }
-                Ok(n)
-            }
-        }
-    }
-
-    fn ratio_or(
-        &self,
-        v: &Option<Spanned<f64>>,
-        key: &str,
-        default: f64,
-        range: (f64, f64),
-    ) -> Result<f64, PolicyError> {
-        match v {
-            None => Ok(default),
-            Some(v) if (range.0..=range.1).contains(v.get_ref()) => Ok(*v.get_ref()),
-            Some(v) => Err(self.invalid(
-                v.span(),
-                key,
-                format!("must be between {} and {}", range.0, range.1),
-            )),
-        }
-    }
-
     pub(super) fn guard_mode(&self, m: GuardModeFile) -> GuardMode {
         match m {
             GuardModeFile::Enforce => GuardMode::Enforce,
@@ -235,98 +157,6 @@ impl Validator<'_> {
                 (0.05, 0.95),
             )?,
             ..d
-        })
-    }
-
-    pub(super) fn access_log(&self, l: &LogFile) -> Result<AccessLogConfig, PolicyError> {
-        let d = AccessLogConfig::default();
-        Ok(AccessLogConfig {
-            mode: match l.access {
-                AccessModeFile::Off => AccessMode::Off,
-                AccessModeFile::Sampled => AccessMode::Sampled,
-                AccessModeFile::All => AccessMode::All,
-            },
-            sample: self.ratio_or(&l.sample, "log.sample", d.sample, (0.0, 1.0))?,
-            refusals_per_second: self.count_or(
-                &l.refusals_per_second,
-                "log.refusals_per_second",
-                d.refusals_per_second,
-                1_000_000,
-            )?,
-        })
-    }
-
-    pub(super) fn limits(&self, l: &LimitsFile) -> Result<HeadLimits, PolicyError> {
-        let d = HeadLimits::default();
-        Ok(HeadLimits {
-            max_url_bytes: self.count_or(
-                &l.max_url_bytes,
-                "limits.max_url_bytes",
-                d.max_url_bytes as u64,
-                1 << 20,
-            )? as usize,
-            max_header_bytes: self.count_or(
-                &l.max_header_bytes,
-                "limits.max_header_bytes",
-                d.max_header_bytes as u64,
-                1 << 20,
-            )? as usize,
-            body_read_timeout: self.ms_or(
-                &l.body_read_timeout_ms,
-                "limits.body_read_timeout_ms",
-                d.body_read_timeout,
-            )?,
-        })
-    }
-
-    pub(super) fn conn_limits(&self, l: &LimitsFile) -> Result<ConnLimits, PolicyError> {
-        let d = ConnLimits::default();
-        let header_read_timeout = self.ms_at_most(
-            &l.header_read_timeout_ms,
-            "limits.header_read_timeout_ms",
-            d.header_read_timeout,
-            (MAX_HEADER_READ_TIMEOUT, "10 minutes"),
-        )?;
-        // 0 is allowed here: it turns the cap off.
-        let max_connections_per_client_ip = match &l.max_connections_per_client_ip {
-            None => d.max_connections_per_client_ip,
-            Some(v) if *v.get_ref() > u64::from(MAX_CONNECTIONS_PER_CLIENT_IP) => {
-                return Err(self.invalid(
-                    v.span(),
-                    "limits.max_connections_per_client_ip",
-                    format!("must be at most {MAX_CONNECTIONS_PER_CLIENT_IP} (0 = no cap)"),
-                ))
-            }
-            Some(v) => *v.get_ref() as u32,
-        };
-        let keepalive_timeout = self.ms_at_most(
-            &l.keepalive_timeout_ms,
-            "limits.keepalive_timeout_ms",
-            d.keepalive_timeout,
-            (MAX_KEEPALIVE_TIMEOUT, "1 hour"),
-        )?;
-        Ok(ConnLimits {
-            header_read_timeout,
-            max_connections_per_client_ip,
-            keepalive_timeout,
-        })
-    }
-
-    pub(super) fn retry(&self, r: &RetryFile) -> Result<RetryConfig, PolicyError> {
-        let d = RetryConfig::default();
-        Ok(RetryConfig {
-            budget_percent: self.ratio_or(
-                &r.budget_percent,
-                "retry.budget_percent",
-                d.budget_percent,
-                (0.0, 100.0),
-            )?,
-            min_per_second: self.ratio_or(
-                &r.min_per_second,
-                "retry.min_per_second",
-                d.min_per_second,
-                (0.0, 10_000.0),
-            )?,
         })
     }
 

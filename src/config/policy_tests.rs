@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::locate::key_path_at;
 use crate::stages::admission::SheddingConfig;
+use crate::stages::route::Priority;
 use crate::workers::{GuardMode, LimiterConfig, WorkerAddr};
 
 const BASE: &str = r#"

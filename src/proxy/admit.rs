@@ -86,8 +86,8 @@ impl SloGuard {
                     if woken {
                         ctx.queued = arrived.elapsed();
                         self.state
-                            .metrics
-                            .load()
+                            .telemetry
+                            .metrics()
                             .queue_wait
                             .record(ctx.queued.as_secs_f64());
                     }
@@ -128,12 +128,10 @@ impl SloGuard {
             rule: ctx.limited_by.as_deref(),
             rate_headers: ctx.rate_headers.as_ref(),
         };
-        if let Some(policy) = &ctx.policy {
+        if ctx.policy.is_some() {
             self.state
-                .count_rejection(&policy.routes.get(ctx.route).name, rejection.reason);
-            self.state
-                .metrics
-                .load()
+                .telemetry
+                .metrics()
                 .record_refusal(ctx.route, rejection.reason);
         }
         respond::write_rejection(session, &rejection, &cx).await?;
@@ -163,7 +161,7 @@ impl SloGuard {
             .ratelimiter()
             .check(&policy.ratelimit, &src)
             .await;
-        let metrics = self.state.metrics.load();
+        let metrics = self.state.telemetry.metrics();
         for (rule, result) in &verdict.results {
             metrics.record_rate(*rule, result);
         }

@@ -29,18 +29,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::head_io::{HeadDeadlineIo, CLOSE_GRACE, LINGER_BYTES};
 use super::{new_request_id, respond, SloGuard};
-use crate::admin::metrics::NO_ROUTE;
 use crate::stages::connection::proxy_header::{self, Parsed};
 use crate::stages::connection::{self, ClientConnections, ClientPermit};
 use crate::stages::Rejection;
 use crate::state::State;
+use crate::telemetry::NO_ROUTE;
 
 /// The proxy service's application: connection limits around Pingora's HTTP proxy.
 pub struct ConnectionApp {
     proxy: Arc<HttpProxy<SloGuard>>,
     state: Arc<State>,
     clients: Arc<ClientConnections>,
-    no_route: Arc<str>,
 }
 
 impl ConnectionApp {
@@ -50,7 +49,6 @@ impl ConnectionApp {
             proxy: Arc::new(proxy),
             state,
             clients: ClientConnections::new(),
-            no_route: Arc::from(NO_ROUTE),
         }
     }
 
@@ -107,12 +105,11 @@ impl ConnectionApp {
     async fn refuse(&self, stream: Stream, rejection: Rejection, client: Option<IpAddr>) {
         let request_id = new_request_id();
         self.state
-            .metrics
-            .load()
-            .record_connection_refusal(rejection.reason);
-        self.state.count_rejection(&self.no_route, rejection.reason);
+            .telemetry
+            .metrics()
+            .record_refusal(usize::MAX, rejection.reason);
         let policy = self.state.policy();
-        let log = &self.state.access_log;
+        let log = &self.state.telemetry.access_log;
         if log.should_log(&policy.access_log, true, 0.0, Instant::now()) {
             let dropped = log.take_dropped();
             tracing::info!(
@@ -267,7 +264,7 @@ impl ServerApp for ConnectionApp {
         super::self_lag::ensure_ticker(&self.state.admission);
         // Held until this function returns, whichever way the connection ends.
         let cap = self.state.connection_cap();
-        let _place = match self.state.connections.try_open(cap) {
+        let _place = match self.state.lifecycle.connections.try_open(cap) {
             Ok(place) => place,
             Err(open) => {
                 let client = client_ip(&stream);

@@ -13,6 +13,10 @@
 //!
 //! Hot path: once a head is complete, a read costs one branch; a head read whole costs a few
 //! compares and no timer; only a head spanning reads allocates and arms a timer.
+//!
+//! Why one file of ~520 lines: the deadline is one poll-driven state machine over the stream
+//! (`poll_read` arms, scans and disarms; `Expiry` hands the stream over), and its states only
+//! make sense read together; its tests are in `head_io_tests.rs`.
 
 use std::fmt;
 use std::future::{poll_fn, Future};

@@ -13,6 +13,10 @@
 //! and status feed the worker's health and limiter) → `error_while_proxy` / `fail_to_proxy`
 //! (retry, or our JSON answer via `respond`) → `logging` (metrics by [`crate::stages::Reason`],
 //! the access line, lease released).
+//!
+//! Why one file of ~570 lines: Pingora's `ProxyHttp` is one trait, implemented in one block,
+//! and its phases are read in order; what each phase does beyond sequencing lives in the
+//! sibling modules (`admit`, `body`, `hedge`, `respond`, `conn`).
 
 // The request path's I/O edge: it reads the clock for the deciders it calls.
 #![allow(clippy::disallowed_methods)]
@@ -41,13 +45,12 @@ pub use ctx::RequestCtx;
 pub use respond::rejection_body;
 pub use self_lag::{held_up_totals, HeldUp};
 
-use crate::admin::access_log;
-use crate::admin::metrics::Outcome;
 use crate::config::Policy;
 use crate::resources::{self, LocalShortage};
 use crate::stages::retry::{self, FailedAttempt};
 use crate::stages::{client_ip, payload, Rejection};
 use crate::state::State;
+use crate::telemetry::{access_log, Outcome};
 use crate::workers::probe::parse_lag_ms;
 use crate::workers::{GuardMode, WorkerAddr};
 
@@ -98,7 +101,7 @@ impl ProxyHttp for SloGuard {
 
     fn new_ctx(&self) -> RequestCtx {
         let mut ctx = RequestCtx::new();
-        ctx.in_flight = Some(self.state.request_started());
+        ctx.in_flight = Some(self.state.lifecycle.request_started());
         ctx
     }
 
@@ -411,7 +414,7 @@ impl ProxyHttp for SloGuard {
         };
         // The worker label is the worker that answered; "none" when sloguard did.
         let worker = ctx.worker_id.filter(|_| ctx.response_seen);
-        self.state.metrics.load().record_request(
+        self.state.telemetry.metrics().record_request(
             ctx.route,
             status,
             worker,
@@ -422,7 +425,7 @@ impl ProxyHttp for SloGuard {
         let Some(policy) = ctx.policy.clone() else {
             return;
         };
-        let log = &self.state.access_log;
+        let log = &self.state.telemetry.access_log;
         if !log.should_log(
             &policy.access_log,
             refused,

@@ -11,6 +11,11 @@
 //! - reported loop lag (`x-loop-lag-ms` on responses and probes) over `lag_eject`;
 //! - a probe slower than `lag_eject` or failing;
 //! - consecutive connect failures or 5xx answers (Envoy's consecutive-5xx outlier rule).
+//!
+//! Why one file of ~550 lines: this is one state machine. Every signal above reads and
+//! writes the same fields (the stall clock, the pending ejection, probation, the excused
+//! delay), and `evaluate` is where they meet; split by signal, each part would change fields
+//! whose meaning lives in another. Its tests are in `health_tests.rs` and `health_props.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -149,6 +154,8 @@ pub struct WorkerHealth {
     latency: PeakEwma,
     last_lag: Option<Duration>,
     last_probe: Option<Result<Duration, ()>>,
+    /// The latency of the last probe that succeeded (a gauge keeps it through failures).
+    last_probe_ok: Option<Duration>,
     /// A successful, fast probe completed after the ejection began: the gate to readmission.
     probe_ok_since_ejection: bool,
     /// Set by an input that should eject; applied by `evaluate` (which knows the neighbours).
@@ -186,6 +193,7 @@ impl WorkerHealth {
             latency: PeakEwma::new(cfg.latency_decay, Duration::from_millis(1), now),
             last_lag: None,
             last_probe: None,
+            last_probe_ok: None,
             probe_ok_since_ejection: false,
             pending: None,
             held_up: Duration::ZERO,
@@ -223,6 +231,11 @@ impl WorkerHealth {
         self.last_probe
     }
 
+    /// The latency of the last probe that succeeded.
+    pub fn last_probe_ok(&self) -> Option<Duration> {
+        self.last_probe_ok
+    }
+
     pub fn ejected_until(&self) -> Option<Instant> {
         (self.state == HealthState::Ejected).then_some(self.ejected_until)
     }
@@ -258,6 +271,7 @@ impl WorkerHealth {
                 .latency
                 .saturating_sub(self.held_up.saturating_sub(probe.held_at_send));
             self.last_probe = Some(Ok(own));
+            self.last_probe_ok = Some(own);
             if own < probe.lag_eject {
                 self.slow_probe = None;
                 if matches!(self.pending, Some(EjectReason::SlowProbe(_))) {
@@ -340,6 +354,7 @@ impl WorkerHealth {
                 // ejected worker current, so a recovered worker is not shunned forever.
                 self.latency.observe(latency, now);
                 self.last_probe = Some(Ok(latency));
+                self.last_probe_ok = Some(latency);
                 let lag_ok = lag.is_none_or(|l| l < cfg.lag_eject);
                 if let Some(lag) = lag {
                     self.note_lag(cfg, lag);

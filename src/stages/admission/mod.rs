@@ -12,7 +12,11 @@
 
 pub mod arrival;
 pub mod drain;
+mod outcome;
 pub mod queue;
+mod wake;
+
+pub use outcome::{ShedReason, Wait, WakeToken};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +26,12 @@ use tokio::sync::oneshot;
 
 use self::arrival::{Arrival, Verdict};
 use self::drain::DrainEstimate;
-use self::queue::{Entry, OverloadDetector, WaitQueue};
+use self::queue::{OverloadDetector, WaitQueue};
 use super::route::Priority;
-use super::{Reason, Rejection};
-use crate::workers::{SlotListener, SlotRule, Worker};
+use crate::workers::SlotRule;
+
+/// How often the drain-rate estimates are fed (the window `DrainEstimate` is built for).
+pub const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 /// `[shedding]`, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,96 +70,6 @@ impl Default for SheddingConfig {
         }
     }
 }
-
-/// Why a request was shed; also the `reason` label of the shed counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShedReason {
-    /// It waited its whole queue budget.
-    QueueTimeout,
-    /// The backlog ahead of it could not drain within its budget.
-    DeadlineUnreachable,
-    /// The queue was full of requests of its priority or higher.
-    QueueFull,
-    /// A higher-priority request took its place in a full queue.
-    Evicted,
-    /// Higher-priority requests have stood in the queue for a whole interval (the fleet is
-    /// full for them): lower classes go first.
-    Priority,
-}
-
-impl ShedReason {
-    pub fn reason(self) -> Reason {
-        match self {
-            ShedReason::QueueTimeout => Reason::QueueTimeout,
-            ShedReason::DeadlineUnreachable => Reason::DeadlineUnreachable,
-            ShedReason::QueueFull => Reason::QueueFull,
-            ShedReason::Evicted => Reason::Evicted,
-            ShedReason::Priority => Reason::Priority,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        self.reason().as_str()
-    }
-
-    /// The 503 answer, with `Retry-After` derived by the caller.
-    pub fn rejection(self, budget: Duration) -> Rejection {
-        let message = match self {
-            ShedReason::QueueTimeout => format!(
-                "shed: no worker could take the request within its queue budget of {} ms",
-                budget.as_millis()
-            ),
-            ShedReason::DeadlineUnreachable => format!(
-                "shed: the backlog ahead cannot drain within the queue budget of {} ms",
-                budget.as_millis()
-            ),
-            ShedReason::QueueFull => "shed: the admission queue is full".to_string(),
-            ShedReason::Evicted => {
-                "shed: a higher-priority request took this one's place".to_string()
-            }
-            ShedReason::Priority => {
-                "shed: the fleet is full for higher-priority requests, which keep waiting"
-                    .to_string()
-            }
-        };
-        Rejection {
-            status: 503,
-            reason: self.reason(),
-            message,
-            limit: Some("queue_budget_ms"),
-            value: Some(budget.as_millis() as u64),
-            retry_after: None,
-        }
-    }
-}
-
-/// The outcome of waiting for a slot.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// A slot may be free: try to take one, holding the token meanwhile.
-    Woken(WakeToken),
-    Shed(ShedReason),
-}
-
-/// A woken waiter's claim on the slot that woke it: while held, newcomers queue instead of
-/// taking that slot first (which would push the woken request back into the queue and
-/// break first-come order). Dropped once the waiter has tried to take the slot, or gave up.
-#[derive(Debug)]
-pub struct WakeToken(Arc<AtomicUsize>);
-
-impl Drop for WakeToken {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl PartialEq for WakeToken {
-    fn eq(&self, _: &WakeToken) -> bool {
-        true
-    }
-}
-
-impl Eq for WakeToken {}
 
 /// A queued request: how to wake it, and which slots it can use.
 #[derive(Debug)]
@@ -294,6 +210,14 @@ impl Admission {
         let rate = inner.drain.rate().unwrap_or(f64::NAN);
         self.drain_rate_bits
             .store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Calls [`Admission::on_tick`] every [`DRAIN_TICK`]; returns only with the runtime.
+    pub async fn tick_drain_rate(&self) {
+        loop {
+            tokio::time::sleep(DRAIN_TICK).await;
+            self.on_tick(wall_clock());
+        }
     }
 
     /// How long the backlog of `ahead` requests takes to drain. Zero with no backlog or
@@ -446,78 +370,6 @@ impl Admission {
                 .queue
                 .higher_than(priority)
                 > 0
-    }
-
-    /// A slot was released (on a worker now fitting `fits`): counts a completion and wakes
-    /// the best waiter that can use it, if any.
-    pub fn on_release(&self, fits: impl Fn(&SlotRule) -> bool) {
-        self.completions.fetch_add(1, Ordering::Relaxed);
-        if self.waiting() > 0 {
-            self.wake_fitting(wall_clock(), fits);
-        }
-    }
-
-    /// Wakes waiters one slot at a time while none is already on its way to a slot (a
-    /// woken request that got its slot calls this again: the queue empties into free slots
-    /// as fast as they are taken, without waking a herd for one slot).
-    pub fn wake_one_if_idle(&self, fits: impl Fn(&SlotRule) -> bool) {
-        if self.waiting() > 0 && self.woken.load(Ordering::Relaxed) == 0 {
-            self.wake_fitting(wall_clock(), fits);
-        }
-    }
-
-    /// Wakes the best waiter whose rule `fits` a free slot, telling expired ones they were
-    /// shed. Returns whether one woke.
-    pub fn wake_fitting(&self, now: Instant, fits: impl Fn(&SlotRule) -> bool) -> bool {
-        let (adaptive_lifo, standing_target) = {
-            let cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
-            (cfg.adaptive_lifo, cfg.lifo_target)
-        };
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let lifo = inner.detector.overloaded(now) && adaptive_lifo;
-        let mut expired: Vec<Entry<_>> = Vec::new();
-        loop {
-            let next = inner.queue.pop_next(
-                now,
-                lifo,
-                standing_target,
-                &mut expired,
-                |w: &Waiter, reserved| {
-                    fits(&if reserved {
-                        w.rule
-                    } else {
-                        w.rule.unreserved()
-                    })
-                },
-            );
-            for e in expired.drain(..) {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                let _ = e.payload.tx.send(Wait::Shed(ShedReason::QueueTimeout));
-            }
-            let Some(entry) = next else { return false };
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            inner
-                .detector
-                .on_dequeue(now.saturating_duration_since(entry.enqueued_at), now);
-            // A waiter whose client left has dropped its receiver: try the next one. The
-            // token travels in the message: whoever ends up dropping it (the waiter, or the
-            // channel of a waiter that left) gives the claim back.
-            self.woken.fetch_add(1, Ordering::Relaxed);
-            if entry
-                .payload
-                .tx
-                .send(Wait::Woken(WakeToken(self.woken.clone())))
-                .is_ok()
-            {
-                return true;
-            }
-        }
-    }
-}
-
-impl SlotListener for Admission {
-    fn slot_freed(&self, worker: &Worker) {
-        self.on_release(|rule| worker.has_slot(rule));
     }
 }
 

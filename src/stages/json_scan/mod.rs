@@ -30,6 +30,10 @@
 //! the length of the body's longest valid prefix: `[1,]` is invalid at 3 (the `]`),
 //! `"\udc00"` at 4 (`\udc` starts a lone low surrogate). A body that ends early is invalid
 //! at its length.
+//!
+//! Why one file of ~430 lines: the lexer is one state machine fed byte by byte, and its
+//! states (strings, escapes, numbers, UTF-8, containers) hand over to one another; the
+//! verdict types (`verdict`) and the tests (`tests`, `props`) live in sibling files.
 
 mod verdict;
 pub use verdict::{JsonLimits, JsonVerdict, DEPTH_CAP};

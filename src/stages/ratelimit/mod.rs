@@ -6,35 +6,49 @@
 //! - [`redis`]: the same math in one Lua script, one round trip per request, concurrent
 //!   requests sharing a call ([`batch`]);
 //! - [`breaker`]: after a few Redis failures, stop asking until a health check says it is back;
-//! - [`secret`]: the username, password and CA a managed Redis (TLS, ACL) needs.
+//! - [`secret`]: the username, password and CA a managed Redis (TLS, ACL) needs, applied
+//!   when the clients are built (`client`);
+//! - `verdict`: what the stage says about a request (outcome, `RateLimit` headers);
+//! - `upkeep`: the breaker's health check and the sweep of replenished keys.
 //!
 //! A key known to be over its limit is remembered until its retry time, so an abusive tenant
 //! costs no Redis round trips. A request that got within 20% of a limit is counted as
 //! "near limit"; the keys limited, near their limit and denied in shadow are counted per rule
 //! in bounded memory ([`top`]) so `/status` names them.
+//!
+//! Why one file of ~450 lines: the request path through the limiter (`check`, the shared and
+//! the local decisions, `judge`) is one flow over the limiter's fields and stays together;
+//! what is not on that path lives beside it (the verdict in `verdict`, the upkeep in `upkeep`,
+//! the `/status` tables in `top_keys`).
 
 pub mod batch;
 pub mod breaker;
+mod client;
 pub mod gcra;
 pub mod redis;
 pub mod rules;
 pub mod secret;
 pub mod top;
+mod top_keys;
+mod upkeep;
+mod verdict;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use rules::{KeyPart, KeySource, MissingKey, OnRedisError, RateLimitConfig, Rule, RuleMode};
 pub use secret::{Credentials, RedisAuth, SecretError};
+pub use verdict::{RateHeaders, RateOutcome, RateVerdict};
 
 use self::breaker::{Breaker, BreakerChange};
-use self::gcra::{Gcra, GcraDecision, LocalStore};
+use self::gcra::{GcraDecision, LocalStore};
 use self::redis::RedisStore;
 use self::rules::{key_value, rule_key, Limits, RuleKey};
-use self::top::{KeyCount, TopKeys};
-use super::{Reason, Rejection};
+use self::top::TopKeys;
+use self::top_keys::KeyEvent;
+use self::verdict::headers_for;
 
 /// The wall clock, read where a request meets the limiter (its deciders, `gcra`, `top` and
 /// `breaker`, take `now`).
@@ -48,95 +62,6 @@ fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(wall_clock);
     wall_clock().saturating_duration_since(epoch).as_micros() as u64
-}
-
-/// The verdict on one request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum RateOutcome {
-    #[default]
-    Allow,
-    /// Over an enforced rule's limit: 429.
-    Limited {
-        rule: Arc<str>,
-        /// The key's value (a tenant, a client IP), for the access line.
-        key: String,
-        retry_after: Duration,
-    },
-    /// The rule's key could not be built and `missing_key = "deny"`: 400.
-    MissingKey { rule: Arc<str>, part: String },
-    /// Redis is down and `on_redis_error = "deny"`: 503.
-    Unavailable { rule: Arc<str> },
-}
-
-impl RateOutcome {
-    /// The answer for a refused request; `None` for `Allow`.
-    pub fn rejection(&self) -> Option<Rejection> {
-        let (status, reason, message, retry_after) = match self {
-            RateOutcome::Allow => return None,
-            RateOutcome::Limited {
-                rule, retry_after, ..
-            } => (
-                429,
-                Reason::RateLimited,
-                format!("rate limit `{rule}` exceeded; retry in {} ms", retry_after.as_millis()),
-                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            ),
-            RateOutcome::MissingKey { rule, part } => (
-                400,
-                Reason::MissingRateLimitKey,
-                format!("rate limit `{rule}` needs the request's {part}"),
-                None,
-            ),
-            RateOutcome::Unavailable { rule } => (
-                503,
-                Reason::RateLimitUnavailable,
-                format!("rate limit `{rule}` cannot be checked (its store is down) and the policy refuses unchecked requests"),
-                Some(1),
-            ),
-        };
-        Some(Rejection {
-            status,
-            reason,
-            message,
-            limit: Some("ratelimit.rule"),
-            value: None,
-            retry_after,
-        })
-    }
-
-    /// The key's value a 429 was for (a tenant, a client IP), for the access line.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            RateOutcome::Limited { key, .. } => Some(key),
-            _ => None,
-        }
-    }
-
-    /// The rule that refused, for the JSON body.
-    pub fn rule(&self) -> Option<&str> {
-        match self {
-            RateOutcome::Allow => None,
-            RateOutcome::Limited { rule, .. }
-            | RateOutcome::MissingKey { rule, .. }
-            | RateOutcome::Unavailable { rule } => Some(rule),
-        }
-    }
-}
-
-/// `RateLimit-Policy` and `RateLimit` header values (draft-ietf-httpapi-ratelimit-headers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateHeaders {
-    pub policy: String,
-    pub limit: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RateVerdict {
-    pub outcome: RateOutcome,
-    pub headers: Option<RateHeaders>,
-    /// Per rule that judged the request: (its index in the policy, `allowed` / `limited` /
-    /// `shadow_denied` / `near_limit`), for the metrics.
-    pub results: Vec<(usize, &'static str)>,
 }
 
 /// Counters for the status page and logs.
@@ -192,20 +117,6 @@ pub struct RateLimiter {
     top: Mutex<HashMap<Arc<str>, [TopKeys; 3]>>,
 }
 
-/// What happened to a key, for the top-keys tables (their order in `RateLimiter::top`).
-#[derive(Debug, Clone, Copy)]
-enum KeyEvent {
-    Limited = 0,
-    NearLimit = 1,
-    ShadowDenied = 2,
-}
-
-/// The `/status` names of the [`KeyEvent`] tables, in their order.
-const KEY_EVENTS: [&str; 3] = ["limited", "near_limit", "shadow_denied"];
-
-/// Keys listed per rule and event on `/status`.
-const TOP_SHOWN: usize = 10;
-
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -224,13 +135,13 @@ impl RateLimiter {
         credentials: Credentials,
     ) -> Result<RateLimiter, LimiterError> {
         let target = if !cfg.redis_cluster_nodes.is_empty() {
-            Some(RedisTarget::Cluster(self::redis::cluster_client(
+            Some(RedisTarget::Cluster(self::client::cluster_client(
                 &cfg.redis_cluster_nodes,
                 &credentials,
                 cfg.timeout,
             )?))
         } else if let Some(url) = &cfg.redis_url {
-            Some(RedisTarget::Single(self::redis::single_client(
+            Some(RedisTarget::Single(self::client::single_client(
                 url,
                 &credentials,
             )?))
@@ -261,6 +172,11 @@ impl RateLimiter {
     /// The credentials the Redis client was built with.
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    /// Whether Redis is reached over TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// `redis`, `fallback` (Redis configured but the breaker is open) or `local`.
@@ -517,89 +433,6 @@ impl RateLimiter {
             }
         }
     }
-
-    /// While the breaker is open, asks Redis whether it is back; closes it if so. "Back"
-    /// means it decides requests again: the limiter's own script, on a key of its own. A PING
-    /// is answered by a Redis that refuses the script's writes (out of memory, a read-only
-    /// replica), which closed the breaker every 100 ms only for the next requests to fail
-    /// and open it again (a flapping mode, a warning each time).
-    pub async fn health_check(&self) {
-        if let (true, Some(redis)) = (self.breaker.is_open(), self.redis()) {
-            // Always allowed at one check per 100 ms, so the script writes the key.
-            let allow = Gcra {
-                interval_us: 1_000,
-                tau_us: 1_000_000,
-            };
-            let decides = redis
-                .decide(vec![self.health_key.clone()], vec![(allow, true)])
-                .await
-                .is_ok();
-            if self.breaker.on_health_check(decides) == Some(BreakerChange::Closed) {
-                tracing::info!("rate limits: redis is back, shared limiting resumes");
-            }
-        }
-    }
-
-    /// Mode, rules and counters, for the status page.
-    pub fn snapshot(&self, cfg: &RateLimitConfig) -> serde_json::Value {
-        let s = &self.stats;
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "mode": self.mode(),
-            "redis_tls": self.tls,
-            "redis_username": self.credentials.username,
-            "rules": cfg.rules.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
-            "on_redis_error": cfg.on_redis_error.as_str(),
-            "allowed": n(&s.allowed),
-            "limited": n(&s.limited),
-            "limited_from_cache": n(&s.limited_from_cache),
-            "shadow_denied": n(&s.shadow_denied),
-            "near_limit": n(&s.near_limit),
-            "redis_calls": n(&s.redis_calls),
-            "redis_errors": n(&s.redis_errors),
-            "fallback_decisions": n(&s.fallback_decisions),
-            "top_keys": self.top_keys(cfg),
-        })
-    }
-
-    /// Counts `event` for `key` (the full store key) under `rule`.
-    fn note(&self, rule: &Rule, event: KeyEvent, key: &str) {
-        let now = wall_clock();
-        let mut top = self.top.lock().unwrap_or_else(PoisonError::into_inner);
-        let tables = top
-            .entry(rule.name.clone())
-            .or_insert_with(|| std::array::from_fn(|_| TopKeys::new(top::CAPACITY, now)));
-        tables[event as usize].record(key_value(key, &rule.name), now);
-    }
-
-    /// Per rule of `cfg`: the keys it limited, found near their limit and denied in shadow
-    /// most over the last one to two minutes.
-    pub fn top_keys(&self, cfg: &RateLimitConfig) -> serde_json::Value {
-        let now = wall_clock();
-        let top = self.top.lock().unwrap_or_else(PoisonError::into_inner);
-        let per_rule = cfg.rules.iter().map(|r| {
-            let tables: serde_json::Map<String, serde_json::Value> = KEY_EVENTS
-                .iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    let keys: Vec<KeyCount> = top
-                        .get(&r.name)
-                        .map(|t| t[i].top(TOP_SHOWN, now))
-                        .unwrap_or_default();
-                    (name.to_string(), serde_json::json!(keys))
-                })
-                .collect();
-            (r.name.to_string(), serde_json::Value::Object(tables))
-        });
-        serde_json::Value::Object(per_rule.collect())
-    }
-
-    /// Drops replenished local keys and expired denials.
-    pub fn sweep(&self) {
-        let now = now_us();
-        self.local.sweep(now);
-        self.denied.sweep(now);
-    }
 }
 
 /// One rule as it applies to one request: the key it counts, and the limits for that key
@@ -616,23 +449,6 @@ fn rule_index(cfg: &RateLimitConfig, rule: &Rule) -> usize {
         .iter()
         .position(|r| std::ptr::eq(r, rule))
         .unwrap_or(usize::MAX)
-}
-
-fn headers_for(rule: &Rule, limits: &Limits, remaining: u64, reset_us: u64) -> RateHeaders {
-    RateHeaders {
-        policy: format!(
-            "\"{}\";q={};w={}",
-            rule.name,
-            limits.gcra.capacity(),
-            rule.period.as_secs().max(1)
-        ),
-        limit: format!(
-            "\"{}\";r={};t={}",
-            rule.name,
-            remaining,
-            Duration::from_micros(reset_us).as_secs_f64().ceil() as u64
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -192,7 +192,6 @@ async fn the_keys_a_rule_limits_most_are_named_with_their_counts() {
     assert_eq!(limited[1]["count"], 1);
     assert!(!top["t"]["near_limit"].as_array().unwrap().is_empty());
     assert!(top["t"]["shadow_denied"].as_array().unwrap().is_empty());
-    assert_eq!(rl.snapshot(&cfg)["top_keys"], top);
 }
 
 /// Per-key overrides: a tenant on a bigger plan gets its tier's rate, one on the allowlist

@@ -1,64 +1,53 @@
-//! The process-wide state every request reads: the current policy snapshot, the workers and
-//! the admission queue.
+//! The process-wide state every request reads, one field per concern: the policy in force,
+//! the workers (and what each route costs them), admission (the queue, the retry budget,
+//! hedge counts), the rate limiter, telemetry, and the process's lifecycle.
 //!
-//! Policy and workers sit behind `ArcSwap` so a reload replaces them whole while requests in
-//! flight keep the snapshot they started with (a request loads the policy once, in
-//! `request_filter`).
+//! Policy, workers, route costs and the rate limiter sit behind `ArcSwap` so a reload
+//! replaces them whole while requests in flight keep the snapshot they started with (a
+//! request loads the policy once, in `request_filter`). [`State::apply`] is the one place a
+//! reload touches them all.
 
-// Process state: stamps start and reload times.
+// Process state: stamps reload times.
 #![allow(clippy::disallowed_methods)]
 
-use crate::stages::hedge::HedgeStats;
-use crate::stages::Reason;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod lifecycle;
+
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::access_log::AccessLog;
-use crate::admin::metrics::Metrics;
+pub use lifecycle::{InFlightRequest, Lifecycle, ReloadApplied, ReloadRecord};
+
 use crate::config::{Listen, Policy};
-use crate::reload::ReloadRecord;
 use crate::stages::admission::Admission;
-use crate::stages::connection::{ConnLimits, OpenConnections};
+use crate::stages::connection::ConnLimits;
+use crate::stages::hedge::HedgeStats;
 use crate::stages::ratelimit::{LimiterError, RateLimitConfig, RateLimiter};
 use crate::stages::retry::RetryBudget;
+use crate::telemetry::Telemetry;
 use crate::workers::{RouteCosts, WorkerSet};
 
 pub struct State {
+    /// The policy in force.
     policy: ArcSwap<Policy>,
+    /// The workers of the policy in force, with their health, limits and leases.
     workers: ArcSwap<WorkerSet>,
+    /// What a request of each route costs a worker (see `workers::service`), by the route
+    /// index of the policy in force; rebuilt by name when a reload changes the routes.
+    route_costs: ArcSwap<RouteCosts>,
+    /// The admission queue and its estimates.
     pub admission: Arc<Admission>,
     /// Retries allowed after a worker was reached, shared by all requests.
     pub retry_budget: RetryBudget,
     /// Hedged requests: second attempts sent, and won.
     pub hedges: HedgeStats,
+    /// The rate limiter of the Redis settings in force.
     ratelimiter: ArcSwap<RateLimiter>,
-    /// What a request of each route costs a worker (see `workers::service`), by the route
-    /// index of the policy in force; rebuilt by name when a reload changes the routes.
-    route_costs: ArcSwap<RouteCosts>,
-    /// The outcome of the last reload attempt, for the status page.
-    pub last_reload: Mutex<Option<ReloadRecord>>,
-    /// Prometheus handles for the current policy (rebound on reload).
-    pub metrics: ArcSwap<Metrics>,
-    /// sloguard's own refusals by (route, reason): bounded by routes x reasons.
-    pub rejections: Mutex<HashMap<(Arc<str>, Reason), u64>>,
-    /// Requests between `new_ctx` and the end of `logging` (held by [`InFlightRequest`]).
-    in_flight: Arc<AtomicUsize>,
-    pub access_log: AccessLog,
-    /// Set at SIGTERM: the proxy's listener stops accepting and its keep-alive connections
-    /// close after their current answer (see `shutdown::StopOnSignal`). Its receivers stand
-    /// in for Pingora's shutdown watch on the proxy service, which fires only once the
-    /// drain is over.
-    stop: tokio::sync::watch::Sender<bool>,
-    /// When this process started serving.
-    pub started: Instant,
-    /// Open client connections, against `[listen] max_connections`.
-    pub connections: Arc<OpenConnections>,
-    /// The connection cap when the policy sets none: from the open-file limit at start.
-    pub default_connection_cap: u32,
+    /// Metrics, refusal counts and the access log's sampler.
+    pub telemetry: Telemetry,
+    /// Start, stop (SIGTERM), requests and connections held, last reload.
+    pub lifecycle: Lifecycle,
 }
 
 impl State {
@@ -70,7 +59,7 @@ impl State {
             tracing::error!(error = %e, "rate limits: cannot use the redis settings; limiting in-process");
             RateLimiter::new(&RateLimitConfig::default()).expect("no url, no error")
         });
-        let metrics = ArcSwap::from_pointee(Metrics::new(&policy));
+        let telemetry = Telemetry::new(&policy);
         let route_costs =
             RouteCosts::new(policy.routes.iter().map(|r| &r.name), None, Instant::now());
         State {
@@ -80,36 +69,10 @@ impl State {
             admission,
             retry_budget: RetryBudget::default(),
             hedges: HedgeStats::default(),
-            metrics,
+            telemetry,
             ratelimiter: ArcSwap::from_pointee(ratelimiter),
-            last_reload: Mutex::new(None),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            stop: tokio::sync::watch::Sender::new(false),
-            access_log: AccessLog::default(),
-            rejections: Mutex::new(HashMap::new()),
-            started: Instant::now(),
-            connections: OpenConnections::new(),
-            default_connection_cap: crate::resources::default_max_connections(
-                crate::resources::fd_limit(),
-            ),
+            lifecycle: Lifecycle::default(),
         }
-    }
-
-    /// SIGTERM: tells the proxy's listener and connections to stop (see
-    /// [`State::stop_watch`]); from then on the process is draining, and not ready.
-    pub fn stop_proxy(&self) {
-        self.stop.send_replace(true);
-    }
-
-    /// SIGTERM received ([`State::stop_proxy`]): draining, not ready.
-    pub fn draining(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// A watch that turns true when the proxy must stop taking requests: what the proxy's
-    /// accept loop and connections follow instead of Pingora's shutdown watch.
-    pub fn stop_watch(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.stop.subscribe()
     }
 
     /// `[listen] max_connections` of the policy of now, else the cap derived at start.
@@ -118,7 +81,7 @@ impl State {
             .load()
             .listen
             .max_connections
-            .unwrap_or(self.default_connection_cap)
+            .unwrap_or(self.lifecycle.default_connection_cap)
     }
 
     /// The policy in force now. Callers keep the returned snapshot for the whole request.
@@ -135,17 +98,6 @@ impl State {
 
     pub fn workers(&self) -> Arc<WorkerSet> {
         self.workers.load_full()
-    }
-
-    /// Counts a request in flight until the returned token drops.
-    pub fn request_started(&self) -> InFlightRequest {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightRequest(self.in_flight.clone())
-    }
-
-    /// Requests in flight in sloguard (queued, proxying or being answered).
-    pub fn requests_in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn ratelimiter(&self) -> Arc<RateLimiter> {
@@ -219,25 +171,8 @@ impl State {
             self.route_costs.store(Arc::new(rebuilt));
         }
         self.admission.reconfigure(new.shedding.clone());
-        self.metrics
-            .store(Arc::new(self.metrics.load().rebound(&new)));
+        self.telemetry.rebind(&new);
         self.policy.store(Arc::new(new));
         notes
-    }
-
-    /// Counts one refusal (a lock per refusal only, never per accepted request).
-    pub fn count_rejection(&self, route: &Arc<str>, reason: Reason) {
-        let mut m = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((route.clone(), reason)).or_insert(0) += 1;
-    }
-}
-
-/// One request's place in [`State::requests_in_flight`], released on drop.
-#[derive(Debug)]
-pub struct InFlightRequest(Arc<AtomicUsize>);
-
-impl Drop for InFlightRequest {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -48,6 +48,8 @@ pub struct AccessLog {
 }
 
 impl Default for AccessLog {
+    // The windows count from the sampler's creation; every decision takes `now`.
+    #[allow(clippy::disallowed_methods)]
     fn default() -> Self {
         AccessLog {
             epoch: Instant::now(),

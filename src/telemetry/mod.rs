@@ -1,0 +1,67 @@
+//! What sloguard tells about itself, written by the proxy and read by the admin listener
+//! (which only serves and reads): Prometheus metrics, the refusal table behind both
+//! `/metrics` and `/status`, the figures a scrape collects from their owners, the standard
+//! process metrics and the access log.
+//!
+//! Each fact is counted once, where it is decided: the request path records into
+//! [`Metrics`] (requests, durations, refusals, rate-limit results, queue waits, reloads);
+//! retries, hedges, worker health, the queue and the rate limiter's Redis errors stay with
+//! the modules that keep them and are read at scrape time ([`Collected`]). No loop copies one
+//! counter into another.
+
+pub mod access_log;
+pub mod collected;
+pub mod metrics;
+pub mod process;
+pub mod refusals;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+pub use access_log::AccessLog;
+pub use collected::{Collected, WorkerSample};
+pub use metrics::{Metrics, Outcome};
+pub use refusals::{RefusalCounts, RefusalRow, NO_ROUTE};
+
+use crate::config::Policy;
+
+/// How often the exporter's histogram buffers are drained when nobody scrapes.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// The telemetry of one process: the metric handles of the policy in force (rebound by a
+/// reload, counts kept) and the access log's sampler.
+pub struct Telemetry {
+    metrics: ArcSwap<Metrics>,
+    pub access_log: AccessLog,
+}
+
+impl Telemetry {
+    pub fn new(policy: &Policy) -> Telemetry {
+        Telemetry {
+            metrics: ArcSwap::from_pointee(Metrics::new(policy)),
+            access_log: AccessLog::default(),
+        }
+    }
+
+    /// The handles for the policy in force (borrowed: read on every request).
+    pub fn metrics(&self) -> arc_swap::Guard<Arc<Metrics>> {
+        self.metrics.load()
+    }
+
+    /// Binds the handles to a reloaded policy; every count survives.
+    pub fn rebind(&self, policy: &Policy) {
+        self.metrics
+            .store(Arc::new(self.metrics.load().rebound(policy)));
+    }
+
+    /// Runs the exporter's upkeep so histogram memory stays flat without scrapes; returns
+    /// only with the runtime.
+    pub async fn keep_up(&self) {
+        loop {
+            tokio::time::sleep(UPKEEP).await;
+            self.metrics.load().upkeep();
+        }
+    }
+}
