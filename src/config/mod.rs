@@ -16,5 +16,6 @@ mod file_request;
 pub mod locate;
 pub mod policy;
 
+pub use crate::workers::MAX_WORKERS;
 pub use error::{Location, PolicyError};
-pub use policy::{Listen, Policy, MAX_WORKERS};
+pub use policy::{Listen, Policy};

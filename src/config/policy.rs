@@ -21,7 +21,10 @@ use crate::stages::ratelimit::RateLimitConfig;
 use crate::stages::retry::RetryConfig;
 use crate::stages::route::RouteTable;
 use crate::telemetry::access_log::AccessLogConfig;
-use crate::workers::{GuardMode, LimiterConfig, UpstreamConfig, WorkerAddr, WorkerAddrError};
+use crate::telemetry::{MetricsLayout, RouteLayout};
+use crate::workers::{
+    GuardMode, LimiterConfig, UpstreamConfig, WorkerAddr, WorkerAddrError, MAX_WORKERS,
+};
 
 #[path = "policy_guard.rs"]
 mod guard;
@@ -33,9 +36,6 @@ mod request;
 mod routes;
 #[path = "policy_values.rs"]
 mod values;
-
-/// Most workers one sidecar guards: retry bookkeeping keeps one bit per worker.
-pub const MAX_WORKERS: usize = 64;
 
 /// A complete, validated policy. Immutable: a reload builds a new one and swaps it in.
 #[derive(Debug, Clone)]
@@ -83,6 +83,28 @@ pub struct Listen {
 }
 
 impl Policy {
+    /// What the metrics are bound to: routes and their targets, rules, workers, version.
+    pub fn metrics_layout(&self) -> MetricsLayout {
+        MetricsLayout {
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RouteLayout {
+                    name: r.name.clone(),
+                    slo: r.slo.map_or([None, None], |s| [s.p95, s.p99]),
+                })
+                .collect(),
+            rules: self
+                .ratelimit
+                .rules
+                .iter()
+                .map(|r| r.name.clone())
+                .collect(),
+            workers: self.upstream.workers.len(),
+            version: self.version.clone(),
+        }
+    }
+
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {

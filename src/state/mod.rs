@@ -59,7 +59,7 @@ impl State {
             tracing::error!(error = %e, "rate limits: cannot use the redis settings; limiting in-process");
             RateLimiter::new(&RateLimitConfig::default()).expect("no url, no error")
         });
-        let telemetry = Telemetry::new(&policy);
+        let telemetry = Telemetry::new(&policy.metrics_layout());
         let route_costs =
             RouteCosts::new(policy.routes.iter().map(|r| &r.name), None, Instant::now());
         State {
@@ -171,7 +171,7 @@ impl State {
             self.route_costs.store(Arc::new(rebuilt));
         }
         self.admission.reconfigure(new.shedding.clone());
-        self.telemetry.rebind(&new);
+        self.telemetry.rebind(&new.metrics_layout());
         self.policy.store(Arc::new(new));
         notes
     }

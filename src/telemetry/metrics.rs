@@ -17,7 +17,6 @@ use metrics_exporter_prometheus::{
 
 use super::collected::Collected;
 use super::refusals::RefusalCounts;
-use crate::config::Policy;
 use crate::stages::{Reason, ReasonKind};
 
 /// Request-duration buckets, seconds: dense around the SLOs (150 ms, 250 ms, 400 ms), and up
@@ -80,6 +79,25 @@ const HELP: &[(&str, Kind, &str)] = &[
     ("sloguard_config_reloads_total", Kind::Counter, "Policy reloads, by result (error: rejected, the running policy stays)."),
 ];
 
+/// What the handles are bound to: the policy's routes (with their latency targets), its
+/// rate-limit rules, its worker count and its version. Built by `Policy::metrics_layout`, so
+/// telemetry needs nothing of the config's types.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsLayout {
+    pub routes: Vec<RouteLayout>,
+    /// Rate-limit rule names, in the policy's order.
+    pub rules: Vec<Arc<str>>,
+    pub workers: usize,
+    pub version: String,
+}
+
+/// One route: its name and its p95 and p99 targets, where it sets them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteLayout {
+    pub name: Arc<str>,
+    pub slo: [Option<std::time::Duration>; 2],
+}
+
 /// The registered handles for one policy.
 pub struct Metrics {
     handle: PrometheusHandle,
@@ -123,7 +141,7 @@ fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
 
 impl Metrics {
     /// A recorder with explicit buckets (the exporter would otherwise render summaries).
-    pub fn new(policy: &Policy) -> Metrics {
+    pub fn new(policy: &MetricsLayout) -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("sloguard_request_duration_seconds".into()),
@@ -175,7 +193,7 @@ impl Metrics {
     }
 
     /// Handles for a reloaded policy on the same recorder.
-    pub fn rebound(&self, policy: &Policy) -> Metrics {
+    pub fn rebound(&self, policy: &MetricsLayout) -> Metrics {
         let mut m = Metrics {
             handle: self.handle.clone(),
             recorder: self.recorder.clone(),
@@ -200,10 +218,10 @@ impl Metrics {
 
     /// (Re)registers the handles that depend on the policy's routes, rules and workers.
     /// Registering an existing series returns the same series, so counts survive a reload.
-    fn bind(&mut self, policy: &Policy) {
+    fn bind(&mut self, policy: &MetricsLayout) {
         let r = &self.recorder;
         let routes: Vec<String> = policy.routes.iter().map(|x| x.name.to_string()).collect();
-        let workers = policy.upstream.workers.len();
+        let workers = policy.workers;
         let mut requests = Vec::new();
         let mut durations = Vec::new();
         for route in &routes {
@@ -236,7 +254,7 @@ impl Metrics {
             .routes
             .iter()
             .map(|route| {
-                let targets = route.slo.map_or([None, None], |s| [s.p95, s.p99]);
+                let targets = route.slo;
                 let counters = std::array::from_fn(|i| {
                     let target = targets[i]?.as_secs_f64();
                     let labels = [
@@ -250,12 +268,9 @@ impl Metrics {
             })
             .collect();
         let mut ratelimit = Vec::new();
-        for rule in &policy.ratelimit.rules {
+        for rule in &policy.rules {
             for result in RATE_RESULTS {
-                let labels = [
-                    ("rule", rule.name.to_string()),
-                    ("result", result.to_string()),
-                ];
+                let labels = [("rule", rule.to_string()), ("result", result.to_string())];
                 ratelimit.push(r.register_counter(
                     &key("sloguard_ratelimit_decisions_total", &labels),
                     &meta(),

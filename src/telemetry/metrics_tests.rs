@@ -1,6 +1,7 @@
 //! Tests of `metrics.rs` (a child module, kept apart to keep that file readable).
 
 use super::*;
+use crate::config::Policy;
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ rate = 1
 
 #[test]
 fn records_land_on_the_right_series_with_buckets() {
-    let m = Metrics::new(&policy());
+    let m = Metrics::new(&policy().metrics_layout());
     m.record_request(0, 202, Some(2), Outcome::Ok, 0.012);
     m.record_request(1, 503, None, Outcome::Shed, 0.001);
     m.record_refusal(1, Reason::QueueTimeout);
@@ -82,7 +83,7 @@ match = {{ method = "GET" }}
 
 #[test]
 fn served_requests_over_their_routes_targets_are_counted_per_target() {
-    let m = Metrics::new(&with_slo(150));
+    let m = Metrics::new(&with_slo(150).metrics_layout());
     for (outcome, seconds) in [
         (Outcome::Ok, 0.1),
         (Outcome::Ok, 0.2),
@@ -107,7 +108,7 @@ fn served_requests_over_their_routes_targets_are_counted_per_target() {
     // No target, no series.
     assert!(!text.contains(r#"route="query",slo="#), "{text}");
     // A reload that moves the target: the count stays, the target follows.
-    let m = m.rebound(&with_slo(100));
+    let m = m.rebound(&with_slo(100).metrics_layout());
     m.record_request(0, 200, Some(1), Outcome::Ok, 0.12);
     let text = m.render(&Collected::default());
     assert!(text.contains(r#"sloguard_requests_over_slo_total{route="ingest",slo="p95"} 3"#));
@@ -127,7 +128,7 @@ fn served_requests_over_their_routes_targets_are_counted_per_target() {
 /// registered ones from [`HELP`], the rendered ones their own.
 #[test]
 fn every_metric_has_help() {
-    let m = Metrics::new(&with_slo(150));
+    let m = Metrics::new(&with_slo(150).metrics_layout());
     m.record_request(0, 200, Some(1), Outcome::Ok, 0.01);
     m.queue_wait.record(0.001);
     let collected = Collected {
@@ -170,10 +171,10 @@ fn every_metric_has_help() {
 
 #[test]
 fn config_info_names_only_the_version_serving_now() {
-    let m = Metrics::new(&policy());
+    let m = Metrics::new(&policy().metrics_layout());
     let mut next = policy();
     next.version = "0123456789abcdef".into();
-    let m = m.rebound(&next);
+    let m = m.rebound(&next.metrics_layout());
     let text = m.render(&Collected::default());
     let series: Vec<_> = text
         .lines()
@@ -190,7 +191,7 @@ fn config_info_names_only_the_version_serving_now() {
 /// left out (`bad_chunked_body` once was) and none is counted under another's label.
 #[test]
 fn every_reason_is_counted_under_its_own_label() {
-    let m = Metrics::new(&policy());
+    let m = Metrics::new(&policy().metrics_layout());
     for (i, reason) in Reason::ALL.iter().enumerate() {
         for _ in 0..=i {
             if reason.is_connection() {
@@ -216,7 +217,7 @@ fn every_reason_is_counted_under_its_own_label() {
 fn the_series_count_at_the_default_policy_stays_bounded() {
     let p =
         Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sloguard.toml")).unwrap();
-    let m = Metrics::new(&p);
+    let m = Metrics::new(&p.metrics_layout());
     let series = m
         .render(&Collected::default())
         .lines()

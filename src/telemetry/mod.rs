@@ -22,10 +22,8 @@ use arc_swap::ArcSwap;
 
 pub use access_log::AccessLog;
 pub use collected::{Collected, WorkerSample};
-pub use metrics::{Metrics, Outcome};
+pub use metrics::{Metrics, MetricsLayout, Outcome, RouteLayout};
 pub use refusals::{RefusalCounts, RefusalRow, NO_ROUTE};
-
-use crate::config::Policy;
 
 /// How often the exporter's histogram buffers are drained when nobody scrapes.
 const UPKEEP: Duration = Duration::from_secs(5);
@@ -38,9 +36,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(policy: &Policy) -> Telemetry {
+    pub fn new(layout: &MetricsLayout) -> Telemetry {
         Telemetry {
-            metrics: ArcSwap::from_pointee(Metrics::new(policy)),
+            metrics: ArcSwap::from_pointee(Metrics::new(layout)),
             access_log: AccessLog::default(),
         }
     }
@@ -50,10 +48,10 @@ impl Telemetry {
         self.metrics.load()
     }
 
-    /// Binds the handles to a reloaded policy; every count survives.
-    pub fn rebind(&self, policy: &Policy) {
+    /// Binds the handles to a reloaded policy's layout; every count survives.
+    pub fn rebind(&self, layout: &MetricsLayout) {
         self.metrics
-            .store(Arc::new(self.metrics.load().rebound(policy)));
+            .store(Arc::new(self.metrics.load().rebound(layout)));
     }
 
     /// Runs the exporter's upkeep so histogram memory stays flat without scrapes; returns

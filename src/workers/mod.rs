@@ -32,6 +32,9 @@ pub use service::{RouteCosts, ServiceTime};
 pub use set::{WorkerLease, WorkerSet};
 pub use worker::Worker;
 
+/// Most workers one sidecar guards: a request's tried workers are one bit each ([`Tried`]).
+pub const MAX_WORKERS: usize = 64;
+
 /// `[upstream]`, validated (with its `health` and `probe` subsections).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {

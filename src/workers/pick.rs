@@ -8,7 +8,7 @@
 //! Random tie-breaking matters: with sequential traffic every worker sits at 0 in flight, and
 //! always taking the first would send everything to worker 1.
 
-use crate::config::MAX_WORKERS;
+use super::MAX_WORKERS;
 
 /// The workers one request has already tried, by index: a retry or a hedge goes to another.
 /// A policy has at most [`MAX_WORKERS`] (64) workers, so the set is one word.

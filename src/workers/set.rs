@@ -5,11 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::MAX_WORKERS;
 use super::{
     pick_least_loaded, pick_p2c, since_epoch, wall_clock, GuardMode, HealthState, LimiterConfig,
     SlotListener, SlotRule, Tried, UpstreamConfig, Worker,
 };
-use crate::config::MAX_WORKERS;
 
 /// All workers of the upstream, indexed by position in the policy's list.
 #[derive(Debug)]
