@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{
 
 use super::collected::Collected;
 use super::refusals::RefusalCounts;
+use super::MetricsLayout;
 use crate::stages::{Reason, ReasonKind};
 
 /// Request-duration buckets, seconds: dense around the SLOs (150 ms, 250 ms, 400 ms), and up
@@ -78,25 +79,6 @@ const HELP: &[(&str, Kind, &str)] = &[
     ("sloguard_admission_wait_seconds", Kind::Histogram, "Time admitted requests waited in the admission queue."),
     ("sloguard_config_reloads_total", Kind::Counter, "Policy reloads, by result (error: rejected, the running policy stays)."),
 ];
-
-/// What the handles are bound to: the policy's routes (with their latency targets), its
-/// rate-limit rules, its worker count and its version. Built by `Policy::metrics_layout`, so
-/// telemetry needs nothing of the config's types.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MetricsLayout {
-    pub routes: Vec<RouteLayout>,
-    /// Rate-limit rule names, in the policy's order.
-    pub rules: Vec<Arc<str>>,
-    pub workers: usize,
-    pub version: String,
-}
-
-/// One route: its name and its p95 and p99 targets, where it sets them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteLayout {
-    pub name: Arc<str>,
-    pub slo: [Option<std::time::Duration>; 2],
-}
 
 /// The registered handles for one policy.
 pub struct Metrics {

@@ -22,11 +22,30 @@ use arc_swap::ArcSwap;
 
 pub use access_log::AccessLog;
 pub use collected::{Collected, WorkerSample};
-pub use metrics::{Metrics, MetricsLayout, Outcome, RouteLayout};
+pub use metrics::{Metrics, Outcome};
 pub use refusals::{RefusalCounts, RefusalRow, NO_ROUTE};
 
 /// How often the exporter's histogram buffers are drained when nobody scrapes.
 const UPKEEP: Duration = Duration::from_secs(5);
+
+/// What the handles are bound to: the policy's routes (with their latency targets), its
+/// rate-limit rules, its worker count and its version. Built by `Policy::metrics_layout`, so
+/// telemetry needs nothing of the config's types.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsLayout {
+    pub routes: Vec<RouteLayout>,
+    /// Rate-limit rule names, in the policy's order.
+    pub rules: Vec<Arc<str>>,
+    pub workers: usize,
+    pub version: String,
+}
+
+/// One route: its name and its p95 and p99 targets, where it sets them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteLayout {
+    pub name: Arc<str>,
+    pub slo: [Option<Duration>; 2],
+}
 
 /// The telemetry of one process: the metric handles of the policy in force (rebound by a
 /// reload, counts kept) and the access log's sampler.

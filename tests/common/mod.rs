@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod dashboard;
 pub mod fleet;
+pub mod kubelet;
 pub mod load;
 pub mod prometheus;
 

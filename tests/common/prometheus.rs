@@ -105,15 +105,31 @@ impl Prometheus {
     /// labels the PodMonitor would add, evaluating [`time_scaled_rules`] every second.
     /// Waits until it is ready.
     pub fn spawn(admin: SocketAddr) -> Prometheus {
+        Prometheus::spawn_scraping(admin, None)
+    }
+
+    /// As [`Prometheus::spawn`], and also the container metrics `kubelet` serves (cAdvisor's
+    /// job: the series carry their own labels, kept with `honor_labels`).
+    pub fn spawn_with_kubelet(admin: SocketAddr, kubelet: SocketAddr) -> Prometheus {
+        Prometheus::spawn_scraping(admin, Some(kubelet))
+    }
+
+    fn spawn_scraping(admin: SocketAddr, kubelet: Option<SocketAddr>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.yml"), time_scaled_rules(TIME_SCALE)).unwrap();
-        let config = format!(
+        let mut config = format!(
             "global:\n  scrape_interval: {SCRAPE_MS}ms\n  scrape_timeout: {}ms\n  \
              evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  \
              - job_name: sloguard\n    static_configs:\n      - targets: [\"{admin}\"]\n        \
              labels: {{namespace: oncall, pod: sloguard-0, container: sloguard}}\n",
             SCRAPE_MS * 4 / 5
         );
+        if let Some(kubelet) = kubelet {
+            config.push_str(&format!(
+                "  - job_name: kubelet-cadvisor\n    honor_labels: true\n    \
+                 static_configs:\n      - targets: [\"{kubelet}\"]\n"
+            ));
+        }
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let port = free_port();
         let child = Command::new("prometheus")
