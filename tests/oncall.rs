@@ -1,8 +1,9 @@
 //! On call, end to end: a real Prometheus scrapes a real sloguard every 500 ms
 //! and evaluates the shipped rules, time-scaled 10 times (5 minutes become 30 s; see
-//! `common::prometheus`), while the test plays an incident timeline on the real backend
-//! under steady light load: quiet, a worker's event loop blocks and then recovers, a broken
-//! policy is written and then fixed, Redis dies and comes back, 2x overload. Each alert
+//! `common::prometheus`; `sloguard-bench oncall` runs the same at real time), while the
+//! test plays an incident timeline on the real backend under steady light load: quiet, a
+//! worker's event loop blocks and then recovers, a broken policy is written and then fixed,
+//! Redis dies and comes back, 2x overload. Each alert
 //! meant for a phase must fire in it, read from Prometheus's own `/api/v1/alerts`, none may
 //! be pending or firing while all is well, and the error alert stays quiet while sloguard
 //! sheds an overload. Every query of the shipped Grafana dashboard is read over each phase
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use common::dashboard::{panel_queries, read_all, reading, PanelQuery, Reading, SCRAPE_MS};
 use common::kubelet::Kubelet;
 use common::load::{self, Load};
-use common::prometheus::{time_scaled_rules, Prometheus, TIME_SCALE};
+use common::prometheus::{time_scale, time_scaled_rules, Prometheus, TIME_SCALE};
 use common::*;
 
 fn policy(redis: &RedisServer) -> String {
@@ -89,7 +90,10 @@ impl Row {
     }
 }
 
+/// Waits until `alert` is firing (or, `firing` false, neither pending nor firing); how long
+/// that took. `within` is for the CI's scale ([`TIME_SCALE`]); a slower run stretches it.
 async fn wait_state(prom: &Prometheus, alert: &str, firing: bool, within: Duration) -> Duration {
+    let within = within.mul_f64(TIME_SCALE as f64 / time_scale() as f64);
     let what = if firing { "firing" } else { "resolved" };
     wait_until(within, &format!("{alert} {what}"), || async {
         let alerts = prom.alerts().await;
@@ -180,12 +184,12 @@ async fn alerts_fire_in_their_phase_of_the_incident_and_not_while_all_is_well() 
     let base = format!("http://{}", sg.proxy);
     let load = steady_load(base.clone(), 40.0, stop.clone());
     let mut rows = Vec::new();
-    let queries = panel_queries("oncall", SCRAPE_MS, TIME_SCALE);
+    let queries = panel_queries("oncall", SCRAPE_MS, time_scale());
     let mut panels: Vec<(&str, Vec<Reading>)> = Vec::new();
 
     // Quiet: the longest window of the alerts that could misfire (5 minutes, 30 s scaled)
     // passes under steady load, and nothing is pending or firing.
-    let quiet = Duration::from_millis(300_000 / TIME_SCALE + 2000);
+    let quiet = Duration::from_millis(300_000 / time_scale() + 2000);
     let mut phase_start = Instant::now();
     let quiet_until = phase_start + quiet;
     while Instant::now() < quiet_until {
@@ -440,7 +444,7 @@ async fn sloguard_down_or_out_of_workers_pages_in_its_phase() {
     .await;
     let (stop, load) = start_quietly(&prom, sg.proxy).await;
     let mut rows = Vec::new();
-    let queries = panel_queries("oncall", SCRAPE_MS, TIME_SCALE);
+    let queries = panel_queries("oncall", SCRAPE_MS, time_scale());
     let mut panels: Vec<(&str, Vec<Reading>)> = Vec::new();
 
     // sloguard crashes and its container restarts it at once; Prometheus sees a new start
@@ -590,7 +594,7 @@ async fn sloguard_at_its_container_limits_pages_in_its_phase() {
     .await;
     let (stop, load) = start_quietly(&prom, sg.proxy).await;
     let mut rows = Vec::new();
-    let queries = panel_queries("oncall", SCRAPE_MS, TIME_SCALE);
+    let queries = panel_queries("oncall", SCRAPE_MS, time_scale());
     let mut panels: Vec<(&str, Vec<Reading>)> = Vec::new();
 
     // Traffic grows to 200 requests/s and the CPU limit is a quarter of what sloguard

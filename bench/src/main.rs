@@ -107,6 +107,15 @@ enum Cmd {
         #[arg(long)]
         write: bool,
     },
+    /// Not a scenario: the on-call timelines of `tests/oncall.rs` (a real Prometheus with the
+    /// shipped rules, the incident, sloguard's own failures and limits) at real time, where
+    /// CI runs them 10 times faster: about 25 minutes. Prints what fired when, and what each
+    /// dashboard panel showed.
+    Oncall {
+        /// 1 is the shipped rules at real time; up to 10 (CI's scale) runs faster.
+        #[arg(long, default_value_t = 1)]
+        time_scale: u64,
+    },
     /// Not a scenario: closed-loop load on sloguard and nginx for `secs` each, printing
     /// throughput; with `--perf FILE`, sloguard (enforce) is recorded by `perf record -g`.
     Profile {
@@ -147,6 +156,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let started = Instant::now();
     let root = setup::workspace_root();
+    if let Cmd::Oncall { time_scale } = cli.command {
+        return oncall(&root, time_scale);
+    }
     if !cli.no_build {
         setup::build(&root)?;
     }
@@ -415,6 +427,28 @@ fn busy_now() -> f64 {
     shares.iter().sum::<f64>() / shares.len().max(1) as f64
 }
 
+/// Runs the on-call timelines (the integration test, release build) with the alert rules at
+/// `time_scale` (1 = real time). The timelines are written once, in the test; this only
+/// runs them at the scale CI cannot afford.
+fn oncall(root: &std::path::Path, time_scale: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=10).contains(&time_scale),
+        "--time-scale must be 1 to 10, not {time_scale}"
+    );
+    say(format!(
+        "oncall: the timelines with the rules at 1/{time_scale} of real time (CI: 1/10)"
+    ));
+    let status = std::process::Command::new(setup::cargo())
+        .args(["test", "--release", "-p", "sloguard", "--test", "oncall"])
+        .args(["--", "--nocapture"])
+        .env("SLOGUARD_ONCALL_TIME_SCALE", time_scale.to_string())
+        .current_dir(root)
+        .status()
+        .context("running cargo test")?;
+    anyhow::ensure!(status.success(), "the on-call timelines failed ({status})");
+    Ok(())
+}
+
 fn command_line(cli: &Cli) -> String {
     let mut s = String::from("cargo run --release -p sloguard-bench -- ");
     s += match cli.command {
@@ -429,6 +463,7 @@ fn command_line(cli: &Cli) -> String {
         Cmd::Starved { .. } => "starved",
         Cmd::Profile { .. } => "profile",
         Cmd::Soak { .. } => "soak",
+        Cmd::Oncall { .. } => "oncall",
     };
     if let Cmd::Soak {
         minutes,

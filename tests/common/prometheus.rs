@@ -17,6 +17,17 @@ use super::{free_port, get_json, repo_root};
 /// two ejections of a worker that relapses, so the alert flapped where in real time it holds.
 pub const TIME_SCALE: u64 = 10;
 
+/// The scale of this run: [`TIME_SCALE`], unless `SLOGUARD_ONCALL_TIME_SCALE` says otherwise
+/// (1 to 10; 1 is the shipped rules at real time, the full form `sloguard-bench oncall`
+/// runs). Waits in the timelines stretch with it.
+pub fn time_scale() -> u64 {
+    std::env::var("SLOGUARD_ONCALL_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s| (1..=TIME_SCALE).contains(s))
+        .unwrap_or(TIME_SCALE)
+}
+
 /// Range windows are never scaled below this: with a scrape every 500 ms it holds four
 /// samples, and `rate` needs two.
 const MIN_WINDOW_MS: u64 = 2000;
@@ -102,7 +113,7 @@ pub const SCRAPE_MS: u64 = 500;
 
 impl Prometheus {
     /// Starts Prometheus scraping `admin` (sloguard's admin port) every 500 ms, with the
-    /// labels the PodMonitor would add, evaluating [`time_scaled_rules`] every second.
+    /// labels the PodMonitor would add, evaluating the rules at [`time_scale`] every second.
     /// Waits until it is ready.
     pub fn spawn(admin: SocketAddr) -> Prometheus {
         Prometheus::spawn_scraping(admin, None)
@@ -116,7 +127,11 @@ impl Prometheus {
 
     fn spawn_scraping(admin: SocketAddr, kubelet: Option<SocketAddr>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("rules.yml"), time_scaled_rules(TIME_SCALE)).unwrap();
+        std::fs::write(
+            dir.path().join("rules.yml"),
+            time_scaled_rules(time_scale()),
+        )
+        .unwrap();
         let mut config = format!(
             "global:\n  scrape_interval: {SCRAPE_MS}ms\n  scrape_timeout: {}ms\n  \
              evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  \
