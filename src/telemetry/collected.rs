@@ -58,7 +58,7 @@ pub struct Collected {
 
 /// Writes one family's `# HELP` and `# TYPE`, then its samples (`labels` already rendered,
 /// empty for none).
-fn family<V: Display>(
+pub(super) fn family<V: Display>(
     out: &mut String,
     name: &str,
     kind: &str,

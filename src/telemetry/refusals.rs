@@ -7,10 +7,10 @@
 //! reload changes the routes, and a route that keeps its name keeps its cells (shared, not
 //! copied, so a refusal counted on the old table while the reload swaps is not lost).
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::collected::family;
 use crate::stages::{Reason, ReasonKind};
 
 /// One route's counts, indexed by the reason's discriminant.
@@ -110,20 +110,16 @@ impl RefusalCounts {
     /// `sloguard_shed_total` and `sloguard_rejections_total`, every series of the table
     /// (a zero is a series too: `rate()` needs it before the first refusal).
     pub fn write_exposition(&self, out: &mut String) {
-        for (family, shed) in [(SHED_FAMILY, true), (REJECTED_FAMILY, false)] {
-            let (name, help) = family;
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((name, help), shed) in [(SHED_FAMILY, true), (REJECTED_FAMILY, false)] {
             // Only `http_error` has a status-dependent kind, and it is never a shed.
-            for row in self
+            let rows = self
                 .rows()
                 .filter(|r| (r.reason.kind(0) == ReasonKind::Shed) == shed)
-            {
-                let _ = writeln!(
-                    out,
-                    "{name}{{route=\"{}\",reason=\"{}\"}} {}",
-                    row.route, row.reason, row.count
-                );
-            }
+                .map(|r| {
+                    let labels = format!("route=\"{}\",reason=\"{}\"", r.route, r.reason);
+                    (labels, r.count)
+                });
+            family(out, name, "counter", help, rows);
         }
     }
 }
