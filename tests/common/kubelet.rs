@@ -23,7 +23,13 @@ const LABELS: &str = r#"namespace="oncall",pod="sloguard-0",container="sloguard"
 struct Limits {
     cpu: Option<CpuLimit>,
     memory: Option<MemoryLimit>,
+    /// The share of the memory limit the working set is held at, while
+    /// [`Kubelet::hold_memory_at`] is in force.
+    memory_held_at: Option<f64>,
 }
+
+/// How far the working set may drift from the held share before the limit follows it.
+const HELD_BAND: f64 = 0.02;
 
 pub struct Kubelet {
     /// Where Prometheus scrapes the container metrics.
@@ -105,6 +111,50 @@ impl Kubelet {
         }
     }
 
+    /// Holds the working set of the joined group at `share` of its memory limit: the limit
+    /// is set to working set / `share` now, and every second after it follows the working set
+    /// when the share drifts more than two points away. A container whose footprint sits at
+    /// its limit, as the memory alert is written for; without the following, an allocator
+    /// handing a burst's memory back over minutes dips the share under the alert's threshold
+    /// and its `for: 5m` starts again (the first run at real time). Returns the first limit.
+    pub fn hold_memory_at(&self, share: f64) -> anyhow::Result<u64> {
+        let limit = {
+            let mut limits = self.limits();
+            let group = limits
+                .memory
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no memory group joined"))?;
+            let working_set = group
+                .working_set()
+                .ok_or_else(|| anyhow::anyhow!("no memory usage readable for the group"))?;
+            let limit = (working_set as f64 / share) as u64;
+            group.set(limit)?;
+            limits.memory_held_at = Some(share);
+            limit
+        };
+        let limits = self.limits.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let limits = limits.lock().unwrap_or_else(PoisonError::into_inner);
+                let (Some(group), Some(share)) = (&limits.memory, limits.memory_held_at) else {
+                    return;
+                };
+                if let (Some(working_set), Some(limit)) = (group.working_set(), group.limit()) {
+                    if (working_set as f64 / limit as f64 - share).abs() > HELD_BAND {
+                        let _ = group.set((working_set as f64 / share) as u64);
+                    }
+                }
+            }
+        });
+        Ok(limit)
+    }
+
+    /// The memory limit of the joined group, bytes, if one is set.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.limits().memory.as_ref()?.limit()
+    }
+
     /// The working set of the joined group, bytes.
     pub fn working_set(&self) -> Option<u64> {
         self.limits().memory.as_ref()?.working_set()
@@ -112,7 +162,9 @@ impl Kubelet {
 
     /// The memory limit lifted (the process leaves the group).
     pub fn lift_memory(&self) {
-        self.limits().memory = None;
+        let mut limits = self.limits();
+        limits.memory = None;
+        limits.memory_held_at = None;
     }
 }
 
