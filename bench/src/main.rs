@@ -117,7 +117,8 @@ enum Cmd {
         time_scale: u64,
     },
     /// Not a scenario: closed-loop load on sloguard and nginx for `secs` each, printing
-    /// throughput; with `--perf FILE`, sloguard (enforce) is recorded by `perf record -g`.
+    /// throughput; with `--perf FILE`, sloguard (enforce) is recorded by `perf record -g`
+    /// (and bare Pingora to `FILE.bare`).
     Profile {
         #[arg(long, default_value_t = 10)]
         secs: u64,

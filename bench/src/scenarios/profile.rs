@@ -21,7 +21,7 @@ use crate::loadgen::{self, ClosedLoop, Mix, PoolLoop, Stretch};
 
 /// Runs sloguard (enforce, limit pinned), sloguard (off), bare Pingora and nginx for `secs`
 /// each, closed loop on `GET /healthz`; with `perf_out`, records sloguard (enforce) with
-/// perf; with `syscalls`, counts their system calls per request.
+/// perf (and bare Pingora to `perf_out.bare`); with `syscalls`, counts their system calls per request.
 pub fn run(
     env: &Env,
     secs: u64,
@@ -51,20 +51,32 @@ pub fn run(
     ];
     let mut tables = Vec::new();
     let mut pooled = Vec::new();
-    for (i, (name, kind)) in kinds.into_iter().enumerate() {
+    for (name, kind) in kinds {
         if !env.available(Some(kind)) {
             say(format!("profile: {name} not available, skipped"));
             continue;
         }
         let running = env.proxy(kind, &backend.addrs)?;
-        let perf = match (i, perf_out) {
-            (0, Some(out)) => Some(
+        // sloguard (enforce) to FILE, bare Pingora to FILE.bare: the two profiles side by
+        // side say which of sloguard's functions cost more than Pingora's own path.
+        let perf_file = match (kind, perf_out) {
+            (
+                ProxyKind::Sloguard {
+                    mode: "enforce", ..
+                },
+                Some(out),
+            ) => Some(out.to_string()),
+            (ProxyKind::BarePingora, Some(out)) => Some(format!("{out}.bare")),
+            _ => None,
+        };
+        let perf = match perf_file {
+            Some(out) => Some(
                 Command::new("perf")
-                    .args(["record", "-g", "-F", "2000", "-o", out, "-p"])
+                    .args(["record", "-g", "-F", "2000", "-o", &out, "-p"])
                     .arg(running.proc.pid().to_string())
                     .spawn()?,
             ),
-            _ => None,
+            None => None,
         };
         let pids = running.proc.tree_pids();
         let cpu_before = crate::foreign::user_and_system_secs(&pids);
