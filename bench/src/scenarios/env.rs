@@ -240,12 +240,25 @@ impl Env {
 
     /// Starts our own `redis-server`, pinned with the system under test: on the generator's
     /// core it would be starved by the open loop's busy wait before each send.
+    /// `SLOGUARD_BENCH_REDIS_CORE=generator` pins it on the generator's core instead, the
+    /// nearest this 2-core machine has to a Redis on a core (or node) of its own: the closed
+    /// loop then measures sloguard's side of a Redis rule without Redis's own work on the
+    /// proxy's core (the open loop's figures are the starved Redis's).
     pub fn redis_server(&self) -> anyhow::Result<RedisServer> {
         let bin = self
             .redis
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("redis-server is not installed"))?;
-        RedisServer::start(bin, &self.path("redis"), self.sut_cpu)
+        let cpu = if redis_on_generator_core() {
+            super::say(format!(
+                "redis-server pinned on the generator's core ({:?}), SLOGUARD_BENCH_REDIS_CORE",
+                self.gen_cpu
+            ));
+            self.gen_cpu
+        } else {
+            self.sut_cpu
+        };
+        RedisServer::start(bin, &self.path("redis"), cpu)
     }
 
     fn try_proxy(
@@ -532,6 +545,11 @@ pub fn ejections_from_status(http: &str) -> Option<u64> {
         .iter()
         .map(|w| w["ejections"].as_u64())
         .sum()
+}
+
+/// Whether `SLOGUARD_BENCH_REDIS_CORE=generator` asks for Redis on the generator's core.
+fn redis_on_generator_core() -> bool {
+    std::env::var("SLOGUARD_BENCH_REDIS_CORE").is_ok_and(|v| v == "generator")
 }
 
 #[cfg(test)]
