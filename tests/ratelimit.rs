@@ -231,6 +231,25 @@ async fn redis_killed_under_load_falls_back_without_stalls_and_comes_back_by_its
         assert!(Instant::now() < deadline, "never went back to redis: {rl}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A reload that changes the Redis settings builds a new limiter: its counts go on from
+    // the old one's (Prometheus reads them as counters; a fall to 0 reads as a restart).
+    let before = status().await;
+    let errors = before["redis_errors"].as_u64().unwrap();
+    assert!(errors > 0, "the outage counted no Redis error: {before}");
+    let policy = std::fs::read_to_string(&sg.policy_path).unwrap();
+    std::fs::write(
+        &sg.policy_path,
+        policy.replace("timeout_ms = 20", "timeout_ms = 25"),
+    )
+    .unwrap();
+    let reloaded = http.post(sg.admin_url("/reload")).send().await.unwrap();
+    assert!(reloaded.status().is_success(), "reload refused");
+    let after = status().await;
+    assert!(
+        after["redis_errors"].as_u64().unwrap() >= errors
+            && after["allowed"].as_u64().unwrap() >= before["allowed"].as_u64().unwrap(),
+        "counts fell on the reload: {before} then {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,7 +155,9 @@ impl State {
                 .map_err(LimiterError::from)
                 .and_then(|c| RateLimiter::with_credentials(&new.ratelimit, c))
             {
-                Ok(r) => self.ratelimiter.store(Arc::new(r)),
+                Ok(r) => self
+                    .ratelimiter
+                    .store(Arc::new(r.carrying_counts_from(&self.ratelimiter()))),
                 Err(e) => notes.push(format!(
                     "rate limits: cannot use the new redis settings ({e}); keeping the old ones"
                 )),

@@ -64,7 +64,9 @@ fn now_us() -> u64 {
     wall_clock().saturating_duration_since(epoch).as_micros() as u64
 }
 
-/// Counters for the status page and logs.
+/// Counters for the status page, `/metrics` and logs. Shared by the limiters a reload
+/// swaps in (see [`RateLimiter::carrying_counts_from`]): Prometheus reads them as counters,
+/// and a counter that fell back to 0 on a reload would read as a restart of the process.
 #[derive(Debug, Default)]
 pub struct RateStats {
     pub allowed: AtomicU64,
@@ -110,7 +112,7 @@ pub struct RateLimiter {
     local: LocalStore,
     /// Keys known to be over an enforced limit, until their retry time.
     denied: LocalStore,
-    pub stats: RateStats,
+    pub stats: Arc<RateStats>,
     /// The key the breaker's health check decides on (see [`RateLimiter::health_check`]).
     health_key: String,
     /// Per rule name: the keys it limited, found near their limit, and denied in shadow.
@@ -163,10 +165,17 @@ impl RateLimiter {
             breaker: Breaker::new(cfg.failures_to_open),
             local: LocalStore::default(),
             denied: LocalStore::default(),
-            stats: RateStats::default(),
+            stats: Arc::default(),
             health_key: format!("{}:breaker-check", cfg.key_prefix),
             top: Mutex::default(),
         })
+    }
+
+    /// This limiter, counting on from `old`'s counts (a reload that changed the Redis
+    /// settings builds a new limiter; its counts are the process's, not the limiter's).
+    pub fn carrying_counts_from(mut self, old: &RateLimiter) -> RateLimiter {
+        self.stats = old.stats.clone();
+        self
     }
 
     /// The credentials the Redis client was built with.

@@ -242,3 +242,35 @@ async fn a_tier_gets_its_own_rate_and_an_allowlisted_key_is_not_counted() {
     let v = rl.check(&cfg, &src(&tenant("small"))).await;
     assert_eq!(v.headers.unwrap().policy, "\"t\";q=1;w=1");
 }
+
+#[tokio::test]
+async fn a_limiter_swapped_in_by_a_reload_counts_on_from_the_old_counts() {
+    let cfg = RateLimitConfig {
+        rules: vec![rule("t", 1.0, 1, RuleMode::Enforce)],
+        ..RateLimitConfig::default()
+    };
+    let old = RateLimiter::new(&cfg).unwrap();
+    let h = tenant("acme");
+    for _ in 0..3 {
+        old.check(&cfg, &src(&h)).await;
+    }
+    old.stats.redis_errors.fetch_add(7, Ordering::Relaxed);
+    let counted = |rl: &RateLimiter| {
+        (
+            rl.stats.allowed.load(Ordering::Relaxed),
+            rl.stats.limited.load(Ordering::Relaxed),
+            rl.stats.redis_errors.load(Ordering::Relaxed),
+        )
+    };
+    assert_eq!(counted(&old), (2, 1, 7));
+    let fresh = RateLimiter::new(&cfg).unwrap();
+    assert_eq!(
+        counted(&fresh),
+        (0, 0, 0),
+        "a new limiter alone starts at 0"
+    );
+    let new = fresh.carrying_counts_from(&old);
+    assert_eq!(counted(&new), (2, 1, 7));
+    new.check(&cfg, &src(&tenant("other"))).await;
+    assert_eq!(counted(&new), (3, 1, 7), "and counts on");
+}
