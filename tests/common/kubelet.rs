@@ -102,21 +102,13 @@ impl Kubelet {
         Ok(working_set)
     }
 
-    /// `resources.limits.memory` of `bytes` on the process joined by
-    /// [`Kubelet::join_memory`].
-    pub fn limit_memory(&self, bytes: u64) -> anyhow::Result<()> {
-        match &self.limits().memory {
-            Some(group) => group.set(bytes),
-            None => anyhow::bail!("no memory group joined"),
-        }
-    }
-
-    /// Holds the working set of the joined group at `share` of its memory limit: the limit
-    /// is set to working set / `share` now, and every second after it follows the working set
-    /// when the share drifts more than two points away. A container whose footprint sits at
-    /// its limit, as the memory alert is written for; without the following, an allocator
-    /// handing a burst's memory back over minutes dips the share under the alert's threshold
-    /// and its `for: 5m` starts again (the first run at real time). Returns the first limit.
+    /// `resources.limits.memory` on the process joined by [`Kubelet::join_memory`], held so
+    /// that its working set is `share` of the limit: set to working set / `share` now, then
+    /// checked every second and moved with the working set when the share drifts more than
+    /// two points. A container whose footprint sits at its limit, as the memory alert is
+    /// written for; without the following, an allocator handing a burst's memory back over
+    /// minutes dips the share under the alert's threshold and its `for: 5m` starts again
+    /// (the first run at real time). Returns the first limit.
     pub fn hold_memory_at(&self, share: f64) -> anyhow::Result<u64> {
         let limit = {
             let mut limits = self.limits();

@@ -21,7 +21,8 @@ use crate::loadgen::{self, ClosedLoop, Mix, PoolLoop, Stretch};
 
 /// Runs sloguard (enforce, limit pinned), sloguard (off), bare Pingora and nginx for `secs`
 /// each, closed loop on `GET /healthz`; with `perf_out`, records sloguard (enforce) with
-/// perf (and bare Pingora to `perf_out.bare`); with `syscalls`, counts their system calls per request.
+/// perf (and bare Pingora to `perf_out.bare`); with `syscalls`, counts their system calls
+/// per request.
 pub fn run(
     env: &Env,
     secs: u64,
