@@ -357,6 +357,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service for AcceptLoop<A> {
         for l in loops {
             let _ = l.await;
         }
+        // Closed before the app's cleanup, which may wait for requests still arriving: a
+        // stopped listener must refuse new connections at once, not leave them in the
+        // kernel's backlog.
+        drop(listener);
         app.cleanup().await;
     }
 

@@ -284,3 +284,55 @@ async fn sigterm_under_load_answers_every_request_in_flight_then_exits_zero() {
     assert!(exit.success(), "exit status {exit:?}");
     assert_eq!(be.store().total_events(), 8);
 }
+
+/// A request whose head has begun to arrive on a connection when SIGTERM lands is answered
+/// before the process exits: the drain counts it from the head's first bytes, not from when
+/// Pingora has parsed it. (Before, the drain could see nothing in flight, stop, and take the
+/// request down after it had reached the worker: stored there, never answered.)
+#[tokio::test]
+async fn a_head_arriving_when_sigterm_lands_is_answered_before_the_exit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let be = backend(1);
+    let mut sg = Sloguard::spawn(&be.addrs(), &routes(4096));
+    let body = event("c", "e", 1, 1.0).to_string();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(sg.proxy).await.unwrap();
+    conn.write_all(&request.as_bytes()[..12]).await.unwrap();
+    let held = |field: &'static str, want: Value| {
+        let sg = &sg;
+        move || {
+            let want = want.clone();
+            async move { sg.status().await["requests"][field] == want }
+        }
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "sloguard to see the head arriving",
+        held("head_arriving", Value::from(1)),
+    )
+    .await;
+    sg.signal("TERM");
+    wait_until(
+        Duration::from_secs(10),
+        "the drain to begin",
+        held("draining", Value::from(true)),
+    )
+    .await;
+    conn.write_all(&request.as_bytes()[12..]).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        matches!(read, Ok(Ok(_))) && answer.starts_with("HTTP/1.1 202"),
+        "the request was not answered: {read:?} {answer:?}"
+    );
+    let exit = sg
+        .wait_exit(Duration::from_secs(10))
+        .expect("sloguard exits after draining");
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(be.store().total_events(), 1);
+}

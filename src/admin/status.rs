@@ -103,6 +103,13 @@ pub fn status(state: &State) -> Value {
             "drain_rate_per_s": admission.drain_rate().map(|r| (r * 10.0).round() / 10.0),
             "own_delay_ms": ms(admission.own_delay()),
         },
+        // What a drain waits for: requests being served, and heads arriving on kept-alive
+        // connections that Pingora has not parsed yet.
+        "requests": {
+            "in_flight": lifecycle.requests_in_flight(),
+            "head_arriving": lifecycle.requests_arriving(),
+            "draining": lifecycle.draining(),
+        },
         "connections": {
             "open": lifecycle.connections.open(),
             "max": state.connection_cap(),

@@ -308,6 +308,9 @@ impl ServerApp for ConnectionApp {
         let mut carried: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
+            // Counted for the drain from the head's first bytes (`next_request` just saw
+            // them) until Pingora is done with the request.
+            let arriving = self.state.lifecycle.request_arriving();
             let request = self.serve_request(io, first, carried.take(), shutdown);
             first = false;
             let reused = tokio::select! {
@@ -327,6 +330,7 @@ impl ServerApp for ConnectionApp {
                     return None;
                 }
             };
+            drop(arriving);
             let (stream, settings) = reused.consume();
             // The limits of the policy of now: a reload applies to open connections too.
             let now = self.state.conn_limits();
@@ -339,7 +343,17 @@ impl ServerApp for ConnectionApp {
     }
 
     async fn cleanup(&self) {
-        // Lets Pingora wake the keep-alive connections parked in a head read at shutdown.
+        // Runs as the listener stops accepting (SIGTERM), at the start of the drain.
+        // Pingora's cleanup wakes every request parked in its head read and drops it: meant
+        // for keep-alive connections idling there (only those of Pingora's own loop, TLS and
+        // h2c; ours idle in `next_request`, which closes them at the stop), it would also
+        // drop a head already arriving on ours. So it waits until those are served, at most
+        // a head's deadline (after which no head of theirs is still being read).
+        let limits = self.state.conn_limits();
+        let until = Instant::now() + limits.header_read_timeout;
+        while self.state.lifecycle.requests_arriving() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         ServerApp::cleanup(&*self.proxy).await;
     }
 }

@@ -23,6 +23,10 @@ pub struct Lifecycle {
     stop: watch::Sender<bool>,
     /// Requests between `new_ctx` and the end of `logging` (held by [`InFlightRequest`]).
     in_flight: Arc<AtomicUsize>,
+    /// Requests whose head has begun to arrive on a kept-alive connection and that Pingora
+    /// has not handed to `new_ctx` yet, or has not finished with (see
+    /// [`Lifecycle::request_arriving`]).
+    arriving: Arc<AtomicUsize>,
     /// Open client connections, against `[listen] max_connections`.
     pub connections: Arc<OpenConnections>,
     /// The connection cap when the policy sets none: from the open-file limit at start.
@@ -37,6 +41,7 @@ impl Default for Lifecycle {
             started: Instant::now(),
             stop: watch::Sender::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            arriving: Arc::new(AtomicUsize::new(0)),
             connections: OpenConnections::new(),
             default_connection_cap: crate::resources::default_max_connections(
                 crate::resources::fd_limit(),
@@ -73,6 +78,27 @@ impl Lifecycle {
     /// Requests in flight in sloguard (queued, proxying or being answered).
     pub fn requests_in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request from the first bytes of its head until the returned token drops
+    /// (the connection loop holds it until Pingora is done with the request). Without it a
+    /// drain could see nothing in flight while a head was being read, stop, and take the
+    /// request down after it reached a worker: stored there, never answered (seen once in
+    /// `sloguard_restarted_on_its_port_loses_nothing`).
+    pub fn request_arriving(&self) -> InFlightRequest {
+        self.arriving.fetch_add(1, Ordering::Relaxed);
+        InFlightRequest(self.arriving.clone())
+    }
+
+    /// Requests whose head is arriving (see [`Lifecycle::request_arriving`]).
+    pub fn requests_arriving(&self) -> usize {
+        self.arriving.load(Ordering::Relaxed)
+    }
+
+    /// Requests held anywhere: in flight, or with their head arriving. The drain waits for
+    /// none.
+    pub fn requests_held(&self) -> usize {
+        self.requests_in_flight() + self.requests_arriving()
     }
 
     /// Keeps the outcome of a reload attempt for the status page.
