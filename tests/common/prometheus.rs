@@ -232,6 +232,50 @@ impl Prometheus {
     }
 
     /// Whether the scrape of sloguard has succeeded at least once.
+    /// What Prometheus says of each of its scrape targets (URL, health, last error): for a
+    /// test's message when a scrape it waits for never comes.
+    pub async fn targets(&self) -> String {
+        let data = self.api("targets").await;
+        data["activeTargets"]
+            .as_array()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} {} {:?} (last scrape {}, took {}s)",
+                            t["scrapeUrl"],
+                            t["health"],
+                            t["lastError"],
+                            t["lastScrape"],
+                            t["lastScrapeDuration"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_else(|| format!("no targets: {data}"))
+    }
+
+    /// Waits until `scraped` says Prometheus has scraped sloguard, at most `within`; if it
+    /// never does, fails saying what Prometheus knows of its targets.
+    pub async fn wait_first_scrape<F, Fut>(&self, within: Duration, mut scraped: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !scraped().await {
+            if start.elapsed() > within {
+                panic!(
+                    "no first scrape of sloguard in {within:?}; Prometheus' targets: {}",
+                    self.targets().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn scraped(&self) -> bool {
         !self
             .query("up{container=\"sloguard\"} == 1")
