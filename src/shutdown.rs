@@ -84,7 +84,8 @@ impl ShutdownSignalWatch for StopOnSignal {
             biased;
             _ = int.recv() => {
                 tracing::warn!(
-                    left = self.state.lifecycle.requests_held(),
+                    left = self.state.lifecycle.requests_in_flight(),
+                    begun = self.state.lifecycle.requests_begun(),
                     "SIGINT while draining: stopping now"
                 );
                 ShutdownSignal::FastShutdown
@@ -101,15 +102,16 @@ async fn drain(state: &State) {
     let timeout = state.policy().listen.drain_timeout;
     let started = Instant::now();
     tracing::info!(
-        in_flight = state.lifecycle.requests_held(),
+        in_flight = state.lifecycle.requests_in_flight(),
+        begun = state.lifecycle.requests_begun(),
         timeout_ms = timeout.as_millis() as u64,
         "SIGTERM: draining"
     );
     // Nothing held, seen twice a tick apart: a connection whose next head arrived at the
-    // moment of the stop counts it (`Lifecycle::request_arriving`) within that tick.
+    // moment of the stop counts it (`Lifecycle::request_begun`) within that tick.
     let mut idle_ticks = 0;
     while idle_ticks < 2 && started.elapsed() < timeout {
-        if state.lifecycle.requests_held() == 0 {
+        if !state.lifecycle.holds_requests() {
             idle_ticks += 1;
         } else {
             idle_ticks = 0;
@@ -118,7 +120,10 @@ async fn drain(state: &State) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let left = state.lifecycle.requests_held();
+    let left = state
+        .lifecycle
+        .requests_in_flight()
+        .max(state.lifecycle.requests_begun());
     if left > 0 {
         tracing::warn!(
             left,

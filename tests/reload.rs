@@ -312,7 +312,7 @@ async fn a_head_arriving_when_sigterm_lands_is_answered_before_the_exit() {
     wait_until(
         Duration::from_secs(10),
         "sloguard to see the head arriving",
-        held("head_arriving", Value::from(1)),
+        held("begun", Value::from(1)),
     )
     .await;
     sg.signal("TERM");

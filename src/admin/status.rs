@@ -103,11 +103,11 @@ pub fn status(state: &State) -> Value {
             "drain_rate_per_s": admission.drain_rate().map(|r| (r * 10.0).round() / 10.0),
             "own_delay_ms": ms(admission.own_delay()),
         },
-        // What a drain waits for: requests being served, and heads arriving on kept-alive
-        // connections that Pingora has not parsed yet.
+        // What a drain waits for: requests in flight (from Pingora's `new_ctx`), and requests
+        // begun on a connection (from their head's first bytes, so before `new_ctx` too).
         "requests": {
             "in_flight": lifecycle.requests_in_flight(),
-            "head_arriving": lifecycle.requests_arriving(),
+            "begun": lifecycle.requests_begun(),
             "draining": lifecycle.draining(),
         },
         "connections": {

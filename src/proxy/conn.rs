@@ -310,7 +310,7 @@ impl ServerApp for ConnectionApp {
         loop {
             // Counted for the drain from the head's first bytes (`next_request` just saw
             // them) until Pingora is done with the request.
-            let arriving = self.state.lifecycle.request_arriving();
+            let begun = self.state.lifecycle.request_begun();
             let request = self.serve_request(io, first, carried.take(), shutdown);
             first = false;
             let reused = tokio::select! {
@@ -330,7 +330,7 @@ impl ServerApp for ConnectionApp {
                     return None;
                 }
             };
-            drop(arriving);
+            drop(begun);
             let (stream, settings) = reused.consume();
             // The limits of the policy of now: a reload applies to open connections too.
             let now = self.state.conn_limits();
@@ -351,7 +351,7 @@ impl ServerApp for ConnectionApp {
         // a head's deadline (after which no head of theirs is still being read).
         let limits = self.state.conn_limits();
         let until = Instant::now() + limits.header_read_timeout;
-        while self.state.lifecycle.requests_arriving() > 0 && Instant::now() < until {
+        while self.state.lifecycle.requests_begun() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         ServerApp::cleanup(&*self.proxy).await;

@@ -23,10 +23,10 @@ pub struct Lifecycle {
     stop: watch::Sender<bool>,
     /// Requests between `new_ctx` and the end of `logging` (held by [`InFlightRequest`]).
     in_flight: Arc<AtomicUsize>,
-    /// Requests whose head has begun to arrive on a kept-alive connection and that Pingora
-    /// has not handed to `new_ctx` yet, or has not finished with (see
-    /// [`Lifecycle::request_arriving`]).
-    arriving: Arc<AtomicUsize>,
+    /// Requests on the HTTP/1 connection loop, from the first bytes of their head until
+    /// Pingora is done with them (see [`Lifecycle::request_begun`]); a request counts here
+    /// before `new_ctx`, and in both counts after.
+    begun: Arc<AtomicUsize>,
     /// Open client connections, against `[listen] max_connections`.
     pub connections: Arc<OpenConnections>,
     /// The connection cap when the policy sets none: from the open-file limit at start.
@@ -41,7 +41,7 @@ impl Default for Lifecycle {
             started: Instant::now(),
             stop: watch::Sender::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
-            arriving: Arc::new(AtomicUsize::new(0)),
+            begun: Arc::new(AtomicUsize::new(0)),
             connections: OpenConnections::new(),
             default_connection_cap: crate::resources::default_max_connections(
                 crate::resources::fd_limit(),
@@ -85,20 +85,20 @@ impl Lifecycle {
     /// drain could see nothing in flight while a head was being read, stop, and take the
     /// request down after it reached a worker: stored there, never answered (seen once in
     /// `sloguard_restarted_on_its_port_loses_nothing`).
-    pub fn request_arriving(&self) -> InFlightRequest {
-        self.arriving.fetch_add(1, Ordering::Relaxed);
-        InFlightRequest(self.arriving.clone())
+    pub fn request_begun(&self) -> InFlightRequest {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        InFlightRequest(self.begun.clone())
     }
 
-    /// Requests whose head is arriving (see [`Lifecycle::request_arriving`]).
-    pub fn requests_arriving(&self) -> usize {
-        self.arriving.load(Ordering::Relaxed)
+    /// Requests counted from their head's first bytes (see [`Lifecycle::request_begun`]).
+    pub fn requests_begun(&self) -> usize {
+        self.begun.load(Ordering::Relaxed)
     }
 
-    /// Requests held anywhere: in flight, or with their head arriving. The drain waits for
-    /// none.
-    pub fn requests_held(&self) -> usize {
-        self.requests_in_flight() + self.requests_arriving()
+    /// Whether any request is held: begun on a connection, or in flight. The drain waits
+    /// until none is.
+    pub fn holds_requests(&self) -> bool {
+        self.requests_in_flight() > 0 || self.requests_begun() > 0
     }
 
     /// Keeps the outcome of a reload attempt for the status page.
